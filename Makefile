@@ -1,0 +1,35 @@
+# Two entry points (see README): `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+OUT ?= out
+
+.PHONY: demo test env system-deps bench clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# CPU build of torch pinned first: an unpinned torch would pull a multi-GB CUDA build.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[testing]"
+	touch $@
+
+env: $(VENV)/.installed
+
+system-deps:
+	bash scripts/install_system_deps.sh
+
+# Headless pipeline on the built-in simulated graphene: results in $(OUT)/
+demo: env
+	$(VENV)/bin/stem-rvae demo --out $(OUT)
+
+# Everything the tests need (apt packages for headless Qt, the Python environment), then pytest under Xvfb.
+test: system-deps env
+	$(PY) -m pytest -p pytest_xvfb tests
+
+bench: env
+	$(PY) benchmarks/bench_com.py
+	$(PY) benchmarks/bench_rvae.py
+
+clean:
+	rm -rf $(VENV) $(OUT) .pytest_cache

@@ -1,0 +1,114 @@
+"""Translation between :class:`Dataset4D` objects and napari layer data (no Qt imports).
+
+The real-space canvas shows images over the scan; every such layer carries its
+``Dataset4D`` in ``layer.metadata[DATASET_KEY]`` so that any widget can find the 4D data
+behind it (:func:`find_dataset`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import numpy as np
+
+from .dataset import Dataset4D
+
+#: Key of the Dataset4D in a layer's metadata.
+DATASET_KEY = "dataset4d"
+#: Key with information about the layer's role (e.g. ``{"kind": "virtual_image"}``).
+ROLE_KEY = "napari_4dstem_rvae"
+
+_PINT_UNITS = {"Å": "angstrom", "nm": "nanometer", "µm": "micrometer", "pm": "picometer",
+               "mm": "millimeter", "m": "meter"}
+
+
+def scan_geometry(dataset: Dataset4D) -> dict[str, Any]:
+    """``scale``, ``translate`` and ``units`` kwargs placing a scan-shaped image in real space."""
+    cal = dataset.calibration
+    geometry: dict[str, Any] = {
+        "scale": tuple(cal.scan_step_yx),
+        "translate": tuple(float(v) for v in cal.scan_origin),
+    }
+    if cal.scan_unit in _PINT_UNITS and cal.scan_step is not None:
+        geometry["units"] = (_PINT_UNITS[cal.scan_unit],) * 2
+    geometry["axis_labels"] = ("scan_y", "scan_x")
+    return geometry
+
+
+def default_virtual_mask(dataset: Dataset4D) -> tuple[str, np.ndarray]:
+    """The detector mask of the default real-space image: an annular dark field outside the
+    bright-field disk when the detector is calibrated in mrad and the semi-angle is known,
+    else the total intensity. Returns ``(label, mask)`` with mask shape ``det_shape``.
+    """
+    ky, kx = dataset.det_shape
+    cal = dataset.calibration
+    if cal.det_is_angular and cal.semiangle_mrad:
+        cy, cx = cal.det_origin if cal.det_origin is not None else ((ky - 1) / 2, (kx - 1) / 2)
+        yy, xx = np.mgrid[0:ky, 0:kx]
+        radius_mrad = np.hypot(yy - cy, xx - cx) * cal.det_pixel_size
+        # Inner angle just outside the bright-field disk; outer angle: the detector edge.
+        mask = radius_mrad >= 1.15 * cal.semiangle_mrad
+        if mask.sum() >= 0.02 * mask.size:
+            return "ADF", mask.astype(np.float32)
+    return "sum", np.ones((ky, kx), np.float32)
+
+
+def iter_virtual_image(dataset: Dataset4D, mask: np.ndarray,
+                       rows_per_block: int | None = None) -> Iterator[tuple[slice, np.ndarray]]:
+    """Virtual image ``Σ_k data[y, x, k] · mask[k]`` computed block of scan rows by block.
+
+    Yields ``(rows, image_rows)`` so that a caller can show progress and partial results;
+    reads each chunk of the file once and never holds more than one block in memory.
+    """
+    ny, nx, ky, kx = dataset.shape
+    if rows_per_block is None:
+        frame_bytes = ky * kx * max(dataset.dtype.itemsize, 4)
+        rows_per_block = int(max(1, min(ny, (128 * 2**20) // max(nx * frame_bytes, 1))))
+        if dataset.is_lazy:
+            chunk_rows = dataset.data.chunks[0][0]
+            rows_per_block = max(chunk_rows, (rows_per_block // chunk_rows) * chunk_rows)
+    flat_mask = np.asarray(mask, np.float32).reshape(-1)
+    for start in range(0, ny, rows_per_block):
+        rows = slice(start, min(ny, start + rows_per_block))
+        block = dataset.data[rows]
+        if hasattr(block, "compute"):
+            block = block.compute()
+        block = np.asarray(block, np.float32).reshape(-1, ky * kx)
+        image = (block @ flat_mask).astype(np.float64).reshape(rows.stop - rows.start, nx)
+        yield rows, image
+
+
+def virtual_image(dataset: Dataset4D, mask: np.ndarray) -> np.ndarray:
+    image = np.zeros(dataset.scan_shape, np.float64)
+    for rows, values in iter_virtual_image(dataset, mask):
+        image[rows] = values
+    return image
+
+
+def real_space_layer_data(dataset: Dataset4D, image: np.ndarray, label: str,
+                          extra: dict | None = None) -> tuple:
+    """A napari ``LayerDataTuple`` for a real-space image of ``dataset``."""
+    meta = {DATASET_KEY: dataset, ROLE_KEY: {"kind": "virtual_image", "detector": label, **(extra or {})}}
+    kwargs = {
+        "name": f"{dataset.name} {label}",
+        "metadata": meta,
+        "colormap": "gray",
+        **scan_geometry(dataset),
+    }
+    finite = np.isfinite(image)
+    if finite.any() and np.ptp(image[finite]) > 0:
+        kwargs["contrast_limits"] = (float(image[finite].min()), float(image[finite].max()))
+    return (image, kwargs, "image")
+
+
+def find_dataset(layer: Any) -> Dataset4D | None:
+    """The Dataset4D behind a layer, or None."""
+    if layer is None:
+        return None
+    ds = getattr(layer, "metadata", {}).get(DATASET_KEY)
+    return ds if isinstance(ds, Dataset4D) else None
+
+
+def dataset_layers(viewer: Any) -> list:
+    """Layers of ``viewer`` that carry a Dataset4D, in layer order."""
+    return [layer for layer in viewer.layers if find_dataset(layer) is not None]

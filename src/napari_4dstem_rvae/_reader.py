@@ -37,6 +37,10 @@ def _reader(path: str | list[str]) -> list:
 
     if isinstance(path, (list, tuple)):
         path = path[0]
+    from ._writer import is_results_file, read_results
+
+    if str(path).lower().endswith((".h5", ".hdf5")) and is_results_file(path):
+        return read_results(path)  # maps saved by this plugin: restore them as layers
     try:
         dataset = read(path)
     except ReadError as exc:

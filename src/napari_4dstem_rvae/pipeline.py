@@ -118,8 +118,11 @@ def write_results(path: str | os.PathLike, dataset: Dataset4D, maps: dict[str, n
     """An HDF5 results file: one dataset per map (scan_y, scan_x …), calibration and parameters."""
     import h5py
 
+    from ._writer import RESULTS_MARK
+
     path = os.fspath(path)
     with h5py.File(path, "w") as f:
+        f.attrs[RESULTS_MARK] = 1
         f.attrs["source"] = str(dataset.source or "")
         f.attrs["calibration_json"] = json.dumps(dataset.calibration.to_dict())
         f.attrs["provenance_json"] = json.dumps(list(dataset.provenance), default=str)

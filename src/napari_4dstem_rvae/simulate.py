@@ -9,25 +9,27 @@ Physics (references: E. J. Kirkland, *Advanced Computing in Electron Microscopy*
 
 - **Wavelength and interaction constant.** Relativistic wavelength λ (0.0487 Å at
   60 kV, :func:`napari_4dstem_rvae.dataset.electron_wavelength_angstrom`) and
-  σ = 2π / (λ V) · (m0c² + eV) / (2 m0c² + eV) in rad / (V·Å) (Kirkland eq. 5.6).
+  σ = 2π / (λ V) · (m0c² + eV) / (2 m0c² + eV) in rad / (V·Å) (Kirkland ch. 5).
 - **Projected atomic potential.** Kirkland's fit of the electron scattering factor
   (Kirkland appendix C, three Lorentzians plus three Gaussians),
   f_e(q) = Σ a_i / (q² + b_i) + Σ c_i exp(−d_i q²), q in 1/Å, coefficients for C (Z = 6)
   and Si (Z = 14). In real space the projected potential of one atom is
   v_z(r) = 4π² a0 e Σ a_i K0(2π r √b_i) + 2π² a0 e Σ (c_i/d_i) exp(−π² r² / d_i)
-  (Kirkland eq. 5.15, :func:`atom_projected_potential`). Its 2D Fourier transform is
+  (Kirkland ch. 5, :func:`atom_projected_potential`). Its 2D Fourier transform is
   2π a0 e f_e(q), which is how :func:`projected_potential` builds the potential of the
   whole periodic supercell: Σ_atoms 2π a0 e f_e(q) exp(−2πi q·r_j) on the FFT grid, cut at
   the Nyquist circle. This is exact for a periodic box, places atoms at sub-pixel
   positions exactly and avoids the logarithmic singularity of K0 at r = 0.
 - **Transmission function.** Single slice, phase-object approximation:
-  t(r) = exp(iσ v_z(r)). Valid for a monolayer (one atom thick; the phase of a carbon
-  atom peaks at ≈ 0.3 rad at the default sampling, and propagation within the atom's
-  thickness is negligible at 60 kV);
-  |t| = 1, so the transmission is unitary and the total intensity is conserved.
+  t(r) = exp(iσ v_z(r)) (Kirkland ch. 5–6). Valid for a monolayer: one atom thick, the
+  phase of a carbon atom peaks at ≈ 0.25 rad at the default sampling, and propagation
+  within the atom's thickness is negligible at 60 kV. |t| = 1, so the total intensity is
+  conserved; :func:`transmission_function` computes t on a 2× finer grid and keeps its
+  spectrum below the band limit q_max (see *Sampling*), which removes only the
+  scattering beyond q_max (< 0.1 % of the beam for graphene with the defaults).
 - **Probe.** ψ(r − r_p) = IFFT[A(k) exp(−iχ(k)) exp(−2πi k·r_p)] with a circular aperture
   A of semi-angle α (edge anti-aliased over one reciprocal pixel), χ(k) = −π λ Δf k² (no
-  spherical aberration; Δf > 0 is underfocus, Kirkland's convention, eq. 3.42), normalised
+  spherical aberration; Δf > 0 is underfocus, Kirkland's convention, ch. 3), normalised
   to unit total intensity. The Fourier phase ramp makes sub-pixel probe positions exact.
 - **Diffraction pattern.** I(k) = |FFT[ψ(r − r_p) t(r)]|² with orthonormal FFTs, so
   Σ_k I(k) = 1 over the whole FFT box. Forward FFT convention exp(−2πi k·r): a wave whose
@@ -40,16 +42,15 @@ Physics (references: E. J. Kirkland, *Advanced Computing in Electron Microscopy*
   detector pixel; the intensity is then integrated onto detector pixels of the requested
   angular size (area-weighted rebinning, which conserves intensity). The direct beam
   (zero angle) is at the geometric centre of the detector, ``((det_y−1)/2, (det_x−1)/2)``.
-  Intensity scattered beyond the detector edge is lost, as on a real detector (about 0.2 %
-  for the default 2α field of view).
-- **Real-space sampling.** The potential is band-limited at q_max and the probe at
-  k_α = α/λ, so the product ψ·t holds frequencies up to q_max + k_α, which the periodic
-  FFT wraps to ≥ 2 k_Nyquist − q_max − k_α. The grid is chosen so that q_max reaches the
-  detector corners while the wrapped frequencies stay beyond the detector edge
-  (2 k_Nyquist ≥ k_edge + k_corner + k_α; 0.27 Å pixels for the defaults). Within that
-  band the scattering is exactly Kirkland's f_e(q); the hard cut makes the real-space
-  potential ring weakly (< 0.1 V·Å), without effect inside the band. The weak
-  higher harmonics of exp(iσv) (phase ≲ 0.3 rad) are neglected.
+  Intensity scattered beyond the detector edge is lost, as on a real detector (≤ 0.15 %
+  of the beam for the default field of view of 2α).
+- **Sampling.** t is band-limited at q_max and the probe at k_α = α/λ, so the product
+  ψ·t holds frequencies up to q_max + k_α, which the periodic FFT wraps to
+  ≥ 2 k_Nyquist − q_max − k_α. The grid is chosen so that q_max reaches the detector
+  corners while the wrapped frequencies stay beyond the detector edge
+  (2 k_Nyquist ≥ k_edge + k_corner + k_α: 0.27 Å pixels, 192 × 192 for the defaults).
+  Within the band the potential's spectrum is exactly Kirkland's f_e(q); the hard cut
+  only makes the real-space potential ring weakly (≲ 0.1 V·Å).
 - **Partial spatial coherence.** A finite source of Gaussian profile (FWHM
   ``source_size_angstrom``) is an incoherent sum of patterns over probe positions. It is
   applied as a Gaussian convolution of the 4D data over the two scan axes, computed on a
@@ -103,7 +104,7 @@ KIRKLAND_COEFFICIENTS: dict[int, tuple[tuple[float, ...], ...]] = {
 
 DEFECTS = (None, "vacancy", "si")
 
-# The FFT box samples angles at most this fraction of a detector pixel apart.
+# FFT pixels (angular steps λ/L) per detector pixel, at least, along each axis.
 _FFT_PIXELS_PER_DETECTOR_PIXEL = 2.0
 # Probe positions per FFT batch (bounds memory at ~ batch × grid × 8 bytes per array).
 _BATCH = 64
@@ -111,7 +112,10 @@ _BATCH = 64
 
 # -- constants of the beam ---------------------------------------------------------------
 def interaction_constant(energy_kev: float) -> float:
-    """Relativistic interaction constant σ in rad / (V·Å) (Kirkland eq. 5.6)."""
+    """Relativistic interaction constant σ in rad / (V·Å) (Kirkland ch. 5).
+
+    σ = 2π / (λ V) · (m0c² + eV) / (2 m0c² + eV), e.g. 1.136e-3 at 60 kV.
+    """
     rest_energy_kev = 510.99895
     volts = energy_kev * 1e3
     wavelength = electron_wavelength_angstrom(energy_kev)
@@ -131,14 +135,18 @@ def _coefficients(z: int) -> tuple[np.ndarray, ...]:
 
 
 def electron_scattering_factor(q: Any, z: int) -> np.ndarray:
-    """Kirkland's electron scattering factor f_e(q) in Å, for q in 1/Å (not 2 sinθ/λ… q = 1/d)."""
+    """Kirkland's electron scattering factor f_e(q) in Å.
+
+    q is the spatial frequency in 1/Å (q = 1/d = 2 sin(θ/2)/λ ≈ θ/λ for a scattering
+    angle θ), not sin(θ/2)/λ as in some X-ray tables.
+    """
     a, b, c, d = _coefficients(z)
     q2 = np.asarray(q, dtype=float)[..., None] ** 2
     return np.sum(a / (q2 + b) + c * np.exp(-d * q2), axis=-1)
 
 
 def atom_projected_potential(r: Any, z: int) -> np.ndarray:
-    """Projected potential v_z(r) of one isolated atom in V·Å, r in Å (Kirkland eq. 5.15).
+    """Projected potential v_z(r) of one isolated atom in V·Å, r in Å (Kirkland ch. 5).
 
     Diverges logarithmically at r = 0.
     """
@@ -228,7 +236,7 @@ def _grid_for(box: tuple[float, float], nyquist: float) -> tuple[int, int]:
     from scipy.fft import next_fast_len
 
     # The smallest fast FFT size whose Nyquist frequency reaches ``nyquist`` (1/Å).
-    return tuple(next_fast_len(int(math.ceil(2 * nyquist * side))) for side in box)
+    return tuple(next_fast_len(math.ceil(2 * nyquist * side)) for side in box)
 
 
 def simulate_4dstem(
@@ -272,7 +280,9 @@ def simulate_4dstem(
 
     positions = np.asarray(probe_positions, dtype=float)
     if positions.shape[-1] != 2:
-        raise ValueError(f"probe_positions must have a last axis of 2 (y, x), got {positions.shape}")
+        raise ValueError(
+            f"probe_positions must have a last axis of 2 (y, x), got shape {positions.shape}"
+        )
     det_shape = (int(det_shape[0]), int(det_shape[1]))
     if min(det_shape) < 1 or det_pixel_mrad <= 0 or semiangle_mrad <= 0 or energy_kev <= 0:
         raise ValueError(
@@ -292,8 +302,9 @@ def simulate_4dstem(
     nyquist = min(grid[0] / box[0], grid[1] / box[1]) / 2
     if nyquist < k_edge:
         raise ValueError(
-            f"The FFT grid {grid} over the box {box} Å reaches {nyquist * wavelength * 1e3:.1f} "
-            f"mrad, less than the detector edge at {k_edge * wavelength * 1e3:.1f} mrad"
+            f"The FFT grid {grid} over the box {box} Å reaches "
+            f"{nyquist * wavelength * 1e3:.1f} mrad, less than the detector edge at "
+            f"{k_edge * wavelength * 1e3:.1f} mrad"
         )
     # Band limit of t: ψ (up to k_aperture) times t (up to q_max) wraps around the FFT
     # box to frequencies ≥ 2 k_Nyquist − q_max − k_aperture, outside the detector when
@@ -311,7 +322,8 @@ def simulate_4dstem(
     probe_spectrum /= np.sqrt(np.sum(np.abs(probe_spectrum) ** 2))
 
     atoms = np.asarray(atoms, dtype=float).reshape(-1, 3)
-    transmission = transmission_function(atoms, box, grid, energy_kev, q_max).astype(np.complex64)
+    transmission = transmission_function(atoms, box, grid, energy_kev, q_max)
+    transmission = transmission.astype(np.complex64)
 
     # Detector: only the FFT rows/columns that fall on it are kept. The x weights are
     # doubled up so that they act on the interleaved (re², im²) of the complex64 data.
@@ -347,7 +359,8 @@ def simulate_4dstem(
         # Single large GEMMs (tensordot) rather than a batched matmul: much faster on
         # a busy CPU.
         half = np.tensordot(parts, rebin_x_pairs, axes=([2], [0]))
-        out[start:start + len(batch)] = np.tensordot(half, rebin_y, axes=([1], [1])).transpose(0, 2, 1)
+        patterns = np.tensordot(half, rebin_y, axes=([1], [1]))  # (batch, det_x, det_y)
+        out[start:start + len(batch)] = patterns.transpose(0, 2, 1)
     return out.reshape(*positions.shape[:-1], *det_shape)
 
 
@@ -362,10 +375,15 @@ def graphene_cell(a: float = GRAPHENE_LATTICE_CONSTANT) -> tuple[np.ndarray, tup
     return fractions * np.array([height, a]), (height, a)
 
 
-def _graphene_supercell(repeats: tuple[int, int], centre: tuple[float, float],
-                        a: float) -> tuple[np.ndarray, tuple[float, float]]:
-    """Atoms (y, x, 6) of a periodic supercell of ``repeats`` (rows, cols) cells, shifted
-    so that an atom sits exactly at ``centre`` (Å)."""
+def graphene_supercell(repeats: tuple[int, int], centre: tuple[float, float] = (0.0, 0.0),
+                       a: float = GRAPHENE_LATTICE_CONSTANT
+                       ) -> tuple[np.ndarray, tuple[float, float]]:
+    """A periodic graphene supercell of ``repeats`` (rows, cols) orthorhombic cells.
+
+    Returns the atoms as an (n, 3) array of (y, x, 6) in Å, inside the box, shifted so
+    that an atom sits exactly at ``centre``, and the box (L_y, L_x) in Å, ready for
+    :func:`simulate_4dstem`.
+    """
     basis, (cell_y, cell_x) = graphene_cell(a)
     box = (repeats[0] * cell_y, repeats[1] * cell_x)
     iy, ix = np.meshgrid(np.arange(repeats[0]), np.arange(repeats[1]), indexing="ij")
@@ -438,7 +456,9 @@ def graphene(
     scan_shape = (int(scan_shape[0]), int(scan_shape[1]))
     det_shape = (int(det_shape[0]), int(det_shape[1]))
     if min(scan_shape) < 1 or min(det_shape) < 2:
-        raise ValueError(f"scan_shape and det_shape must be positive, got {scan_shape}, {det_shape}")
+        raise ValueError(
+            f"scan_shape must be ≥ 1 and det_shape ≥ 2 pixels, got {scan_shape}, {det_shape}"
+        )
     if np.dtype(dtype).kind != "f":
         raise ValueError(f"dtype must be a floating-point type, got {np.dtype(dtype)}")
     if defect not in DEFECTS:
@@ -466,10 +486,10 @@ def graphene(
     (cell_y, cell_x) = graphene_cell(a)[1]
     side = max(max(sim_shape) * step + 12.0,
                _FFT_PIXELS_PER_DETECTOR_PIXEL * wavelength / (det_pixel_mrad * 1e-3))
-    repeats = (int(math.ceil(side / cell_y)), int(math.ceil(side / cell_x)))
+    repeats = (math.ceil(side / cell_y), math.ceil(side / cell_x))
     box = (repeats[0] * cell_y, repeats[1] * cell_x)
     centre = (box[0] / 2, box[1] / 2)
-    atoms, box = _graphene_supercell(repeats, centre, a)
+    atoms, box = graphene_supercell(repeats, centre, a)
 
     # Probe (i, j) of the simulated scan sits at first + (i, j)·step; probe
     # (pad + scan_y//2, pad + scan_x//2) at the box centre, on an atom.

@@ -21,7 +21,8 @@ Conventions (read these before comparing with another program)
   linear), so Σ curl′² = (c, s)·M·(c, s)ᵀ with M = [[Σcurl², Σcurl·div], [Σcurl·div, Σdiv²]].
   Its minimiser is the eigenvector of M with the smaller eigenvalue: exact, no angle grid.
   Both flips are tried; the one with the smaller residual curl fraction
-  λ_min / trace(M) wins.
+  λ_min / trace(M) wins. (The sums use fourth-order differences, which reduce the
+  small bias that sampling puts on θ; the returned maps use second-order ones.)
 - **180° ambiguity and sign.** θ and θ + 180° give the same curl. For a positive
   (attractive) projected potential the beam is deflected *towards* the atoms, so the COM
   field points towards atom columns and its divergence is *negative* at atom columns —
@@ -69,10 +70,25 @@ _MOMENTS = ("com_total", "com_y", "com_x")
 
 
 # -- vector-field helpers ------------------------------------------------------------------
-def _derivative(values: np.ndarray, axis: int, spacing: float) -> np.ndarray:
+def _derivative(values: np.ndarray, axis: int, spacing: float, order: int = 2) -> np.ndarray:
+    """d/d(axis): central differences (one-sided at the edges); with ``order=4`` the
+    fourth-order stencil (−f₊₂ + 8f₊₁ − 8f₋₁ + f₋₂)/12h where five samples are available."""
     if values.shape[axis] < 2:
         return np.zeros_like(values, dtype=np.float64)
-    return np.gradient(values.astype(np.float64, copy=False), spacing, axis=axis)
+    out = np.gradient(values.astype(np.float64, copy=False), spacing, axis=axis)
+    if order == 4 and values.shape[axis] >= 5:
+        f = np.moveaxis(values.astype(np.float64, copy=False), axis, 0)
+        inner = np.moveaxis(out, axis, 0)  # a view: writes go to ``out``
+        inner[2:-2] = (-f[4:] + 8 * f[3:-1] - 8 * f[1:-3] + f[:-4]) / (12 * spacing)
+    return out
+
+
+def _div_curl(fy: np.ndarray, fx: np.ndarray, spacing: tuple[float, float],
+              order: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    sy, sx = float(spacing[0]), float(spacing[1])
+    div = _derivative(fx, 1, sx, order) + _derivative(fy, 0, sy, order)
+    curl = _derivative(fy, 1, sx, order) - _derivative(fx, 0, sy, order)
+    return div, curl
 
 
 def divergence_curl(field_y: Any, field_x: Any,
@@ -99,10 +115,7 @@ def divergence_curl(field_y: Any, field_x: Any,
             f"field_y and field_x must be 2D (scan_y, scan_x) arrays of one shape, got "
             f"{fy.shape} and {fx.shape}"
         )
-    sy, sx = float(spacing[0]), float(spacing[1])
-    div = _derivative(fx, 1, sx) + _derivative(fy, 0, sy)
-    curl = _derivative(fy, 1, sx) - _derivative(fx, 0, sy)
-    return div, curl
+    return _div_curl(fy, fx, spacing)
 
 
 def rotate_field(field_y: Any, field_x: Any, rotation_deg: float,
@@ -149,8 +162,11 @@ class RotationCalibration:
 
 def _eigen_rotation(dy: np.ndarray, dx: np.ndarray, spacing: tuple[float, float],
                     weights: np.ndarray) -> tuple[float, float]:
-    """(θ mod 180° in radians, residual fraction) minimising Σ w·curl′²."""
-    div, curl = divergence_curl(dy, dx, spacing)
+    """(θ mod 180° in radians, residual fraction) minimising Σ w·curl′².
+
+    Fourth-order differences: the discretisation error of the curl of a sampled gradient
+    correlates with its divergence and biases θ; the higher order cuts that bias ~5×."""
+    div, curl = _div_curl(dy, dx, spacing, order=4)
     m = np.array([[np.sum(weights * curl * curl), np.sum(weights * curl * div)],
                   [np.sum(weights * curl * div), np.sum(weights * div * div)]])
     trace = float(np.trace(m))

@@ -155,6 +155,7 @@ class DiffractionBrowser(QWidget):
             shown = np.log10(shown + (peak * 1e-5 if peak > 0 else 1.0))
         if self._image is None or self._image.get_array().shape != shown.shape:
             self.axes.clear()
+            self._annulus = []
             self._image = self.axes.imshow(shown, cmap="inferno", interpolation="nearest")
             self.axes.set_xticks([])
             self.axes.set_yticks([])
@@ -193,6 +194,18 @@ class DiffractionBrowser(QWidget):
                 self._overlays.append(self.axes.add_patch(
                     Circle((cx, cy), 1.15 * radius, fill=False, color="lime", lw=1, label="ADF inner")))
         self.axes.plot([cx], [cy], "+", color="white", ms=6)
+
+    def set_annulus(self, centre: tuple[float, float], inner_px: float, outer_px: float) -> None:
+        """Draw a virtual detector (two circles, pixels) on the pattern; replaces the last one."""
+        from matplotlib.patches import Circle
+
+        for patch in getattr(self, "_annulus", []):
+            patch.remove()
+        cy, cx = centre
+        self._annulus = [self.axes.add_patch(Circle((cx, cy), r, fill=False, color="magenta", lw=1.5))
+                         for r in (inner_px, outer_px) if r > 0 and np.isfinite(r)]
+        self.annulus_px = (float(inner_px), float(outer_px))
+        self.canvas.draw_idle()
 
     def _mark(self, layer, position) -> None:
         """A point marker at the pinned probe position, in the layer's real-space frame."""

@@ -83,7 +83,7 @@ def _start_background_image(dataset, mask, viewer=None) -> Any:
 
     n_rows = dataset.scan_shape[0]
 
-    @thread_worker(progress={"total": n_rows, "desc": f"Reading {dataset.name}"})
+    @thread_worker(progress={"total": n_rows, "desc": f"Reading {dataset.name}"}, ignore_errors=True)
     def work():
         for rows, values in iter_virtual_image(dataset, mask):
             yield rows, values

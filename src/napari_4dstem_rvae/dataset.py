@@ -200,11 +200,14 @@ class Dataset4D:
 
     @property
     def name(self) -> str:
+        """A short name for layers and figures: ``metadata["name"]``, else the file name."""
+        if self.metadata.get("name"):
+            return str(self.metadata["name"])
         if self.source:
             import os
 
             return os.path.basename(os.path.normpath(str(self.source)))
-        return str(self.metadata.get("name", "4D-STEM"))
+        return "4D-STEM"
 
     # -- access --------------------------------------------------------------------
     def pattern(self, y: int, x: int) -> np.ndarray:

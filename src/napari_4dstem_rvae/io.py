@@ -189,7 +189,9 @@ def _finish(array: Any, path: str, calibration: Calibration, metadata: dict,
     if scan_shape is not None or getattr(frame_source, "ndim", 0) != 4:
         frame_source = None
     if not isinstance(array, da.Array):
-        array = da.from_array(array, chunks=chunks or _aligned_chunks(array), fancy=False, lock=False)
+        # meta= spares dask its probe read (which would also open and hold an HDF5 file)
+        array = da.from_array(array, chunks=chunks or _aligned_chunks(array), fancy=False, lock=False,
+                              meta=np.empty((0,) * len(array.shape), dtype=array.dtype))
     elif chunks is not None:
         array = array.rechunk(chunks)
     if scan_shape is not None:
@@ -249,32 +251,54 @@ def _text(value: Any) -> Any:
     return value
 
 
-def _length_unit(unit: Any) -> str | None:
-    """Normalise a real-space unit; ``None`` for pixels/undefined."""
+def _unit_key(unit: Any) -> str | None:
+    """A unit string reduced to a lookup key: no brackets, spaces or underscores (RosettaSciIO's
+    EMD writer spells 'nm' as '[n_m]'), Unicode normalised (Å sign U+212B, micro sign), lower case."""
+    import unicodedata
+
     u = _text(unit)
     if not isinstance(u, str):
         return None
-    u = u.strip().strip("[]").replace("_", "")
-    table = {"a": "Å", "å": "Å", "angstrom": "Å", "angstroms": "Å", "nm": "nm", "um": "µm",
-             "µm": "µm", "μm": "µm", "pm": "pm", "m": "m", "mm": "mm"}
-    return table.get(u.lower())
+    u = unicodedata.normalize("NFKC", u).strip().strip("[]").replace("_", "").replace(" ", "")
+    return u.replace("μ", "µ").replace("**", "^").lower()
+
+
+def _length_unit(unit: Any) -> str | None:
+    """Normalise a real-space unit; ``None`` for pixels/undefined."""
+    key = _unit_key(unit)
+    table = {"a": "Å", "å": "Å", "ang": "Å", "angstrom": "Å", "angstroms": "Å", "nm": "nm",
+             "nanometer": "nm", "nanometers": "nm", "um": "µm", "µm": "µm", "micron": "µm",
+             "microns": "µm", "pm": "pm", "m": "m", "mm": "mm"}
+    return table.get(key) if key else None
 
 
 def _reciprocal_unit(unit: Any, size: float) -> tuple[float | None, str | None]:
     """Normalise a detector calibration to (size, 'mrad' | '1/Å'); unknown -> (None, None)."""
-    u = _text(unit)
-    if not isinstance(u, str) or size is None or not np.isfinite(size) or size <= 0:
+    key = _unit_key(unit)
+    if not key or size is None or not np.isfinite(size) or size <= 0:
         return None, None
-    key = u.strip().strip("[]").replace(" ", "").lower()
     if key in ("mrad", "milliradian", "milliradians"):
         return float(size), "mrad"
     if key in ("rad", "radian", "radians"):
         return float(size) * 1e3, "mrad"
     if key in ("1/å", "1/a", "a^-1", "å^-1", "a-1", "å-1", "1/angstrom", "angstrom^-1"):
         return float(size), "1/Å"
-    if key in ("1/nm", "nm^-1", "nm-1"):
+    if key in ("1/nm", "nm^-1", "nm-1", "1/nanometer"):
         return float(size) / 10.0, "1/Å"
+    if key in ("1/pm", "pm^-1"):
+        return float(size) * 100.0, "1/Å"
+    if key in ("1/m", "m^-1"):
+        return float(size) * 1e-10, "1/Å"
     return None, None
+
+
+def _unit_kind(unit: Any) -> str | None:
+    """'real' for a length, 'reciprocal' for a reciprocal length or an angle, else None."""
+    if _length_unit(unit):
+        return "real"
+    if _reciprocal_unit(unit, 1.0)[1]:
+        return "reciprocal"
+    return None
 
 
 def _positive(value: Any) -> float | None:
@@ -295,7 +319,7 @@ class HDF5Source:
     by a lock because the HDF5 library is not thread-safe.
     """
 
-    _handles: dict[tuple[str, int], Any] = {}
+    _handles: dict[tuple[str, int], tuple[Any, tuple]] = {}  # (path, pid) -> (h5py.File, stat)
     _lock = threading.Lock()
 
     def __init__(self, path: str, name: str, shape: tuple[int, ...], dtype: Any,
@@ -309,10 +333,21 @@ class HDF5Source:
         import h5py
 
         key = (self.path, os.getpid())
-        handle = HDF5Source._handles.get(key)
-        if handle is None or not handle.id.valid:
+        st = os.stat(self.path)
+        stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+        cached = HDF5Source._handles.get(key)
+        handle = None
+        if cached is not None:
+            handle, old_stamp = cached
+            if not handle.id.valid or old_stamp != stamp:  # closed, or the file was replaced
+                try:
+                    handle.close()
+                except Exception:
+                    pass
+                handle = None
+        if handle is None:
             handle = h5py.File(self.path, "r")
-            HDF5Source._handles[key] = handle
+            HDF5Source._handles[key] = (handle, stamp)
         return handle[self.name]
 
     def __getitem__(self, index: Any) -> np.ndarray:
@@ -338,7 +373,7 @@ class HDF5Source:
             for key in list(cls._handles):
                 if path is None or key[0] == os.fspath(path):
                     try:
-                        cls._handles.pop(key).close()
+                        cls._handles.pop(key)[0].close()
                     except Exception:
                         pass
 
@@ -409,10 +444,60 @@ def read_hdf5(path: str, dataset: str | None = None, scan_shape: Any = None,
             obj = obj["data"]
         if obj.dtype.kind not in "uifb":
             raise ReadError(f"{path}: dataset {obj.name!r} has non-numeric type {obj.dtype}")
-        source = HDF5Source(path, obj.name, obj.shape, obj.dtype, obj.chunks)
-        calibration, metadata = _hdf5_calibration(f, obj)
+        source = HDF5Source(os.path.abspath(path), obj.name, obj.shape, obj.dtype, obj.chunks)
+        dims, first = _emd_dims(obj)
+        reverse = _emd_axes_reversed(f, obj, dims, first)
+        calibration, metadata = _hdf5_calibration(f, obj, dims[::-1] if reverse else dims)
     metadata["dataset"] = source.name
-    return _finish(source, path, calibration, metadata, scan_shape, chunks, "hdf5")
+    array: Any = source
+    if reverse:
+        # RosettaSciIO/HyperSpy write EMD 0.x arrays transposed: (det_x, det_y, scan_x, scan_y)
+        # on disk, dim1 describing det_x. Read them back in (scan_y, scan_x, det_y, det_x) order.
+        import dask.array as da
+
+        logical = tuple(source.shape[::-1])
+        want = tuple(chunks) if isinstance(chunks, tuple) and len(chunks) == 4 else \
+            default_chunks(logical, source.dtype) if len(logical) == 4 else "auto"
+        disk_chunks = want[::-1] if isinstance(want, tuple) else want
+        array = da.from_array(source, chunks=disk_chunks, fancy=False, lock=False,
+                              meta=np.empty((0,) * 4, dtype=source.dtype)).transpose()
+        metadata["emd_axes_reversed"] = True
+        chunks = None
+    return _finish(array, path, calibration, metadata, scan_shape, chunks, "hdf5")
+
+
+def _emd_dims(dset) -> tuple[list, int]:
+    """The EMD dim vectors next to ``dset``: EMD 1.0 names them dim0..dimN-1, EMD 0.x
+    dim1..dimN. Returns ``([], -1)`` when there are none."""
+    parent = dset.parent
+    for first in (0, 1):
+        names = [f"dim{first + i}" for i in range(dset.ndim)]
+        if all(n in parent for n in names):
+            return [parent[n] for n in names], first
+    return [], -1
+
+
+def _emd_axes_reversed(f, dset, dims: list, first: int) -> bool:
+    """Whether an EMD 0.x array is stored with its axes reversed (detector axes first).
+
+    The EMD 0.x specification has dim1 describe the first array axis, and py4DSTEM/Prismatic
+    datacubes are stored (Rx, Ry, Qx, Qy). RosettaSciIO's (HyperSpy's) EMD writer stores the
+    transpose of its (scan_y, scan_x, det_y, det_x) array, so its files hold
+    (det_x, det_y, scan_x, scan_y); RosettaSciIO transposes every EMD 0.x array it reads except
+    py4DSTEM 'datacube' datasets. Decide from the units of the dim vectors (reciprocal or
+    angular units on dim1/dim2, lengths on dim3/dim4), else from the writer's fingerprint
+    (version 0.2 and a '/signals/<title>/data' layout).
+    """
+    if first != 1 or dset.ndim != 4 or dset.name.rsplit("/", 1)[-1] == "datacube":
+        return False
+    kinds = [_unit_kind(d.attrs.get("units")) for d in dims]
+    reversed_evidence = "reciprocal" in kinds[:2] or "real" in kinds[2:]
+    native_evidence = "real" in kinds[:2] or "reciprocal" in kinds[2:]
+    if reversed_evidence or native_evidence:
+        return reversed_evidence and not native_evidence
+    version = (str(_text(f.attrs.get("version_major"))), str(_text(f.attrs.get("version_minor"))))
+    grandparent = dset.parent.parent.name if dset.parent.name != "/" else ""
+    return version == ("0", "2") and grandparent == "/signals"
 
 
 def _choose_dataset(f, path: str, want_flat: bool = False) -> str:
@@ -446,27 +531,29 @@ def _choose_dataset(f, path: str, want_flat: bool = False) -> str:
     return chosen
 
 
-def _hdf5_calibration(f, dset) -> tuple[Calibration, dict]:
-    """Calibration from EMD dim vectors, py4DSTEM calibration metadata and common attributes."""
+def _hdf5_calibration(f, dset, dims: list | None = None) -> tuple[Calibration, dict]:
+    """Calibration from EMD dim vectors, py4DSTEM calibration metadata and common attributes.
+
+    ``dims`` are the dim vectors in (scan_y, scan_x, det_y, det_x) order (see :func:`_emd_dims`).
+    """
     metadata: dict[str, Any] = {}
     fields: dict[str, Any] = {}
     parent = dset.parent
-    # EMD 1.0 uses dim0..dim3, EMD 0.1 dim1..dim4 (first two values give offset and step).
-    dims = []
-    for first in (0, 1):
-        names = [f"dim{first + i}" for i in range(dset.ndim)]
-        if all(n in parent for n in names):
-            dims = [parent[n] for n in names]
-            break
+    if dims is None:
+        dims = _emd_dims(dset)[0]
+    # EMD dim vectors: the first two values give offset and step.
     if dims and dset.ndim == 4:
         steps, units = [], []
         for d in dims:
-            values = np.asarray(d[: min(2, d.shape[0])] if d.ndim else [0.0], dtype=float)
+            try:
+                values = np.asarray(d[: min(2, d.shape[0])] if d.ndim else [0.0], dtype=float)
+            except (TypeError, ValueError):  # string labels
+                values = np.zeros(0)
             steps.append(float(values[1] - values[0]) if values.size > 1 else None)
             units.append(_text(d.attrs.get("units", "")))
         metadata["emd_dims"] = {"steps": steps, "units": units}
         unit = _length_unit(units[0])
-        if unit and steps[0] and steps[1] and steps[0] > 0 and steps[1] > 0:
+        if unit and _length_unit(units[1]) in (unit, None) and steps[0] and steps[1]:
             fields.update(scan_step=(abs(steps[0]), abs(steps[1])), scan_unit=unit)
         size, dunit = _reciprocal_unit(units[2], abs(steps[2]) if steps[2] else None)
         if dunit:
@@ -498,7 +585,10 @@ def _hdf5_calibration(f, dset) -> tuple[Calibration, dict]:
         if "calibration_json" in holder.attrs:
             import json
 
-            fields.update(Calibration.from_dict(json.loads(_text(holder.attrs["calibration_json"]))).__dict__)
+            try:  # written by this package: authoritative, None included
+                fields.update(Calibration.from_dict(json.loads(_text(holder.attrs["calibration_json"]))).__dict__)
+            except (TypeError, ValueError) as exc:
+                warnings.warn(f"{f.filename}: ignoring an invalid calibration_json ({exc})", stacklevel=3)
     try:
         calibration = Calibration(**fields)
     except ValueError as exc:
@@ -656,14 +746,18 @@ def read_rsciio(path: str, plugin: str, scan_shape: Any = None, chunks: Any = No
             f"{path}: reading this format needs RosettaSciIO; install it with "
             "`pip install napari-4dstem-rvae[formats]`"
         ) from exc
-    if plugin == "quantumdetector" and scan_shape is not None:
-        kwargs["navigation_shape"] = tuple(int(s) for s in scan_shape)[::-1]
-        scan_shape = None
+    scan_shape_source = "file"
+    target = path
+    if plugin == "quantumdetector":
+        if path.lower().endswith(".hdr"):
+            target = _sibling(path, ".mib") or path[:-4] + ".mib"
+        if scan_shape is not None:
+            kwargs["navigation_shape"] = tuple(int(s) for s in scan_shape)[::-1]
+            scan_shape, scan_shape_source = None, "user"
+        else:
+            scan_shape_source = _merlin_scan_shape(target, kwargs)
     if plugin == "emd" and dataset is not None:
         kwargs["dataset_path"] = dataset
-    target = path
-    if plugin == "quantumdetector" and path.lower().endswith(".hdr"):
-        target = path[:-4] + ".mib"
     try:
         signals = module.file_reader(target, lazy=True, **kwargs)
     except ReadError:
@@ -678,12 +772,67 @@ def read_rsciio(path: str, plugin: str, scan_shape: Any = None, chunks: Any = No
     signal = signals[0]
     data = signal["data"]
     axes = sorted(signal.get("axes", []), key=lambda a: a.get("index_in_array", 0))
-    calibration, metadata = _rsciio_calibration(axes, signal, path)
+    if data.ndim == 3 and scan_shape is None:
+        # A scan line: readers drop navigation axes of size 1 (EMPAD squeezes its data).
+        nav_names = [str(_text(a.get("name", ""))).lower() for a in axes if a.get("navigate")]
+        if nav_names in (["scan_x"], ["x"]):
+            scan_shape = (1, data.shape[0])
+        elif nav_names in (["scan_y"], ["y"]):
+            scan_shape = (data.shape[0], 1)
+    calibration, metadata = _rsciio_calibration(axes, signal, path, plugin)
     metadata["rsciio_plugin"] = plugin
+    if plugin == "quantumdetector":
+        metadata["scan_shape_source"] = scan_shape_source
+        if scan_shape_source == "frame timestamps" and data.ndim == 4:
+            warnings.warn(
+                f"{path}: the .hdr gives no scan size (ScanX/ScanY); RosettaSciIO guessed the scan "
+                f"shape {tuple(data.shape[:2])} from the frame timestamps; pass "
+                "scan_shape=(scan_y, scan_x) if it is wrong", stacklevel=3)
     return _finish(data, path, calibration, metadata, scan_shape, chunks, f"rsciio:{plugin}")
 
 
-def _rsciio_calibration(axes: list[dict], signal: dict, path: str) -> tuple[Calibration, dict]:
+def _sibling(path: str, ext: str) -> str | None:
+    """``path`` with its extension replaced by ``ext`` (either case), if that file exists."""
+    stem = os.path.splitext(path)[0]
+    for candidate in (stem + ext, stem + ext.upper()):
+        if os.path.exists(candidate):
+            return candidate
+    return None
+
+
+def _merlin_scan_shape(mib_path: str, kwargs: dict) -> str:
+    """Use ScanX/ScanY from the Merlin ``.hdr`` (Merlin software 1.5 and later) as the scan
+    shape; RosettaSciIO 0.15 ignores them and guesses from frames per trigger or timestamps.
+    Returns where the scan shape comes from."""
+    hdr_path = _sibling(mib_path, ".hdr")
+    if hdr_path is None:
+        return "frame timestamps"
+    hdr: dict[str, str] = {}
+    try:
+        with open(hdr_path, encoding="utf-8", errors="ignore") as fh:
+            for line in fh:
+                if line.startswith("HDR") or line.startswith("End") or "\t" not in line:
+                    continue
+                key, value = line.split("\t", 1)
+                hdr[key.strip().rstrip(":").strip()] = value.strip()
+    except OSError:
+        return "frame timestamps"
+    try:
+        scan_x, scan_y = int(hdr["ScanX"]), int(hdr["ScanY"])
+    except (KeyError, ValueError):
+        scan_x = scan_y = 0
+    if scan_x > 0 and scan_y > 0:
+        kwargs["navigation_shape"] = (scan_x, scan_y)  # HyperSpy order: x first
+        return "hdr ScanX/ScanY"
+    try:
+        per_trigger = int(hdr.get("Frames per Trigger (Number)", "1"))
+    except ValueError:
+        per_trigger = 1
+    return "hdr frames per trigger" if per_trigger > 1 else "frame timestamps"
+
+
+def _rsciio_calibration(axes: list[dict], signal: dict, path: str,
+                        plugin: str = "") -> tuple[Calibration, dict]:
     fields: dict[str, Any] = {}
     nav = [a for a in axes if a.get("navigate")]
     sig = [a for a in axes if not a.get("navigate", False)]
@@ -698,9 +847,10 @@ def _rsciio_calibration(axes: list[dict], signal: dict, path: str) -> tuple[Cali
         size, unit = _reciprocal_unit(sig[0].get("units"), _positive(sig[0].get("scale")))
         if unit:
             fields.update(det_pixel_size=size, det_unit=unit)
-            # offsets of the detector axes put zero angle at the direct beam
-            origin = [-float(a.get("offset", 0.0)) / float(a.get("scale", 1.0)) for a in sig]
-            if any(o != 0 for o in origin):
+            # offsets of the detector axes put zero angle at the direct beam (EMPAD's are a
+            # fixed -64 px by RosettaSciIO's convention, not a measurement: ignored)
+            origin = [-float(a.get("offset", 0.0) or 0.0) / float(a.get("scale", 1.0)) for a in sig]
+            if any(o != 0 for o in origin) and plugin != "empad":
                 fields["det_origin"] = tuple(origin)
         elif _text(sig[0].get("units")) not in (None, "", "<undefined>"):
             metadata["detector_calibration_unconverted"] = {
@@ -710,6 +860,12 @@ def _rsciio_calibration(axes: list[dict], signal: dict, path: str) -> tuple[Cali
         fields["energy_kev"] = _positive(tem["beam_energy"])
     if _positive(tem.get("convergence_angle")):
         fields["semiangle_mrad"] = _positive(tem["convergence_angle"])
+    if plugin == "empad" and "energy_kev" not in fields:
+        # EMPAD .xml (v1.2+): <iom_measurements><high_voltage> in volts, not mapped by RosettaSciIO
+        iom = (signal.get("original_metadata") or {}).get("root", {}).get("iom_measurements", {})
+        volts = _positive(iom.get("high_voltage")) if isinstance(iom, dict) else None
+        if volts:
+            fields["energy_kev"] = volts / 1e3
     try:
         calibration = Calibration(**fields)
     except ValueError as exc:

@@ -155,3 +155,41 @@ def demo(out: str | os.PathLike = "out", defect: str | None = "vacancy", log=pri
     for key, value in files.items():
         log(f"{key}: {value}")
     return files
+
+
+def preprocess(dataset: Dataset4D, *, crop_scan: Any = None, crop_detector: Any = None,
+               bin_scan: int = 1, bin_detector: int = 1, bin_method: str = "sum",
+               repair_bad_pixels: bool = False, center: bool = False, transform: str | None = None,
+               normalize: str | None = None, subtract_mean: bool = False, pca_components: int = 0,
+               mean_pattern: Any = None) -> Dataset4D:
+    """The preprocessing chain, in the order a microscopist applies it: crop → bin →
+    bad-pixel repair → direct-beam centring (descan plane) → intensity transform →
+    mean-pattern subtraction → PCA denoising. Each step adds a provenance entry; the input
+    is never modified. Lazy in, lazy out (PCA fits in memory or incrementally)."""
+    from . import processing as proc
+
+    ds = dataset
+    if crop_scan is not None or crop_detector is not None:
+        ds = proc.crop(ds, scan=crop_scan, detector=crop_detector)
+    if bin_scan != 1 or bin_detector != 1:
+        ds = proc.bin_data(ds, scan=bin_scan, detector=bin_detector, method=bin_method)
+    if repair_bad_pixels:
+        ds = proc.repair_bad_pixels(ds)
+    if center:
+        ds = proc.center_patterns(ds, fit="plane")
+    if transform or normalize:
+        ds = proc.transform_intensity(ds, function=transform, normalize=normalize)
+    if subtract_mean:
+        ds = proc.subtract_mean_pattern(ds, mean_pattern=mean_pattern)
+    if pca_components:
+        ds = proc.pca_denoise(ds, int(pca_components))
+    return ds
+
+
+def detector_bin_factor(det_shape: tuple[int, int], target: int | None) -> int:
+    """Whole binning factor that brings the detector to about ``target`` pixels (≥ target)."""
+    if not target:
+        return 1
+    if target < 1:
+        raise ValueError(f"--bin must be a positive number of detector pixels, got {target}")
+    return max(1, min(det_shape) // int(target))

@@ -408,20 +408,25 @@ def sample_mean_pattern(data: Any, max_frames: int = 1024, max_rows: int = 8) ->
     """Mean of a sample of patterns spread over the scan (float64, ``(det_y, det_x)``).
 
     Takes up to ``max_rows`` evenly spaced scan rows and, within them, evenly spaced
-    positions (``max_frames`` in all), so that a lazy file is read only in a few places.
-    Used to find the bright-field disk for default masks without a full pass.
+    positions (``max_frames`` in all), so that a lazy file is read only in a few places;
+    one row of the sample is in memory at a time. Non-finite pixels count as 0. Used to
+    find the bright-field disk for default masks without a full pass.
     """
     data = as_array(data)
     ny, nx = int(data.shape[0]), int(data.shape[1])
     rows = np.unique(np.linspace(0, ny - 1, min(ny, max_rows)).round().astype(int))
     per_row = max(1, max_frames // len(rows))
     step = max(1, int(np.ceil(nx / per_row)))
-    sample = np.stack([np.asarray(_computed(data[int(r), ::step])) for r in rows])
-    sample = sample.astype(np.float64)
-    finite = np.isfinite(sample)
-    if not finite.all():
-        sample = np.where(finite, sample, 0.0)
-    return sample.mean(axis=(0, 1))
+    total = np.zeros(tuple(int(s) for s in data.shape[2:]), dtype=np.float64)
+    count = 0
+    for r in rows:
+        frames = np.asarray(_computed(data[int(r), ::step]))
+        finite = np.isfinite(frames) if frames.dtype.kind in "fc" else None
+        if finite is not None and not finite.all():
+            frames = np.where(finite, frames, 0)
+        total += frames.sum(axis=0, dtype=np.float64)
+        count += frames.shape[0]
+    return total / count
 
 
 def _computed(value: Any) -> Any:

@@ -37,8 +37,8 @@ class DiskGeometry:
 def find_disk(pattern: Any, threshold: float = 0.5) -> DiskGeometry:
     """Centre and radius of the bright-field disk in one pattern (pixels, sub-pixel).
 
-    The disk is the connected region of pixels brighter than
-    ``background + threshold × (peak − background)`` that holds the most intensity
+    The disk is the largest connected region of pixels brighter than
+    ``background + threshold × (peak − background)``
     (background: the 5th percentile; peak: the 99.5th percentile, so one hot pixel does
     not set the scale). The centre is the intensity-weighted centroid of that region
     above the background; the radius is √(area / π), the area counting edge pixels by
@@ -71,8 +71,9 @@ def find_disk(pattern: Any, threshold: float = 0.5) -> DiskGeometry:
     above = image > background + threshold * (peak - background)
     labels, count = ndimage.label(above)
     if count > 1:
-        weights = ndimage.sum_labels(image - background, labels, index=np.arange(1, count + 1))
-        above = labels == (1 + int(np.argmax(weights)))
+        # The largest region: a hot pixel may be brighter, never larger.
+        sizes = np.bincount(labels.ravel())[1:]
+        above = labels == (1 + int(np.argmax(sizes)))
     level = float(np.median(image[above])) - background
     weight = np.where(above, image - background, 0.0)
     rows, cols = np.indices(image.shape)
@@ -248,13 +249,13 @@ def detector_mask(detector: VirtualDetector | Any, det_shape: tuple[int, int],
         weights = np.asarray(detector, dtype=np.float64)
         if weights.shape != tuple(det_shape):
             raise ValueError(
-                f"mask {name!r} has shape {weights.shape}, expected the detector shape {tuple(det_shape)}"
+                f"{name} has shape {weights.shape}, expected the detector shape {tuple(det_shape)}"
             )
         if not np.all(np.isfinite(weights)):
-            raise ValueError(f"mask {name!r} contains NaN or Inf weights")
+            raise ValueError(f"{name} contains NaN or Inf weights")
         if not np.any(weights != 0):
             raise ValueError(
-                f"mask {name!r} excludes every detector pixel (all weights are 0); "
+                f"{name} excludes every detector pixel (all weights are 0); "
                 f"expected at least one non-zero pixel"
             )
         return weights
@@ -280,12 +281,12 @@ def detector_mask(detector: VirtualDetector | Any, det_shape: tuple[int, int],
                 f"{outer:.4g} px"
             )
         if inner > farthest:
+            given = ("the default 1.25 bf" if detector.inner is None else
+                     "" if detector.unit == "px" else f"{detector.inner:g} {detector.unit}")
             raise ValueError(
-                f"{name}: annulus inner radius {inner:.4g} px "
-                f"({detector.inner if detector.inner is not None else '1.25'} "
-                f"{detector.unit if detector.inner is not None else 'bf'}) lies outside the "
-                f"detector: its farthest pixel is {farthest:.4g} px from the centre "
-                f"({center[0]:.4g}, {center[1]:.4g}); expected inner < {farthest:.4g} px"
+                f"{name}: annulus inner radius {inner:.4g} px{f' ({given})' if given else ''} "
+                f"lies outside the detector: its farthest pixel is {farthest:.4g} px from the "
+                f"centre ({center[0]:.4g}, {center[1]:.4g}); expected inner < {farthest:.4g} px"
             )
         weights = ((distance >= inner) & (distance < outer)).astype(np.float64)
         described = f"annulus {inner:.4g}–{outer:.4g} px"
@@ -312,7 +313,8 @@ def build_mask_stack(detectors: Mapping[str, Any] | Sequence[VirtualDetector],
                      for i, d in enumerate(detectors)}
     if not detectors:
         raise ValueError("detectors is empty: expected at least one virtual detector")
-    masks = {str(name): detector_mask(det, tuple(det_shape), geometry, calibration, str(name))
+    masks = {str(name): detector_mask(det, tuple(det_shape), geometry, calibration,
+                                      f"detector {str(name)!r}")
              for name, det in detectors.items()}
     return MaskStack.from_dict(masks)
 

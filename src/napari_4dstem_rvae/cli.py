@@ -31,7 +31,7 @@ def cmd_info(args) -> int:
     print(f"format:      {ds.metadata.get('format')}")
     print(f"shape:       {ds.shape} (scan_y, scan_x, det_y, det_x), {ds.dtype}, {ds.nbytes / 2**30:.3g} GiB")
     for key, value in ds.calibration.to_dict().items():
-        print(f"{key + ":":<16}{value}")
+        print(f"{key + ':':<16}{value}")
     return 0
 
 
@@ -45,6 +45,30 @@ def cmd_image(args) -> int:
     for name, image in images.items():
         print(write_image_png(image, out / f"{name}.png", f"{name.upper()} image", ds))
     print(write_results(out / "images.h5", ds, images))
+    return 0
+
+
+def cmd_com(args) -> int:
+    from .pipeline import com
+
+    ds = _read(args)
+    options = {"mask": args.mask, "reference": None if args.reference == "none" else args.reference,
+               "unit": args.unit}
+    if args.radius is not None:
+        options["radius"] = args.radius
+    if args.inner is not None:
+        options["inner"] = args.inner
+    if args.outer is not None:
+        options["outer"] = args.outer
+    if args.threshold:
+        options["threshold"] = args.threshold
+    options["rotation"] = "auto" if args.rotation == "auto" else float(args.rotation)
+    options["flip"] = {"auto": "auto", "yes": True, "no": False}[args.flip]
+    if args.scheduler:
+        options["client"] = args.scheduler
+    _, files = com(ds, args.out, **options)
+    for value in files.values():
+        print(value)
     return 0
 
 
@@ -71,6 +95,21 @@ def build_parser() -> argparse.ArgumentParser:
     add_file(p)
     p.add_argument("--out", default="out")
     p.set_defaults(func=cmd_image)
+    p = sub.add_parser("com", help="centre-of-mass / DPC maps (HDF5 + PNG)")
+    add_file(p)
+    p.add_argument("--out", default="out")
+    p.add_argument("--mask", default="whole", choices=["whole", "disk", "annulus"])
+    p.add_argument("--unit", default="bf", choices=["px", "mrad", "bf"],
+                   help="unit of --radius/--inner/--outer (bf: multiples of the bright-field radius)")
+    p.add_argument("--radius", type=float)
+    p.add_argument("--inner", type=float)
+    p.add_argument("--outer", type=float)
+    p.add_argument("--threshold", type=float, default=0.0, help="ignore pixels below this fraction of the max")
+    p.add_argument("--reference", default="mean", choices=["mean", "plane", "none"])
+    p.add_argument("--rotation", default="auto", help="'auto' (minimum curl) or degrees")
+    p.add_argument("--flip", default="auto", choices=["auto", "yes", "no"])
+    p.add_argument("--scheduler", help="dask.distributed scheduler address (e.g. tcp://host:8786)")
+    p.set_defaults(func=cmd_com)
     return parser
 
 

@@ -215,6 +215,8 @@ def _finish(array: Any, path: str, calibration: Calibration, metadata: dict,
         )
     if 0 in array.shape:
         raise ReadError(f"{path}: the 4D data set is empty (shape {tuple(array.shape)})")
+    if not array.dtype.isnative:  # big-endian detectors (Merlin, raw): native for numpy/torch
+        array = array.astype(array.dtype.newbyteorder("="))
     if chunks is None and array.chunksize[2:] != array.shape[2:]:
         # Whole patterns per chunk: every reduction works frame by frame.
         array = array.rechunk(default_chunks(array.shape, array.dtype))
@@ -362,6 +364,11 @@ class HDF5Source:
 
     def __getstate__(self):
         return {k: getattr(self, k) for k in ("path", "name", "shape", "dtype", "chunks", "ndim")}
+
+    def __dask_tokenize__(self):
+        st = os.stat(self.path)
+        return ("HDF5Source", self.path, st.st_ino, st.st_size, st.st_mtime_ns, self.name,
+                self.shape, str(self.dtype))
 
     def __setstate__(self, state):
         self.__dict__.update(state)
@@ -620,17 +627,84 @@ def _find_py4dstem_calibration(f) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------
 # NumPy and zarr
 # ----------------------------------------------------------------------------------------
+class MemmapSource:
+    """A picklable, lazily mapped view of an array stored uncompressed in a file (``.npy``
+    data, raw frames), for ``dask.array.from_array``.
+
+    Unlike a ``numpy.memmap`` handed to dask directly, it is not hashed (dask would read the
+    whole file to name the array), it copies out only the slices asked for, and it pickles as
+    a file reference, so the same array also runs on a dask.distributed cluster.
+
+    ``file_dtype``/``file_shape`` describe the records in the file; ``field`` selects one
+    field of structured records (raw frames between per-frame headers and footers).
+    """
+
+    def __init__(self, path: str, file_dtype: Any, file_shape: tuple[int, ...], offset: int = 0,
+                 order: str = "C", field: str | None = None):
+        self.path = os.path.abspath(path)
+        self.file_dtype = np.dtype(file_dtype)
+        self.file_shape = tuple(int(n) for n in file_shape)
+        self.offset, self.order, self.field = int(offset), order, field
+        if field is None:
+            self.shape, self.dtype = self.file_shape, self.file_dtype
+        else:
+            sub = self.file_dtype.fields[field][0]
+            self.shape, self.dtype = self.file_shape + tuple(sub.shape), sub.base
+        self.ndim = len(self.shape)
+        self._mm = None
+
+    def _array(self) -> np.ndarray:
+        if self._mm is None:
+            mm = np.memmap(self.path, dtype=self.file_dtype, mode="r", offset=self.offset,
+                           shape=self.file_shape, order=self.order)
+            self._mm = mm if self.field is None else mm[self.field]
+        return self._mm
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        try:
+            return np.array(self._array()[index])  # a copy of the slice: reads only its pages
+        except (OSError, ValueError) as exc:
+            raise ReadError(f"{self.path}: could not read{_fmt_index(index)} ({exc})") from exc
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_mm"] = None
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+
+    def __dask_tokenize__(self):
+        st = os.stat(self.path)
+        return ("MemmapSource", self.path, st.st_ino, st.st_size, st.st_mtime_ns, self.offset,
+                str(self.file_dtype), self.file_shape, self.order, self.field)
+
+
 def read_npy(path: str, scan_shape: Any = None, chunks: Any = None, dataset: Any = None) -> Dataset4D:
-    """Memory-map a ``.npy`` file (nothing is read until a chunk is asked for)."""
+    """Map a ``.npy`` file (nothing is read until a chunk is asked for)."""
     try:
-        array = np.load(path, mmap_mode="r", allow_pickle=False)
+        with open(path, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+            else:
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+            offset = fh.tell()
     except ValueError as exc:
         raise ReadError(f"{path}: not a readable .npy array ({exc})") from exc
     except OSError as exc:
         raise ReadError(f"{path}: cannot be read as .npy ({exc})") from exc
-    if array.dtype.kind not in "uifb":
-        raise ReadError(f"{path}: holds {array.dtype} data, expected numbers")
-    return _finish(array, path, Calibration(), {}, scan_shape, chunks, "npy")
+    if dtype.hasobject or dtype.kind not in "uifb":
+        raise ReadError(f"{path}: holds {dtype} data, expected numbers")
+    expected = offset + int(np.prod(shape)) * dtype.itemsize
+    actual = os.path.getsize(path)
+    if actual < expected:
+        raise ReadError(f"{path}: the .npy file is truncated: its header announces {shape} {dtype} "
+                        f"({expected} bytes) but the file has {actual} bytes")
+    if 0 in shape:
+        raise ReadError(f"{path}: the array is empty (shape {tuple(shape)})")
+    source = MemmapSource(path, dtype, shape, offset, order="F" if fortran else "C")
+    return _finish(source, path, Calibration(), {}, scan_shape, chunks, "npy")
 
 
 def _zarr_arrays(group, prefix=""):
@@ -722,8 +796,7 @@ def read_raw(path: str, scan_shape: Any = None, det_shape: Any = None, dtype: An
             f"(scan {scan_shape}, detector {det_shape}, {np.dtype(dtype).name}, "
             f"header/footer {frame_header_bytes}/{frame_footer_bytes} bytes)"
         )
-    records = np.memmap(path, dtype=record, mode="r", offset=file_header_bytes, shape=scan_shape)
-    frames = records["frame"]  # a strided view: still memory-mapped
+    frames = MemmapSource(path, record, scan_shape, file_header_bytes, field="frame")
     metadata = {"raw_layout": {"dtype": np.dtype(dtype).name, "byteorder": order,
                                "file_header_bytes": file_header_bytes,
                                "frame_header_bytes": frame_header_bytes,

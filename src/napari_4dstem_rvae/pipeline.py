@@ -149,6 +149,8 @@ def demo(out: str | os.PathLike = "out", defect: str | None = "vacancy", log=pri
     log(f"opened {dataset}")
     images = virtual_images(dataset)
     files = {"data": data_path}
+    _, com_files = com(dataset, out, log=log)
+    files.update({f"com_{k}": v for k, v in com_files.items()})
     for name, image in images.items():
         files[f"{name}_png"] = write_image_png(image, out / f"{name}.png", f"{name.upper()} image", dataset)
     files["results"] = write_results(out / "results.h5", dataset, images, {"defect": defect})
@@ -193,3 +195,31 @@ def detector_bin_factor(det_shape: tuple[int, int], target: int | None) -> int:
     if target < 1:
         raise ValueError(f"--bin must be a positive number of detector pixels, got {target}")
     return max(1, min(det_shape) // int(target))
+
+
+def mark_results_file(path: str | os.PathLike, dataset: Dataset4D) -> None:
+    """Make an HDF5 file of maps reopen in napari as layers aligned with the ADF image."""
+    import h5py
+
+    from ._writer import RESULTS_MARK
+
+    with h5py.File(os.fspath(path), "a") as f:
+        f.attrs[RESULTS_MARK] = 1
+        f.attrs["scan_shape"] = np.asarray(dataset.scan_shape)
+        if "calibration_json" not in f.attrs:
+            f.attrs["calibration_json"] = json.dumps(dataset.calibration.to_dict())
+
+
+def com(dataset: Dataset4D, out: str | os.PathLike, log=print, **options: Any) -> tuple[Any, dict[str, str]]:
+    """COM/DPC maps of ``dataset`` (options of :func:`processing.compute_com`) written to
+    ``out/com.h5`` (reopens in napari) and ``out/com.png``."""
+    from .processing import compute_com, write_com_results
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    result = compute_com(dataset, **options)
+    files = write_com_results(result, out / "com.h5", out / "com.png")
+    mark_results_file(files["h5"], dataset)
+    how = "calibrated (min curl)" if result.rotation is not None else "given"
+    log(f"COM: rotation {result.rotation_deg:.2f}° {how}, flip {result.flip}, reference {result.reference}")
+    return result, files

@@ -25,7 +25,7 @@ demo: env
 
 # Everything the tests need (apt packages for headless Qt, the Python environment), then pytest under Xvfb.
 test: system-deps env
-	$(PY) -m pytest -p pytest_xvfb tests
+	$(PY) -m pytest tests
 
 bench: env
 	$(PY) benchmarks/bench_com.py

@@ -3,8 +3,6 @@ rotation calibration, reference correction, bad input and the results writer."""
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 

@@ -376,9 +376,10 @@ class HDF5Source:
     @classmethod
     def close_all(cls, path: str | None = None) -> None:
         """Close cached handles (all, or those of ``path``), e.g. before overwriting a file."""
+        target = None if path is None else os.path.abspath(os.fspath(path))
         with cls._lock:
             for key in list(cls._handles):
-                if path is None or key[0] == os.fspath(path):
+                if target is None or key[0] == target:
                     try:
                         cls._handles.pop(key)[0].close()
                     except Exception:
@@ -403,7 +404,7 @@ def _open_h5(path: str):
     try:
         return h5py.File(path, "r")
     except OSError as exc:
-        msg = str(exc)
+        msg = " ".join(str(exc).split())
         reason = "truncated" if "truncat" in msg.lower() or "eof" in msg.lower() else "damaged or not HDF5"
         raise ReadError(f"{path}: cannot be opened as HDF5 ({reason}): {msg}") from exc
 
@@ -460,17 +461,40 @@ def read_hdf5(path: str, dataset: str | None = None, scan_shape: Any = None,
     if reverse:
         # RosettaSciIO/HyperSpy write EMD 0.x arrays transposed: (det_x, det_y, scan_x, scan_y)
         # on disk, dim1 describing det_x. Read them back in (scan_y, scan_x, det_y, det_x) order.
-        import dask.array as da
-
-        logical = tuple(source.shape[::-1])
-        want = tuple(chunks) if isinstance(chunks, tuple) and len(chunks) == 4 else \
-            default_chunks(logical, source.dtype) if len(logical) == 4 else "auto"
-        disk_chunks = want[::-1] if isinstance(want, tuple) else want
-        array = da.from_array(source, chunks=disk_chunks, fancy=False, lock=False,
-                              meta=np.empty((0,) * 4, dtype=source.dtype)).transpose()
+        array = TransposedSource(source)
         metadata["emd_axes_reversed"] = True
-        chunks = None
     return _finish(array, path, calibration, metadata, scan_shape, chunks, "hdf5")
+
+
+class TransposedSource:
+    """An array source seen with its axes reversed: ``self[i, j, ...]`` reads
+    ``source[..., j, i]`` and transposes the result, so that dask reads only the requested
+    frame (a dask ``transpose`` after ``from_array`` would read whole chunks). Picklable if
+    ``source`` is."""
+
+    def __init__(self, source: Any):
+        self.source = source
+        self.shape = tuple(source.shape[::-1])
+        self.dtype = np.dtype(source.dtype)
+        self.ndim = len(self.shape)
+        disk = getattr(source, "chunks", None)
+        self.chunks = tuple(disk[::-1]) if isinstance(disk, tuple) else None
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        if not isinstance(index, tuple):
+            index = (index,)
+        if any(i is Ellipsis for i in index):
+            at = index.index(Ellipsis)
+            fill = (slice(None),) * (self.ndim - len(index) + 1)
+            index = index[:at] + fill + index[at + 1:]
+        index = index + (slice(None),) * (self.ndim - len(index))
+        out = np.asarray(self.source[index[::-1]])
+        return out.transpose()  # the remaining axes come out in reversed order
+
+    def __dask_tokenize__(self):
+        from dask.base import tokenize
+
+        return ("TransposedSource", tokenize(self.source))
 
 
 def _emd_dims(dset) -> tuple[list, int]:
@@ -836,9 +860,11 @@ def read_rsciio(path: str, plugin: str, scan_shape: Any = None, chunks: Any = No
     except ReadError:
         raise
     except Exception as exc:
-        raise ReadError(f"{path}: RosettaSciIO could not read it as {plugin} ({type(exc).__name__}: {exc})") from exc
+        reason = " ".join(str(exc).split())  # one line
+        raise ReadError(f"{path}: RosettaSciIO could not read it as {plugin} "
+                        f"({type(exc).__name__}: {reason})") from exc
     signals = [s for s in signals if getattr(s.get("data"), "ndim", 0) in ((3, 4) if scan_shape else (4,)) or
-               (plugin == "quantumdetector" and getattr(s.get("data"), "ndim", 0) == 3)]
+               (plugin in ("quantumdetector", "empad") and getattr(s.get("data"), "ndim", 0) == 3)]
     if not signals:
         raise ReadError(f"{path}: contains no 4D-STEM data set (no 4D signal found by RosettaSciIO)")
     signals.sort(key=lambda s: -int(np.prod(s["data"].shape)))
@@ -856,9 +882,15 @@ def read_rsciio(path: str, plugin: str, scan_shape: Any = None, chunks: Any = No
     metadata["rsciio_plugin"] = plugin
     if plugin == "quantumdetector":
         metadata["scan_shape_source"] = scan_shape_source
+        asked = kwargs.get("navigation_shape")
+        if asked is not None and data.ndim == 4 and tuple(data.shape[:2]) != tuple(asked[::-1]):
+            warnings.warn(
+                f"{path}: the scan shape {tuple(asked[::-1])} ({scan_shape_source}) needs more "
+                f"frames than the file holds; reading the {data.shape[0]} complete scan lines "
+                f"{tuple(data.shape[:2])} (interrupted acquisition?)", stacklevel=3)
         if scan_shape_source == "frame timestamps" and data.ndim == 4:
             warnings.warn(
-                f"{path}: the .hdr gives no scan size (ScanX/ScanY); RosettaSciIO guessed the scan "
+                f"{path}: no scan size (ScanX/ScanY) in a .hdr; RosettaSciIO guessed the scan "
                 f"shape {tuple(data.shape[:2])} from the frame timestamps; pass "
                 "scan_shape=(scan_y, scan_x) if it is wrong", stacklevel=3)
     return _finish(data, path, calibration, metadata, scan_shape, chunks, f"rsciio:{plugin}")

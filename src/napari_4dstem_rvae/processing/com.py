@@ -278,7 +278,7 @@ def calibrate_rotation(
 
 
 # -- result ------------------------------------------------------------------------------
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class COMResult:
     """Centre-of-mass maps over the scan. All maps are float64 ``(scan_y, scan_x)``.
 
@@ -619,7 +619,8 @@ def _reference(reference: Any, det_y: np.ndarray, det_x: np.ndarray, valid: np.n
     elif hasattr(reference, "calibration") or np.ndim(reference) == 4 or hasattr(reference, "chunks"):
         vacuum = compute_com(reference, reference=None, rotation=0.0, flip=False, sign_from=None,
                              **options)
-        pos_y, pos_x = vacuum.detector_y + vacuum.origin[0] - origin[0], vacuum.detector_x + vacuum.origin[1] - origin[1]
+        pos_y = vacuum.detector_y + vacuum.origin[0] - origin[0]
+        pos_x = vacuum.detector_x + vacuum.origin[1] - origin[1]
         ok = vacuum.valid
     else:
         positions = np.asarray(reference, dtype=np.float64)

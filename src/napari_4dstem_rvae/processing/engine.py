@@ -107,6 +107,7 @@ class MaskStack:
 _blas_lock = threading.Lock()
 _blas_users = 0
 _blas_limiter: Any = None
+_blas_controller: Any = None
 
 
 @contextmanager
@@ -117,13 +118,16 @@ def single_blas_thread() -> Iterator[None]:
     oversubscribe the cores. ``threadpoolctl`` limits are process-global, so concurrent
     users (dask worker threads) share one limit, set by the first and lifted by the last.
     """
-    global _blas_users, _blas_limiter
+    global _blas_users, _blas_limiter, _blas_controller
     with _blas_lock:
         if _blas_users == 0:
             try:
-                from threadpoolctl import threadpool_limits
+                if _blas_controller is None:
+                    # Finding the loaded BLAS libraries takes milliseconds: do it once.
+                    from threadpoolctl import ThreadpoolController
 
-                _blas_limiter = threadpool_limits(limits=1, user_api="blas")
+                    _blas_controller = ThreadpoolController()
+                _blas_limiter = _blas_controller.limit(limits=1, user_api="blas")
             except Exception:  # pragma: no cover - threadpoolctl missing or unsupported
                 _blas_limiter = None
         _blas_users += 1
@@ -215,13 +219,16 @@ def _reduce_frames(frames: np.ndarray, plan: _Plan, out: np.ndarray) -> None:
 
 
 def _reduce_block(block: np.ndarray, plan: _Plan) -> np.ndarray:
-    """A block ``(a, b, det_y, det_x)`` → ``(a, b, n_masks)`` float64 (dask task)."""
+    """A block ``(a, b, det_y, det_x)`` → ``(a, b, 1, n_masks)`` float64 (dask task).
+
+    The output keeps four axes: with ``drop_axis`` dask would first concatenate (copy)
+    every input block along the dropped axes, a full extra pass over the data."""
     a, b = block.shape[:2]
     frames = np.asarray(block).reshape(a * b, -1)
     out = np.empty((a * b, sum(g.shape[1] for g in plan.mask_groups)), dtype=np.float64)
     with single_blas_thread():
         _reduce_frames(frames, plan, out)
-    return out.reshape(a, b, -1)
+    return out.reshape(a, b, 1, -1)
 
 
 # -- drivers ---------------------------------------------------------------------------
@@ -267,19 +274,21 @@ def _reduce_dask(data: Any, plan: _Plan, client: Any) -> np.ndarray:
         darr = darr.rechunk({2: -1, 3: -1})
     n_masks = sum(g.shape[1] for g in plan.mask_groups)
     reduced = darr.map_blocks(
-        _reduce_block, plan, dtype=np.float64, drop_axis=(2, 3), new_axis=2,
-        chunks=(darr.chunks[0], darr.chunks[1], (n_masks,)),
-        meta=np.empty((0, 0, 0), dtype=np.float64),
+        _reduce_block, plan, dtype=np.float64,
+        chunks=(darr.chunks[0], darr.chunks[1], (1,), (n_masks,)),
+        meta=np.empty((0, 0, 0, 0), dtype=np.float64),
     )
     if client is None:
-        return np.asarray(reduced.compute())
+        # Local threads share this process's BLAS: limit it once for the whole pass.
+        with single_blas_thread():
+            return np.asarray(reduced.compute())[:, :, 0, :]
     own_client = None
     if isinstance(client, str):
         from distributed import Client
 
         own_client = client = Client(client)
     try:
-        return np.asarray(client.compute(reduced).result())
+        return np.asarray(client.compute(reduced).result())[:, :, 0, :]
     finally:
         if own_client is not None:
             own_client.close()
@@ -374,7 +383,8 @@ def check_finite(values: np.ndarray, what: str) -> None:
         )
 
 
-def iter_frame_blocks(data: Any, target_bytes: int = 64 * 2**20) -> Iterator[tuple[tuple[slice, slice], np.ndarray]]:
+def iter_frame_blocks(data: Any, target_bytes: int = 64 * 2**20,
+                      ) -> Iterator[tuple[tuple[slice, slice], np.ndarray]]:
     """Yield ``((rows, cols), block)`` numpy blocks of whole patterns covering the scan.
 
     Dask data are read one chunk (or group of scan rows) at a time, so memory stays

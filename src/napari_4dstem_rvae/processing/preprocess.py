@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ..dataset import Calibration, Dataset4D
+from ..dataset import Dataset4D
 from .engine import _is_dask, iter_frame_blocks, reduce_masks
 
 # -- helpers --------------------------------------------------------------------------------
@@ -215,11 +215,15 @@ def subtract_mean_pattern(dataset: Any, mean_pattern: Any = None) -> Dataset4D:
     if mean_pattern is None:
         mean = _pattern_mean(ds.data)
         if not np.all(np.isfinite(mean)):
-            raise ValueError("the data contain NaN or Inf pixels: repair them before subtracting the mean pattern")
+            raise ValueError(
+                "the data contain NaN or Inf pixels: repair them before subtracting the mean pattern"
+            )
     else:
         mean = np.asarray(mean_pattern, dtype=np.float64)
         if mean.shape != ds.det_shape:
-            raise ValueError(f"mean_pattern has shape {mean.shape}, expected the detector shape {ds.det_shape}")
+            raise ValueError(
+                f"mean_pattern has shape {mean.shape}, expected the detector shape {ds.det_shape}"
+            )
     dtype = _float_dtype(ds.dtype)
     data = ds.data.astype(dtype) - mean.astype(dtype)
     return ds.derive(data, "subtract_mean_pattern", given=mean_pattern is not None)
@@ -489,16 +493,12 @@ def shift_pattern(image: np.ndarray, dy: float, dx: float, order: int = 1) -> np
     return out
 
 
-def _center_block(block: np.ndarray, shifts: np.ndarray, order: int, out_dtype: Any,
-                  block_info: Any = None) -> np.ndarray:
-    if block_info is not None:
-        (r0, _), (c0, _) = block_info[0]["array-location"][:2]
-    else:
-        r0 = c0 = 0
+def _center_block(block: np.ndarray, shifts: np.ndarray, order: int, out_dtype: Any) -> np.ndarray:
+    """Shift every pattern of a block; ``shifts`` is ``(a, b, 1, 2)`` (dy, dx) per pattern."""
     out = np.empty(block.shape, dtype=out_dtype)
     for i in range(block.shape[0]):
         for j in range(block.shape[1]):
-            dy, dx = shifts[:, r0 + i, c0 + j]
+            dy, dx = shifts[i, j, 0]
             out[i, j] = shift_pattern(block[i, j], dy, dx, order)
     return out
 
@@ -535,18 +535,24 @@ def center_patterns(dataset: Any, *, centers: Any = None, fit: str = "plane",
         raise ValueError(f"order must be 0 (whole pixels) or 1 (linear), got {order!r}")
     measured = find_beam_centers(ds) if centers is None else np.asarray(centers, dtype=np.float64)
     if measured.shape != (2, *ds.scan_shape):
-        raise ValueError(f"centers must have shape (2, {ds.scan_shape[0]}, {ds.scan_shape[1]}), got {measured.shape}")
+        raise ValueError(
+            f"centers must have shape (2, {ds.scan_shape[0]}, {ds.scan_shape[1]}), got {measured.shape}"
+        )
     if target is None:
         target = ((ds.det_shape[0] - 1) / 2, (ds.det_shape[1] - 1) / 2)
     target = (float(target[0]), float(target[1]))
     plane, coefficients = fit_descan_plane(measured)
     positions = plane if fit == "plane" else measured
-    shifts = np.stack([target[0] - positions[0], target[1] - positions[1]])
+    # (scan_y, scan_x, 1, 2): chunked like the data's scan axes, so each task gets its own.
+    shifts = np.stack([target[0] - positions[0], target[1] - positions[1]], axis=-1)[:, :, None, :]
     out_dtype = ds.dtype if order == 0 else _float_dtype(ds.dtype)
     if _is_dask(ds.data):
-        data = _whole_patterns(ds.data).map_blocks(
-            _center_block, shifts, order, out_dtype, dtype=out_dtype,
-            meta=np.empty((0,) * 4, dtype=out_dtype))
+        import dask.array as da
+
+        data = _whole_patterns(ds.data)
+        shift_chunks = da.from_array(shifts, chunks=(data.chunks[0], data.chunks[1], 1, 2))
+        data = da.map_blocks(_center_block, data, shift_chunks, order, out_dtype, dtype=out_dtype,
+                             chunks=data.chunks, meta=np.empty((0,) * 4, dtype=out_dtype))
     else:
         data = _center_block(np.asarray(ds.data), shifts, order, out_dtype)
     cal = ds.calibration.replace(det_origin=target)

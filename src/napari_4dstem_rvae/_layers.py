@@ -54,35 +54,23 @@ def default_virtual_mask(dataset: Dataset4D) -> tuple[str, np.ndarray]:
 
 
 def iter_virtual_image(dataset: Dataset4D, mask: np.ndarray,
-                       rows_per_block: int | None = None) -> Iterator[tuple[slice, np.ndarray]]:
-    """Virtual image ``Σ_k data[y, x, k] · mask[k]`` computed block of scan rows by block.
+                       target_bytes: int = 128 * 2**20) -> Iterator[tuple[tuple[slice, slice], np.ndarray]]:
+    """Virtual image ``Σ_k data[y, x, k] · mask[k]`` block by block of the scan (the one-pass
+    engine on each block), so that a caller can show progress and partial results.
 
-    Yields ``(rows, image_rows)`` so that a caller can show progress and partial results;
-    reads each chunk of the file once and never holds more than one block in memory.
+    Yields ``((rows, cols), values)``; reads each chunk of the file once.
     """
-    ny, nx, ky, kx = dataset.shape
-    if rows_per_block is None:
-        frame_bytes = ky * kx * max(dataset.dtype.itemsize, 4)
-        rows_per_block = int(max(1, min(ny, (128 * 2**20) // max(nx * frame_bytes, 1))))
-        if dataset.is_lazy:
-            chunk_rows = dataset.data.chunks[0][0]
-            rows_per_block = max(chunk_rows, (rows_per_block // chunk_rows) * chunk_rows)
-    flat_mask = np.asarray(mask, np.float32).reshape(-1)
-    for start in range(0, ny, rows_per_block):
-        rows = slice(start, min(ny, start + rows_per_block))
-        block = dataset.data[rows]
-        if hasattr(block, "compute"):
-            block = block.compute()
-        block = np.asarray(block, np.float32).reshape(-1, ky * kx)
-        image = (block @ flat_mask).astype(np.float64).reshape(rows.stop - rows.start, nx)
-        yield rows, image
+    from .processing.engine import iter_frame_blocks, reduce_masks
+
+    for where, block in iter_frame_blocks(dataset.data, target_bytes):
+        yield where, reduce_masks(block, {"image": mask}, n_threads=1)["image"]
 
 
 def virtual_image(dataset: Dataset4D, mask: np.ndarray) -> np.ndarray:
-    image = np.zeros(dataset.scan_shape, np.float64)
-    for rows, values in iter_virtual_image(dataset, mask):
-        image[rows] = values
-    return image
+    """The whole virtual image (scan_y, scan_x), float64, in one pass."""
+    from .processing.engine import reduce_masks
+
+    return reduce_masks(dataset.data, {"image": mask})["image"]
 
 
 def real_space_layer_data(dataset: Dataset4D, image: np.ndarray, label: str,

@@ -81,12 +81,12 @@ def _start_background_image(dataset, mask, viewer=None) -> Any:
         return None
     from ._layers import DATASET_KEY, ROLE_KEY, iter_virtual_image
 
-    n_rows = dataset.scan_shape[0]
+    chunks = getattr(dataset.data, "chunks", None)
+    n_blocks = len(chunks[0]) * len(chunks[1]) if dataset.is_lazy and chunks else 0  # 0: indeterminate
 
-    @thread_worker(progress={"total": n_rows, "desc": f"Reading {dataset.name}"}, ignore_errors=True)
+    @thread_worker(progress={"total": n_blocks, "desc": f"Reading {dataset.name}"}, ignore_errors=True)
     def work():
-        for rows, values in iter_virtual_image(dataset, mask):
-            yield rows, values
+        yield from iter_virtual_image(dataset, mask)
 
     def target_layers():
         import napari
@@ -98,9 +98,9 @@ def _start_background_image(dataset, mask, viewer=None) -> Any:
                 and layer.metadata.get(ROLE_KEY, {}).get("computing")]
 
     def on_yield(item):
-        rows, values = item
+        (rows, cols), values = item
         for layer in target_layers():
-            layer.data[rows] = values
+            layer.data[rows, cols] = values
             finite = layer.data[: rows.stop]
             if np.ptp(finite) > 0:
                 layer.contrast_limits = (float(finite.min()), float(finite.max()))

@@ -36,12 +36,12 @@ def cmd_info(args) -> int:
 
 
 def cmd_image(args) -> int:
-    from .pipeline import virtual_images, write_image_png, write_results
+    from .pipeline import overview_images, write_image_png, write_results
 
     ds = _read(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    images = virtual_images(ds)
+    images = overview_images(ds)
     for name, image in images.items():
         print(write_image_png(image, out / f"{name}.png", f"{name.upper()} image", ds))
     print(write_results(out / "images.h5", ds, images))

@@ -89,15 +89,16 @@ def write_image_png(image: np.ndarray, path: str | os.PathLike, title: str = "",
     return os.fspath(path)
 
 
-def virtual_images(dataset: Dataset4D) -> dict[str, np.ndarray]:
-    """The total-intensity image and, when calibrated, the default ADF image."""
-    from ._layers import default_virtual_mask, virtual_image
+def overview_images(dataset: Dataset4D) -> dict[str, np.ndarray]:
+    """The total-intensity image and, when calibrated, the default ADF image (one pass)."""
+    from ._layers import default_virtual_mask
+    from .processing.engine import reduce_masks
 
-    images = {"sum": virtual_image(dataset, np.ones(dataset.det_shape, np.float32))}
+    masks = {"sum": np.ones(dataset.det_shape, np.float32)}
     label, mask = default_virtual_mask(dataset)
     if label != "sum":
-        images[label.lower()] = virtual_image(dataset, mask)
-    return images
+        masks[label.lower()] = mask
+    return reduce_masks(dataset.data, masks)
 
 
 def versions() -> dict[str, str]:
@@ -147,7 +148,7 @@ def demo(out: str | os.PathLike = "out", defect: str | None = "vacancy", log=pri
     log(f"wrote {data_path} ({simulated.nbytes / 2**20:.1f} MiB, shape {simulated.shape})")
     dataset = io.read(data_path)
     log(f"opened {dataset}")
-    images = virtual_images(dataset)
+    images = overview_images(dataset)
     files = {"data": data_path}
     _, com_files = com(dataset, out, log=log)
     files.update({f"com_{k}": v for k, v in com_files.items()})

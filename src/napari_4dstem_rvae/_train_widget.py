@@ -1,0 +1,364 @@
+"""Train rVAE dock widget: a region in, rotation and latent maps out, live and responsive.
+
+The widget only translates between layers and the engine (:mod:`napari_4dstem_rvae.rvae`):
+the data set and an optional region (Shapes or Labels layer rasterised onto the scan) go
+in; training runs in a napari thread worker that yields progress events; the loss (and,
+when asked, the latent–COM correlation) is plotted live; maps are written back as layers
+aligned with the ADF image, updated in place by name. Stop returns within one step and
+keeps the partial model; Resume continues it.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import numpy as np
+from magicgui.widgets import (
+    CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, LineEdit, PushButton, SpinBox,
+)
+from qtpy.QtWidgets import QProgressBar
+
+from ._layers import ROLE_KEY, find_dataset, map_layer_data, upsert_layer
+from ._plots import LatencyProbe, LivePlot
+from ._qt_common import chosen_layer, dataset_combo, notify_error, notify_info
+
+
+class TrainWidget(Container):
+    def __init__(self, napari_viewer: Any):
+        super().__init__(labels=True)
+        self.viewer = napari_viewer
+        self.layer = dataset_combo(napari_viewer)
+        self.region = ComboBox(label="region", choices=self._region_choices, nullable=True,
+                               tooltip="Shapes or Labels layer over the scan: positions used for training")
+        self.label = SpinBox(label="label (0 = any)", value=0, min=0, max=2**31 - 1)
+        self.count = Label(value="")
+        self.study_preprocessing = CheckBox(label="bin to 64 px + subtract mean", value=True,
+                                            tooltip="As in the published study; off for data you preprocessed")
+        self.latent = SpinBox(label="content latents", value=2, min=1, max=16)
+        self.shift = CheckBox(label="learn shifts", value=False)
+        self.epochs = SpinBox(label="epochs", value=100, min=1, max=100_000)
+        self.batch = SpinBox(label="batch size", value=64, min=1, max=65_536)
+        self.lr = FloatSpinBox(label="learning rate", value=2e-3, min=1e-6, max=1.0, step=1e-4)
+        self.lr.native.setDecimals(6)
+        self.rotation_prior = FloatSpinBox(label="rotation prior σ (rad)", value=float(np.pi), min=0.01, max=100.0)
+        self.seed = SpinBox(label="seed", value=0, min=0, max=2**31 - 1)
+        self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda", "mps"], value="auto")
+        self.threads = SpinBox(label="threads (0 = auto)", value=1, min=0, max=256,
+                               tooltip="CPU threads for training; 1 keeps napari responsive on small machines")
+        self.maps_every = SpinBox(label="maps every N epochs (0 = end)", value=0, min=0, max=100_000)
+        self.correlate = CheckBox(label="latent–COM correlation", value=True)
+        self.start_button = PushButton(text="Start")
+        self.stop_button = PushButton(text="Stop")
+        self.resume_button = PushButton(text="Resume")
+        self.checkpoint_path = FileEdit(label="checkpoint", mode="w", filter="*.pt")
+        self.save_button = PushButton(text="Save checkpoint")
+        self.load_button = PushButton(text="Load checkpoint")
+        self.results_path = FileEdit(label="results file", mode="w", filter="*.h5")
+        self.save_results_button = PushButton(text="Save results")
+        self.status = LineEdit(value="")
+        self.status.enabled = False
+        self.extend([self.layer, self.region, self.label, self.count, self.study_preprocessing,
+                     self.latent, self.shift, self.epochs, self.batch, self.lr, self.rotation_prior,
+                     self.seed, self.device, self.threads, self.maps_every, self.correlate,
+                     self.start_button, self.stop_button, self.resume_button,
+                     self.checkpoint_path, self.save_button, self.load_button,
+                     self.results_path, self.save_results_button, self.status])
+        self.progress = QProgressBar()
+        self.plot = LivePlot()
+        self.native.layout().addWidget(self.progress)
+        self.native.layout().addWidget(self.plot.widget)
+        self.latency = LatencyProbe(parent=self.native)
+
+        self._parameters = [self.layer, self.region, self.label, self.study_preprocessing, self.latent,
+                            self.shift, self.epochs, self.batch, self.lr, self.rotation_prior, self.seed,
+                            self.device, self.threads, self.maps_every, self.correlate,
+                            self.start_button, self.resume_button, self.save_button, self.load_button,
+                            self.save_results_button]
+        self.stop_button.enabled = False
+        self.resume_button.enabled = False
+
+        self.worker = None
+        self.session = None           # TrainingSession: model + data + history (kept after stop)
+        self.maps: dict[str, np.ndarray] | None = None
+        self.last_error: str | None = None
+        self._stop = threading.Event()
+
+        self.start_button.clicked.connect(self.start)
+        self.stop_button.clicked.connect(self.stop)
+        self.resume_button.clicked.connect(self.resume)
+        self.save_button.clicked.connect(self.save_checkpoint)
+        self.load_button.clicked.connect(self.load_checkpoint)
+        self.save_results_button.clicked.connect(self.save_results)
+        for widget in (self.region, self.label, self.layer):
+            widget.changed.connect(self.update_count)
+        for event in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
+            event.connect(self._layers_changed)
+        self._watched_region = None
+        self.native.destroyed.connect(self._on_destroyed)
+        self.update_count()
+
+    # -- regions ------------------------------------------------------------------------
+    def _region_choices(self, _=None) -> list[str]:
+        return [layer.name for layer in self.viewer.layers if type(layer).__name__ in ("Shapes", "Labels")]
+
+    def _layers_changed(self, *_: Any) -> None:
+        current = self.region.value
+        self.region.reset_choices()
+        if current in self.region.choices:
+            self.region.value = current
+        self.update_count()
+
+    def region_mask(self) -> np.ndarray | None:
+        """Boolean (scan_y, scan_x) training mask from the chosen region (None: all positions)."""
+        from ._regions import region_mask
+
+        if not self.region.value:
+            return None
+        _, ds = chosen_layer(self.viewer, self.layer)
+        layer = self.viewer.layers[self.region.value]
+        return region_mask(layer, ds, self.label.value or None)
+
+    def update_count(self, *_: Any) -> None:
+        """Live count of the selected probe positions (follows edits of the region layer)."""
+        if self.region.value and self.region.value in self.viewer.layers:
+            layer = self.viewer.layers[self.region.value]
+            if layer is not self._watched_region:
+                self._unwatch_region()
+                layer.events.data.connect(self.update_count)
+                if hasattr(layer.events, "paint"):
+                    layer.events.paint.connect(self.update_count)
+                self._watched_region = layer
+        try:
+            _, ds = chosen_layer(self.viewer, self.layer)
+        except ValueError:
+            self.count.value = "no data set"
+            return
+        total = ds.scan_shape[0] * ds.scan_shape[1]
+        try:
+            mask = self.region_mask()
+        except ValueError as exc:
+            self.count.value = str(exc)
+            return
+        chosen = total if mask is None else int(mask.sum())
+        self.count.value = f"{chosen} of {total} probe positions for training"
+
+    def _unwatch_region(self) -> None:
+        layer = self._watched_region
+        if layer is None:
+            return
+        for name in ("data", "paint"):
+            try:
+                getattr(layer.events, name).disconnect(self.update_count)
+            except Exception:
+                pass
+        self._watched_region = None
+
+    # -- training -------------------------------------------------------------------------
+    def config(self) -> dict[str, Any]:
+        return {
+            "latent_dim": self.latent.value, "learn_shift": self.shift.value, "epochs": self.epochs.value,
+            "batch_size": self.batch.value, "learning_rate": self.lr.value,
+            "rotation_prior": self.rotation_prior.value, "seed": self.seed.value,
+            "device": self.device.value, "threads": self.threads.value or None,
+        }
+
+    def _set_running(self, running: bool) -> None:
+        for widget in self._parameters:
+            widget.enabled = not running
+        self.stop_button.enabled = running
+        self.resume_button.enabled = (not running) and self.session is not None and self.session.can_resume
+
+    def start(self):
+        """Start a new training from the current parameters."""
+        from ._training import TrainingSession
+
+        try:
+            source_layer, dataset = chosen_layer(self.viewer, self.layer)
+            mask = self.region_mask()
+            self.session = TrainingSession.create(
+                dataset, self.config(), train_mask=mask, study_preprocessing=self.study_preprocessing.value,
+                correlate=self.correlate.value, source_layer_name=source_layer.name)
+        except Exception as exc:
+            self._error(f"Training could not start: {exc}")
+            return None
+        self.plot.clear()
+        return self._run()
+
+    def resume(self):
+        """Continue the stopped (or finished) training for the epochs still to do."""
+        if self.session is None:
+            self._error("Nothing to resume: start a training first.")
+            return None
+        try:
+            self.session.check_unchanged()
+        except ValueError as exc:
+            self._error(str(exc))
+            return None
+        return self._run()
+
+    def _run(self):
+        from napari.qt.threading import create_worker
+
+        session = self.session
+        self._stop.clear()
+        self.last_error = None
+        self.progress.setRange(0, session.total_epochs)
+        self.progress.setValue(session.epochs_done)
+        every = self.maps_every.value
+
+        def work():
+            yield from session.run(self._stop, maps_every=every)
+
+        worker = create_worker(work, _ignore_errors=True)
+        worker.done = False
+        worker.yielded.connect(self._on_event)
+        worker.errored.connect(lambda exc: self._error(f"Training stopped: {exc}"))
+        worker.finished.connect(self._on_finished)
+        self.worker = worker
+        self._set_running(True)
+        self.latency.start()
+        self.status.value = f"training on {session.n_train} positions …"
+        worker.start()
+        return worker
+
+    def stop(self) -> None:
+        """Ask the worker to stop; it returns within one optimisation step."""
+        self._stop.set()
+        self.status.value = "stopping …"
+
+    def _on_event(self, event: Any) -> None:
+        kind = event.get("kind")
+        if kind == "epoch":
+            self.progress.setValue(int(event["epoch"]))
+            self.plot.add_epoch(event["epoch"], event["train_loss"], event.get("test_loss"))
+            if event.get("max_abs_r") is not None:
+                self.plot.add_correlation(event["epoch"], event["max_abs_r"])
+            self.status.value = (f"epoch {event['epoch']}/{self.session.total_epochs}: loss {event['train_loss']:.4g}"
+                                 + (f", max |r| {event['max_abs_r']:.3f}" if event.get("max_abs_r") is not None else ""))
+        elif kind == "maps":
+            self.show_maps(event["maps"], event["epoch"])
+        elif kind == "warning":
+            notify_info(event["message"])
+
+    def _on_finished(self) -> None:
+        self.latency.stop()
+        if self.worker is not None:
+            self.worker.done = True
+        session = self.session
+        self._set_running(False)
+        lat = self.latency.summary()
+        state = "stopped" if self._stop.is_set() else "finished"
+        if session is not None:
+            self.status.value = (f"{state} at epoch {session.epochs_done}/{session.total_epochs}; "
+                                 f"UI latency median {lat['median_ms']:.0f} ms, p95 {lat['p95_ms']:.0f} ms")
+        self._stop.clear()
+
+    def _error(self, message: str) -> None:
+        self.last_error = message
+        self.status.value = message
+        notify_error(message)
+
+    # -- maps -------------------------------------------------------------------------------
+    def show_maps(self, maps: dict[str, np.ndarray], epoch: int) -> list:
+        """Add or update the angle and latent layers, aligned with the ADF image."""
+        session = self.session
+        ds = session.display_dataset
+        extra = {"epoch": int(epoch), "parameters": {k: str(v) for k, v in session.config.items()},
+                 "source": session.source_layer_name}
+        prefix = f"{session.source_layer_name} rVAE"
+        self.maps = maps
+        layers = [upsert_layer(self.viewer, map_layer_data("angle", maps["angle"], ds, "angle", extra,
+                                                            f"{prefix} angle"))]
+        for i, latent in enumerate(maps["latents"]):
+            r = (session.correlations or {}).get(i)
+            layers.append(upsert_layer(self.viewer, map_layer_data(
+                f"latent {i + 1}", latent, ds, "signed", dict(extra, r_com_magnitude=r), f"{prefix} latent {i + 1}")))
+        for name in ("shift_y", "shift_x"):
+            if name in maps:
+                layers.append(upsert_layer(self.viewer, map_layer_data(
+                    name, maps[name], ds, "signed", extra, f"{prefix} {name.replace('_', ' ')}")))
+        return layers
+
+    # -- keep the work ----------------------------------------------------------------------
+    def save_checkpoint(self) -> str | None:
+        if self.session is None:
+            self._error("No model to save: train one first.")
+            return None
+        path = str(self.checkpoint_path.value)
+        if not path or path == ".":
+            self._error("Choose a checkpoint file first.")
+            return None
+        try:
+            self.session.save(path)
+        except Exception as exc:
+            self._error(f"Saving the checkpoint failed: {exc}")
+            return None
+        self.status.value = f"checkpoint saved: {path}"
+        return path
+
+    def load_checkpoint(self):
+        from ._training import TrainingSession
+
+        path = str(self.checkpoint_path.value)
+        try:
+            _, dataset = chosen_layer(self.viewer, self.layer)
+            self.session = TrainingSession.load(path, dataset, source_layer_name=self.layer.value)
+        except Exception as exc:
+            self._error(f"Loading the checkpoint failed: {exc}")
+            return None
+        self.resume_button.enabled = self.session.can_resume
+        self.status.value = f"loaded {path} (epoch {self.session.epochs_done}); computing maps …"
+        self._stop.clear()
+        return self._run_maps_only()
+
+    def _run_maps_only(self):
+        from napari.qt.threading import create_worker
+
+        session = self.session
+        worker = create_worker(lambda: session.maps(), _ignore_errors=True)
+        worker.done = False
+        worker.returned.connect(lambda maps: self.show_maps(maps, session.epochs_done))
+        worker.errored.connect(lambda exc: self._error(f"Computing maps failed: {exc}"))
+        worker.finished.connect(self._on_finished)
+        self.worker = worker
+        self._set_running(True)
+        worker.start()
+        return worker
+
+    def save_results(self) -> str | None:
+        if self.session is None or self.maps is None:
+            self._error("No maps to save: train a model first.")
+            return None
+        path = str(self.results_path.value)
+        try:
+            self.session.write_results(path, self.maps)
+        except Exception as exc:
+            self._error(f"Saving the results failed: {exc}")
+            return None
+        self.status.value = f"results saved: {path}"
+        return path
+
+    # -- lifetime ---------------------------------------------------------------------------
+    def _on_destroyed(self, *_: Any) -> None:
+        self.shutdown()
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Stop a running training and wait for its thread (closing the viewer or the dock)."""
+        self._stop.set()
+        worker = self.worker
+        if worker is not None and not getattr(worker, "done", True):
+            worker.quit()
+            try:
+                worker.await_workers(msecs=int(timeout * 1000))
+            except Exception:
+                pass
+        self._unwatch_region()
+        for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
+            try:
+                event.disconnect(self._layers_changed)
+            except Exception:
+                pass
+
+
+__all__ = ["TrainWidget", "ROLE_KEY", "find_dataset"]

@@ -1,0 +1,181 @@
+"""Every hyperparameter of an rVAE run in one frozen dataclass (saved in checkpoints)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+LIKELIHOODS = ("gaussian", "gaussian_learned")
+ACTIVATIONS = ("tanh", "relu", "gelu", "silu")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+MAX_LATENT_DIM = 32
+
+
+@dataclass(frozen=True)
+class RVAEConfig:
+    """Hyperparameters of the rotationally invariant VAE and of its training.
+
+    Model
+    -----
+    latent_dim
+        Number of content latents *k* (besides the angle and the optional shift).
+    learn_shift
+        Also infer a shift of each pattern (detector pixels).
+    encoder_hidden, decoder_hidden
+        Widths of the hidden layers (the study: two layers of 128 tanh units each).
+    activation
+        ``"tanh"`` (study), ``"relu"``, ``"gelu"`` or ``"silu"``.
+    likelihood
+        ``"gaussian"``: fixed noise standard deviation ``noise_std`` (in units of the
+        normalised data, i.e. of the training set's standard deviation).
+        ``"gaussian_learned"``: one noise standard deviation learned with the model (its
+        start value is ``noise_std``); the reconstruction then weighs itself against the
+        KL terms as the fit improves — useful for data whose noise level is unknown.
+    noise_std
+        Noise standard deviation of the Gaussian likelihood in normalised units.
+    rotation_prior
+        Standard deviation (rad) of the Gaussian prior N(0, σ²) of the angle; ``None``
+        for a uniform prior over the circle (every orientation equally likely).
+    shift_prior
+        Standard deviation (detector pixels) of the Gaussian prior of each shift.
+    kl_weight
+        Weight β of the KL terms (1 = the evidence lower bound).
+    kl_warmup_epochs
+        The KL weight rises linearly from 0 to ``kl_weight`` over these epochs.
+    center
+        ``(row, col)`` of the rotation centre on the detector (the direct beam); ``None``:
+        the calibration's ``det_origin`` or else the array centre ``((ny−1)/2, (nx−1)/2)``.
+
+    Training
+    --------
+    epochs, batch_size, learning_rate
+        Adam optimiser.
+    pixels_per_step
+        Detector pixels decoded per step, drawn at random each step (an unbiased estimate
+        of the reconstruction term, scaled to the full pixel count); ``None``: all pixels.
+    test_fraction
+        Fraction of the training positions held out for the test loss (0 for none).
+    seed
+        Seed of the run's own random generators (split, shuffling, sampling).
+    normalise
+        Divide the data by the standard deviation of the training set (stored with the
+        model; outputs are returned in the original units).
+    device
+        ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda"`` or ``"mps"``.
+    threads
+        CPU threads for torch during training (restored afterwards); ``None``: unchanged.
+    bf16
+        Autocast the decoder to bfloat16 on CPU (faster on CPUs with AMX/AVX-512 BF16).
+    correlate_every
+        Every N epochs compute the latent–COM correlations (needs COM maps); 0: never.
+    keep_best
+        With COM maps, keep the model state with the largest latent–COM |r|.
+    """
+
+    latent_dim: int = 2
+    learn_shift: bool = False
+    encoder_hidden: tuple[int, ...] = (128, 128)
+    decoder_hidden: tuple[int, ...] = (128, 128)
+    activation: str = "tanh"
+    likelihood: str = "gaussian"
+    noise_std: float = 1.0
+    rotation_prior: float | None = math.pi
+    shift_prior: float = 2.0
+    kl_weight: float = 1.0
+    kl_warmup_epochs: int = 0
+    center: tuple[float, float] | None = None
+    epochs: int = 100
+    batch_size: int = 64
+    learning_rate: float = 2e-3
+    pixels_per_step: int | None = 512
+    test_fraction: float = 0.25
+    seed: int = 0
+    normalise: bool = True
+    device: str = "auto"
+    threads: int | None = None
+    bf16: bool = False
+    correlate_every: int = 0
+    keep_best: bool = False
+
+    def __post_init__(self) -> None:
+        def fail(name: str, expected: str) -> None:
+            raise ValueError(f"RVAEConfig.{name} must be {expected}, got {getattr(self, name)!r}")
+
+        for name in ("encoder_hidden", "decoder_hidden"):
+            value = getattr(self, name)
+            if isinstance(value, int):
+                value = (value,)
+            value = tuple(int(v) for v in value)
+            object.__setattr__(self, name, value)
+            if not value or min(value) < 1:
+                fail(name, "one or more positive layer widths")
+        if isinstance(self.latent_dim, bool) or int(self.latent_dim) != self.latent_dim:
+            fail("latent_dim", "an integer")
+        if not 1 <= self.latent_dim <= MAX_LATENT_DIM:
+            fail("latent_dim", f"between 1 and {MAX_LATENT_DIM} (a few content latents; the study used 2)")
+        if self.activation not in ACTIVATIONS:
+            fail("activation", f"one of {ACTIVATIONS}")
+        if self.likelihood not in LIKELIHOODS:
+            fail("likelihood", f"one of {LIKELIHOODS}")
+        if not (self.noise_std > 0 and math.isfinite(self.noise_std)):
+            fail("noise_std", "a positive number")
+        if self.rotation_prior is not None and not (self.rotation_prior > 0 and math.isfinite(self.rotation_prior)):
+            fail("rotation_prior", "a positive number of radians or None (uniform)")
+        if not (self.shift_prior > 0 and math.isfinite(self.shift_prior)):
+            fail("shift_prior", "a positive number of detector pixels")
+        if not (self.kl_weight >= 0 and math.isfinite(self.kl_weight)):
+            fail("kl_weight", "a number ≥ 0")
+        if self.kl_warmup_epochs < 0:
+            fail("kl_warmup_epochs", "≥ 0")
+        if self.center is not None:
+            center = tuple(float(c) for c in self.center)
+            if len(center) != 2 or not all(math.isfinite(c) for c in center):
+                fail("center", "a (row, col) pair of pixels or None")
+            object.__setattr__(self, "center", center)
+        if self.epochs < 0:
+            fail("epochs", "≥ 0")
+        if self.batch_size < 1:
+            fail("batch_size", "≥ 1")
+        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
+            fail("learning_rate", "a positive number")
+        if self.pixels_per_step is not None and self.pixels_per_step < 1:
+            fail("pixels_per_step", "≥ 1 or None (all pixels)")
+        if not 0 <= self.test_fraction < 1:
+            fail("test_fraction", "in [0, 1)")
+        if self.device not in DEVICES:
+            fail("device", f"one of {DEVICES}")
+        if self.threads is not None and self.threads < 1:
+            fail("threads", "≥ 1 or None")
+        if self.correlate_every < 0:
+            fail("correlate_every", "≥ 0")
+
+    def replace(self, **changes: Any) -> RVAEConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values only (lists for tuples): safe for ``torch.load(weights_only=True)``, HDF5, JSON."""
+        out = dataclasses.asdict(self)
+        for key, value in out.items():
+            if isinstance(value, tuple):
+                out[key] = list(value)
+        return out
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "the configuration") -> RVAEConfig:
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ValueError(f"{source} has unknown rVAE parameters {unknown}; known: {sorted(known)}")
+        kwargs = {}
+        for key, value in values.items():
+            if isinstance(value, list):
+                value = tuple(value)
+            kwargs[key] = value
+        return cls(**kwargs)
+
+    # Parameters that change the network's shape: a checkpoint can only be loaded into a
+    # model with the same values.
+    ARCHITECTURE = ("latent_dim", "learn_shift", "encoder_hidden", "decoder_hidden", "activation",
+                    "likelihood")

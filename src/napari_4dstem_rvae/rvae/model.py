@@ -1,0 +1,283 @@
+"""The rotationally invariant VAE: encoder, coordinate decoder, coordinate grid, loss.
+
+Coordinate convention (the same for every run, so angles are comparable)
+------------------------------------------------------------------------
+Detector pixel ``(row, col)`` has coordinates ``x = col − c_col`` (right) and
+``y = row − c_row`` (down), in pixels, about the rotation centre ``(c_row, c_col)``: the
+direct beam (``config.center``, else the calibration's ``det_origin``, else the array centre
+``((ny−1)/2, (nx−1)/2)``). Inside the network they are divided by ``scale`` = half the
+larger detector side, so the grid spans about [−1, 1].
+
+The decoder describes a *canonical* pattern ``f(u, z)``. A pattern with angle θ and shift
+Δ = (Δx, Δy) (pixels, x right, y down) is the canonical pattern rotated by θ
+**counter-clockwise as seen on screen** (rows drawn downwards, as napari and matplotlib's
+``imshow`` do) about the centre and then moved by Δ:
+
+    I(x) = f(R(θ)ᵀ (x − Δ), z),     R(θ) = [[cos θ, sin θ], [−sin θ, cos θ]]
+
+(R(θ) is the counter-clockwise rotation in (x right, y down) coordinates). Rotating an input
+pattern counter-clockwise by φ on screen therefore adds φ to its encoded angle.
+
+Efficiency
+----------
+The first decoder layer acts on ``[u; z]``: ``W_u u + W_z z + b`` with ``u = Rᵀ(x − Δ)``
+equals ``(W_u Rᵀ) x + (W_z z + b − W_u Rᵀ Δ)``: one small affine map per pattern (an
+H×2 matrix and an H vector), applied to the fixed pixel grid. Per-pixel work is only that
+2-input layer and the hidden layers; only pixels inside the detector mask, or a random
+subset of them per step, are decoded.
+
+Posterior and priors
+--------------------
+The encoder (an MLP on the pattern's pixels inside the mask) gives, per pattern: the
+angle's mean as the direction of a 2-vector (``atan2``, so that the circle of orientations
+is mapped without a seam) and its spread; the shift's mean and spread; the content latents'
+means and spreads. All posteriors are Gaussian (reparameterised samples). KL terms:
+content ``KL(N(μ, σ²) ‖ N(0, 1))``; angle ``KL(N(μ, σ²) ‖ N(0, s_θ²))`` or, with a
+uniform rotation prior, ``log 2π − H[N(0, σ²)]``; shift ``KL(N(μ, σ²) ‖ N(0, s_Δ²))``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .config import RVAEConfig
+
+_LOG_2PI = math.log(2 * math.pi)
+# The angle's posterior spread is kept below this (rad): a wider Gaussian on the circle
+# is no longer a Gaussian, and the uniform-prior KL formula assumes it is.
+MAX_ANGLE_STD = 1.0
+
+
+def _activation(name: str) -> nn.Module:
+    return {"tanh": nn.Tanh, "relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}[name]()
+
+
+def rotation_matrix(angle: torch.Tensor) -> torch.Tensor:
+    """``(..., 2, 2)`` counter-clockwise (on screen) rotation in (x right, y down) coordinates."""
+    c, s = torch.cos(angle), torch.sin(angle)
+    return torch.stack([torch.stack([c, s], -1), torch.stack([-s, c], -1)], -2)
+
+
+def pixel_grid(det_shape: tuple[int, int], center: tuple[float, float]) -> np.ndarray:
+    """``(det_y·det_x, 2)`` coordinates ``(x, y)`` in pixels of every detector pixel (row-major)."""
+    rows, cols = np.meshgrid(np.arange(det_shape[0], dtype=np.float64),
+                             np.arange(det_shape[1], dtype=np.float64), indexing="ij")
+    return np.stack([(cols - center[1]).ravel(), (rows - center[0]).ravel()], axis=1)
+
+
+def gaussian_kl(mean: torch.Tensor, log_std: torch.Tensor, prior_std: float = 1.0) -> torch.Tensor:
+    """``KL(N(mean, exp(log_std)²) ‖ N(0, prior_std²))`` element-wise, in nats."""
+    var_ratio = torch.exp(2 * log_std) / prior_std**2
+    return 0.5 * (var_ratio + mean**2 / prior_std**2 - 1.0 - torch.log(var_ratio))
+
+
+def uniform_angle_kl(log_std: torch.Tensor) -> torch.Tensor:
+    """``KL(N(μ, σ²) ‖ Uniform(circle))`` ≈ log 2π − ½ log(2πe σ²), for σ well below π."""
+    return _LOG_2PI - 0.5 * (_LOG_2PI + 1.0) - log_std
+
+
+def gaussian_nll(target: torch.Tensor, mean: torch.Tensor, log_noise: torch.Tensor) -> torch.Tensor:
+    """Negative log-likelihood summed over the last axis: ½Σ((t−m)/σ)² + n(log σ + ½ log 2π)."""
+    n = target.shape[-1]
+    sq = ((target - mean) ** 2).sum(-1)
+    return 0.5 * sq * torch.exp(-2 * log_noise) + n * (log_noise + 0.5 * _LOG_2PI)
+
+
+class RVAE(nn.Module):
+    """rVAE for diffraction patterns of shape ``det_shape``.
+
+    Parameters
+    ----------
+    config
+        :class:`RVAEConfig` (architecture, priors, likelihood).
+    det_shape
+        ``(det_y, det_x)``.
+    det_mask
+        Optional boolean ``(det_y, det_x)``: only these pixels are encoded and decoded.
+    center
+        Rotation centre ``(row, col)`` in pixels (see the module docstring).
+    data_scale
+        The data are divided by this before encoding; reconstructions are multiplied by it.
+    """
+
+    def __init__(self, config: RVAEConfig, det_shape: tuple[int, int], det_mask: Any = None,
+                 center: tuple[float, float] | None = None, data_scale: float = 1.0):
+        super().__init__()
+        self.config = config
+        self.det_shape = (int(det_shape[0]), int(det_shape[1]))
+        if det_mask is None:
+            det_mask = np.ones(self.det_shape, dtype=bool)
+        det_mask = np.asarray(det_mask, dtype=bool)
+        if det_mask.shape != self.det_shape:
+            raise ValueError(f"det_mask has shape {det_mask.shape}, expected the detector shape {self.det_shape}")
+        if det_mask.sum() < 4:
+            raise ValueError(f"det_mask selects {int(det_mask.sum())} detector pixels; at least 4 are needed")
+        if center is None:
+            center = ((self.det_shape[0] - 1) / 2, (self.det_shape[1] - 1) / 2)
+        self.center = (float(center[0]), float(center[1]))
+        self.coord_scale = max(self.det_shape) / 2.0
+        grid = pixel_grid(self.det_shape, self.center)[det_mask.ravel()] / self.coord_scale
+        self.register_buffer("det_mask", torch.from_numpy(det_mask))
+        self.register_buffer("pixel_index", torch.from_numpy(np.flatnonzero(det_mask.ravel())))
+        self.register_buffer("coords", torch.from_numpy(grid.astype(np.float32)))
+        self.register_buffer("data_scale", torch.tensor(float(data_scale), dtype=torch.float32))
+        self.n_pixels = int(det_mask.sum())
+
+        k = config.latent_dim
+        self.n_shift = 2 if config.learn_shift else 0
+        # encoder outputs: angle vector (2) + angle log-std (1) + shift mean/log-std + z mean/log-std
+        n_out = 3 + 2 * self.n_shift + 2 * k
+        layers: list[nn.Module] = []
+        width = self.n_pixels
+        for hidden in config.encoder_hidden:
+            layers += [nn.Linear(width, hidden), _activation(config.activation)]
+            width = hidden
+        layers.append(nn.Linear(width, n_out))
+        self.encoder = nn.Sequential(*layers)
+
+        first = config.decoder_hidden[0]
+        self.dec_coord = nn.Linear(2, first, bias=False)       # W_u
+        self.dec_latent = nn.Linear(k, first)                  # W_z, b
+        hidden_layers: list[nn.Module] = []
+        width = first
+        for hidden in config.decoder_hidden[1:]:
+            hidden_layers.append(nn.Linear(width, hidden))
+            width = hidden
+        self.dec_hidden = nn.ModuleList(hidden_layers)
+        self.dec_out = nn.Linear(width, 1)
+        self.act = _activation(config.activation)
+        # Fan-in of the first layer is 2 + k, as for the concatenated input [u; z].
+        bound = 1 / math.sqrt(2 + k)
+        for p in (self.dec_coord.weight, self.dec_latent.weight, self.dec_latent.bias):
+            nn.init.uniform_(p, -bound, bound)
+        self.log_noise = nn.Parameter(torch.tensor(math.log(config.noise_std)),
+                                      requires_grad=config.likelihood == "gaussian_learned")
+
+        self.rotation_prior = config.rotation_prior
+        self.shift_prior = config.shift_prior / self.coord_scale  # in grid units
+
+    # -- parts ---------------------------------------------------------------------
+    def flatten(self, patterns: torch.Tensor) -> torch.Tensor:
+        """``(B, det_y, det_x)`` or ``(B, det_y·det_x)`` → ``(B, n_pixels)`` scaled pixels inside the mask."""
+        patterns = patterns.reshape(patterns.shape[0], -1)
+        if patterns.shape[1] != self.det_shape[0] * self.det_shape[1]:
+            raise ValueError(f"patterns have {patterns.shape[1]} pixels, the model expects "
+                             f"{self.det_shape[0]}×{self.det_shape[1]}")
+        if self.n_pixels != patterns.shape[1]:
+            patterns = patterns[:, self.pixel_index]
+        return patterns / self.data_scale
+
+    def encode(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Posterior parameters for flattened, scaled patterns ``(B, n_pixels)``.
+
+        Returns angle mean (rad, in (−π, π]) and log-std; shift mean and log-std (grid units,
+        ``(B, 2)``, x then y) when learned; content mean and log-std ``(B, k)``.
+        """
+        out = self.encoder(x)
+        k = self.config.latent_dim
+        angle = torch.atan2(out[:, 1], out[:, 0])
+        # σ_θ = MAX·sigmoid(·) keeps the spread on the circle meaningful
+        angle_log_std = math.log(MAX_ANGLE_STD) + F.logsigmoid(out[:, 2])
+        post = {"angle": angle, "angle_log_std": angle_log_std}
+        i = 3
+        if self.n_shift:
+            post["shift"] = out[:, i:i + 2]
+            post["shift_log_std"] = out[:, i + 2:i + 4]
+            i += 4
+        post["z"] = out[:, i:i + k]
+        post["z_log_std"] = out[:, i + k:i + 2 * k]
+        return post
+
+    def decode(self, z: torch.Tensor, angle: torch.Tensor, shift: torch.Tensor | None = None,
+               coords: torch.Tensor | None = None) -> torch.Tensor:
+        """Decoded (scaled) intensities ``(B, P)`` at ``coords`` ``(P, 2)`` (default: all mask pixels).
+
+        ``angle`` in rad (counter-clockwise on screen), ``shift`` ``(B, 2)`` in grid units.
+        """
+        coords = self.coords if coords is None else coords
+        rot_t = rotation_matrix(angle).transpose(-1, -2)                   # Rᵀ, (B, 2, 2)
+        a = self.dec_coord.weight @ rot_t                                   # W_u Rᵀ, (B, H, 2)
+        c = self.dec_latent(z)                                              # W_z z + b, (B, H)
+        if shift is not None:
+            c = c - (a @ shift.unsqueeze(-1)).squeeze(-1)
+        h = torch.baddbmm(c.unsqueeze(1), coords.expand(z.shape[0], -1, -1), a.transpose(1, 2))
+        h = self.act(h)                                                     # (B, P, H)
+        if self.config.bf16 and h.device.type == "cpu":
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                for layer in self.dec_hidden:
+                    h = self.act(layer(h))
+                out = self.dec_out(h)
+            return out.squeeze(-1).float()
+        for layer in self.dec_hidden:
+            h = self.act(layer(h))
+        return self.dec_out(h).squeeze(-1)
+
+    # -- loss ------------------------------------------------------------------------
+    def kl_terms(self, post: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Per-pattern KL terms ``kl_z``, ``kl_angle``, ``kl_shift`` (nats, shape ``(B,)``)."""
+        kl_z = gaussian_kl(post["z"], post["z_log_std"]).sum(-1)
+        if self.rotation_prior is None:
+            kl_angle = uniform_angle_kl(post["angle_log_std"])
+        else:
+            kl_angle = gaussian_kl(post["angle"], post["angle_log_std"], self.rotation_prior)
+        if self.n_shift:
+            kl_shift = gaussian_kl(post["shift"], post["shift_log_std"], self.shift_prior).sum(-1)
+        else:
+            kl_shift = torch.zeros_like(kl_angle)
+        return {"kl_z": kl_z, "kl_angle": kl_angle, "kl_shift": kl_shift}
+
+    def loss(self, x: torch.Tensor, generator: torch.Generator | None = None,
+             pixels: torch.Tensor | None = None, kl_weight: float = 1.0,
+             sample: bool = True) -> tuple[torch.Tensor, dict[str, float]]:
+        """Negative ELBO averaged over the batch, and its parts (per pattern, unweighted).
+
+        ``x``: flattened, scaled patterns ``(B, n_pixels)``. ``pixels``: optional indices
+        (into the mask pixels) to decode; the reconstruction term is then scaled by
+        ``n_pixels / len(pixels)`` (an unbiased estimate of the full sum). ``sample=False``
+        decodes the posterior means (no noise drawn).
+        """
+        post = self.encode(x)
+        angle, z = post["angle"], post["z"]
+        shift = post.get("shift")
+        if sample:
+            def draw(mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
+                eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+                return mean + eps * torch.exp(log_std)
+
+            angle = draw(angle, post["angle_log_std"])
+            z = draw(z, post["z_log_std"])
+            if shift is not None:
+                shift = draw(shift, post["shift_log_std"])
+        if pixels is None:
+            target, coords, factor = x, None, 1.0
+        else:
+            target, coords = x[:, pixels], self.coords[pixels]
+            factor = self.n_pixels / pixels.numel()
+        recon = self.decode(z, angle, shift, coords)
+        nll = gaussian_nll(target, recon, self.log_noise) * factor
+        kl = self.kl_terms(post)
+        kl_total = kl["kl_z"] + kl["kl_angle"] + kl["kl_shift"]
+        total = (nll + kl_weight * kl_total).mean()
+        parts = {"recon": nll.mean(), **{name: value.mean() for name, value in kl.items()}}
+        return total, parts
+
+    # -- conveniences --------------------------------------------------------------------
+    def unflatten(self, values: torch.Tensor) -> torch.Tensor:
+        """``(B, n_pixels)`` (scaled) → ``(B, det_y, det_x)`` in data units (0 outside the mask)."""
+        values = values * self.data_scale
+        if self.n_pixels == self.det_shape[0] * self.det_shape[1]:
+            return values.reshape(values.shape[0], *self.det_shape)
+        out = values.new_zeros(values.shape[0], self.det_shape[0] * self.det_shape[1])
+        out[:, self.pixel_index] = values
+        return out.reshape(values.shape[0], *self.det_shape)
+
+    @property
+    def noise_std(self) -> float:
+        """Noise standard deviation of the likelihood, in data units."""
+        return float(torch.exp(self.log_noise.detach()) * self.data_scale)

@@ -72,6 +72,16 @@ def cmd_com(args) -> int:
     return 0
 
 
+def cmd_run(args) -> int:
+    from .pipeline import run
+
+    changes = {"latent_dim": args.latent, "epochs": args.epochs, "learn_shift": True if args.shift else None,
+               "seed": args.seed, "threads": args.threads, "device": args.device}
+    run(args.file, args.out, dataset=args.dataset, bin_to=args.bin, subtract_mean=not args.no_subtract_mean,
+        roi=args.roi, **changes)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stem-rvae", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -110,6 +120,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--flip", default="auto", choices=["auto", "yes", "no"])
     p.add_argument("--scheduler", help="dask.distributed scheduler address (e.g. tcp://host:8786)")
     p.set_defaults(func=cmd_com)
+    p = sub.add_parser("run", help="read → bin → subtract mean → COM → rVAE → results.h5 + overview PNG")
+    add_file(p)
+    p.add_argument("--bin", type=int, default=64, help="detector pixels after binning (default 64; 0: no binning)")
+    p.add_argument("--no-subtract-mean", action="store_true", help="keep the mean pattern")
+    p.add_argument("--latent", type=int, default=None, help="content latents (default: the engine's)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the engine's)")
+    p.add_argument("--shift", action="store_true", help="also learn a shift of each pattern")
+    p.add_argument("--roi", help="boolean .npy mask (scan_y, scan_x) of the training positions")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--out", default="out", help="output folder, or the results file (RESULTS.h5)")
+    p.set_defaults(func=cmd_run)
     return parser
 
 

@@ -224,3 +224,142 @@ def com(dataset: Dataset4D, out: str | os.PathLike, log=print, **options: Any) -
     how = "calibrated (min curl)" if result.rotation is not None else "given"
     log(f"COM: rotation {result.rotation_deg:.2f}° {how}, flip {result.flip}, reference {result.reference}")
     return result, files
+
+
+#: Detector size the rVAE sees by default (the study binned patterns to 64 × 64).
+RVAE_DETECTOR_PIXELS = 64
+#: Prepared data up to this size are computed into memory once (training reads them often).
+RVAE_IN_MEMORY_LIMIT = 4 * 2**30
+
+
+def prepare_for_rvae(dataset: Dataset4D, study_preprocessing: bool = True,
+                     detector_pixels: int | None = RVAE_DETECTOR_PIXELS) -> Dataset4D:
+    """The data the rVAE trains on: as in the study, the detector binned to about 64 × 64
+    and the mean pattern subtracted (``study_preprocessing``); computed into memory when it
+    fits, so that training does not re-read the file every epoch."""
+    ds = dataset
+    if study_preprocessing:
+        factor = detector_bin_factor(ds.det_shape, detector_pixels)
+        ds = preprocess(ds, bin_detector=factor, bin_method="sum", subtract_mean=True)
+    if ds.is_lazy and ds.nbytes <= RVAE_IN_MEMORY_LIMIT:
+        import dataclasses
+
+        ds = dataclasses.replace(ds, data=np.asarray(ds.data.compute()), frame_source=None)
+    return ds
+
+
+def _rvae_result(trainer: Any) -> Any:
+    """An :class:`rvae.RVAEResult` for a trainer driven step by step (e.g. by the widget)."""
+    from .rvae import RVAEResult
+
+    final = trainer.correlate() if trainer.com_magnitude is not None else None
+    return RVAEResult(model=trainer.model, maps=trainer.maps(), history=list(trainer.history),
+                      diagnostics=list(trainer.diagnostics), config=trainer.config, trainer=trainer,
+                      best_epoch=trainer.epoch, final=final)
+
+
+def write_rvae_results(path: str | os.PathLike, dataset: Dataset4D, result: Any, com: Any = None,
+                       parameters: dict[str, Any] | None = None) -> str:
+    """One HDF5 results file: ``/rvae`` (maps, spreads, parameters, loss history,
+    diagnostics), ``/com`` (COM maps) and top-level ``angle`` (scan_y, scan_x, rad),
+    ``latents`` (k, scan_y, scan_x), ``com_magnitude``, ``com_angle`` … (links to the
+    groups), with calibration, parameters and versions; reopens in napari as layers."""
+    import h5py
+
+    from .rvae import write_results
+
+    path = os.fspath(path)
+    if hasattr(result, "epoch") and hasattr(result, "run"):  # a Trainer
+        result = _rvae_result(result)
+    if os.path.exists(path):
+        os.remove(path)
+    write_results(path, result, group="rvae")
+    mark_results_file(path, dataset)
+    with h5py.File(path, "a") as f:
+        f.attrs["source"] = str(dataset.source or "")
+        f.attrs["provenance_json"] = json.dumps(list(dataset.provenance), default=str)
+        f.attrs["parameters_json"] = json.dumps(parameters or {}, default=str)
+        f.attrs["versions_json"] = json.dumps(versions())
+        if com is not None:
+            group = f.create_group("com")
+            for name, values in (("com_x", com.x), ("com_y", com.y), ("com_magnitude", com.magnitude),
+                                 ("com_angle", com.angle), ("com_divergence", com.divergence),
+                                 ("com_curl", com.curl)):
+                group.create_dataset(name, data=np.asarray(values, np.float64))
+            group.attrs["unit"] = "detector px (angle: rad)"
+            group.attrs["rotation_deg"] = float(com.rotation_deg)
+            group.attrs["flip"] = bool(com.flip)
+        for name in ("angle", "angle_std", "latents", "latents_std", "shift"):
+            if f"rvae/{name}" in f:
+                f[name] = h5py.SoftLink(f"/rvae/{name}")
+        if com is not None:
+            for name in ("com_x", "com_y", "com_magnitude", "com_angle"):
+                f[name] = h5py.SoftLink(f"/com/{name}")
+    return path
+
+
+def run(source: str | os.PathLike | Dataset4D, out: str | os.PathLike = "out", *, dataset: str | None = None,
+        bin_to: int | None = RVAE_DETECTOR_PIXELS, subtract_mean: bool = True, roi: Any = None,
+        config: Any = None, log=print, **config_changes: Any) -> dict[str, Any]:
+    """The headless rVAE pipeline: read → preprocess (bin to ``bin_to`` px, subtract the mean
+    pattern) → COM → rVAE → ``out/results.h5`` and ``out/overview.png``; ``out`` may also be
+    the results file itself (``RESULTS.h5``: the PNG goes beside it, ``RESULTS_overview.png``).
+
+    ``roi``: boolean (scan_y, scan_x) mask or a ``.npy`` file of one (training positions).
+    ``config_changes``: fields of :class:`rvae.RVAEConfig` (``latent_dim``, ``epochs`` …).
+    Returns the written paths and the :class:`rvae.RVAEResult`.
+    """
+    from . import io
+    from .processing import compute_com
+    from .rvae import RVAEConfig, fit, plot_overview
+
+    out = Path(out)
+    if out.suffix.lower() in (".h5", ".hdf5"):
+        results_file, png_file = out, out.with_name(out.stem + "_overview.png")
+        out = out.parent
+    else:
+        results_file, png_file = out / "results.h5", out / "overview.png"
+    out.mkdir(parents=True, exist_ok=True)
+    ds = source if isinstance(source, Dataset4D) else io.read(source, **({"dataset": dataset} if dataset else {}))
+    log(f"data: {ds.shape} {ds.dtype} from {ds.source or ds.name}")
+    if roi is not None and not isinstance(roi, np.ndarray):
+        roi_path = os.fspath(roi)
+        try:
+            roi = np.load(roi_path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"--roi {roi_path}: not a readable .npy mask ({exc})") from exc
+    if roi is not None:
+        roi = np.asarray(roi)
+        if roi.shape != tuple(ds.scan_shape):
+            raise ValueError(f"--roi mask has shape {roi.shape}; expected the scan shape {ds.scan_shape}")
+        roi = roi.astype(bool)
+    images = overview_images(ds)
+    com_result = compute_com(ds)
+    log(f"COM: rotation {com_result.rotation_deg:.2f}°, flip {com_result.flip}")
+    factor = detector_bin_factor(ds.det_shape, bin_to)
+    prepared = preprocess(ds, bin_detector=factor, subtract_mean=subtract_mean)
+    prepared = prepare_for_rvae(prepared, study_preprocessing=False)
+    log(f"rVAE input: {prepared.shape} (detector binned ×{factor}, mean pattern "
+        f"{'subtracted' if subtract_mean else 'kept'})")
+    cfg = config if config is not None else RVAEConfig()
+    if isinstance(cfg, dict):
+        cfg = RVAEConfig.from_dict(cfg)
+    cfg = cfg.replace(**{k: v for k, v in config_changes.items() if v is not None})
+
+    def progress(event):
+        if event.kind == "epoch" and (event.epoch % max(1, cfg.epochs // 10) == 0 or event.epoch == cfg.epochs):
+            extra = "" if event.diagnostics is None else f", max |r| {event.diagnostics.max_abs_r:.3f}"
+            log(f"epoch {event.epoch}/{event.epochs_total}: loss {event.train_loss:.4g}{extra} ({event.elapsed:.0f} s)")
+
+    result = fit(prepared, cfg, roi_mask=roi, com_magnitude=com_result.magnitude, com_angle=com_result.angle,
+                 callback=progress)
+    parameters = {"bin_to": bin_to, "bin_factor": factor, "subtract_mean": subtract_mean,
+                  "roi_positions": None if roi is None else int(roi.sum()), "rvae": result.config.to_dict()}
+    results_path = write_rvae_results(results_file, ds, result, com_result, parameters)
+    adf = images.get("adf", images["sum"])
+    png = plot_overview(png_file, result, adf=adf, com_magnitude=com_result.magnitude,
+                        com_angle=com_result.angle, calibration=ds.calibration)
+    log(f"latent–COM magnitude r: {', '.join(f'{r:+.3f}' for r in result.latent_r)}; "
+        f"angle–COM angle ρ: {result.angle_rho:+.3f}")
+    log(f"results: {results_path}\noverview: {png}")
+    return {"results": results_path, "overview": png, "result": result}

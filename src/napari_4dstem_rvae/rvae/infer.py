@@ -1,0 +1,238 @@
+"""Inference: every probe position encoded in batches → angle, shift and latent maps;
+reconstructions with the inferred pose; a decoded latent traversal.
+
+Data are streamed: numpy data are read batch by batch, dask data block of scan rows by
+block; only one batch is on the device at a time.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from .data import as_patterns, check_finite
+from .model import RVAE
+
+
+@dataclass
+class LatentMaps:
+    """rVAE maps over the scan (posterior means and spreads), float32.
+
+    Attributes
+    ----------
+    angle
+        ``(scan_y, scan_x)`` rotation of each pattern in radians, wrapped to (−π, π],
+        counter-clockwise on screen (see :mod:`napari_4dstem_rvae.rvae.model`).
+    angle_std
+        ``(scan_y, scan_x)`` posterior standard deviation of the angle (rad).
+    latents, latents_std
+        ``(k, scan_y, scan_x)`` content latents (dimensionless, prior N(0, 1)) and spreads.
+    shift, shift_std
+        ``(2, scan_y, scan_x)`` shift (x right, y down) in detector pixels and its spread,
+        or ``None`` when the model has no shift.
+    """
+
+    angle: np.ndarray
+    angle_std: np.ndarray
+    latents: np.ndarray
+    latents_std: np.ndarray
+    shift: np.ndarray | None = None
+    shift_std: np.ndarray | None = None
+
+    @property
+    def scan_shape(self) -> tuple[int, int]:
+        return tuple(self.angle.shape)  # type: ignore[return-value]
+
+    def as_dict(self) -> dict[str, np.ndarray]:
+        """Maps by name (``angle``, ``angle_std``, ``latent_0`` …, ``latent_0_std`` …, ``shift_x`` …)."""
+        out = {"angle": self.angle, "angle_std": self.angle_std}
+        for i, (mean, std) in enumerate(zip(self.latents, self.latents_std)):
+            out[f"latent_{i}"] = mean
+            out[f"latent_{i}_std"] = std
+        if self.shift is not None and self.shift_std is not None:
+            out.update(shift_x=self.shift[0], shift_y=self.shift[1],
+                       shift_x_std=self.shift_std[0], shift_y_std=self.shift_std[1])
+        return out
+
+
+def model_device(model: RVAE) -> torch.device:
+    return model.coords.device
+
+
+def _batches(data: Any, batch_size: int, index: np.ndarray | None = None
+             ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """``(flat indices, float32 patterns (n, n_det))`` batches over ``index`` (default: all positions)."""
+    patterns = as_patterns(data)
+    nx = patterns.scan_shape[1]
+    if index is not None:
+        index = np.asarray(index, dtype=np.int64)
+        for start in range(0, index.size, batch_size):
+            chunk = index[start:start + batch_size]
+            block = patterns.read(chunk)
+            check_finite(block, 0, nx, chunk)
+            yield chunk, block
+        return
+    if not patterns.is_lazy:
+        for start in range(0, patterns.n_positions, batch_size):
+            stop = min(patterns.n_positions, start + batch_size)
+            block = patterns.take(np.arange(start, stop))
+            check_finite(block, start, nx)
+            yield np.arange(start, stop), block
+        return
+    for first, stop, block in patterns.iter_blocks():
+        check_finite(block, first, nx)
+        for start in range(0, stop - first, batch_size):
+            part = block[start:start + batch_size]
+            yield np.arange(first + start, first + start + len(part)), part
+
+
+@torch.no_grad()
+def encode_patterns(model: RVAE, patterns: Any) -> dict[str, np.ndarray]:
+    """Posterior parameters of patterns ``(B, det_y, det_x)`` (data units, as the training data).
+
+    Returns numpy arrays: ``angle``, ``angle_std`` ``(B,)`` rad; ``z``, ``z_std`` ``(B, k)``;
+    ``shift``, ``shift_std`` ``(B, 2)`` in pixels (x, y) when the model has shifts.
+    """
+    x = torch.as_tensor(np.asarray(patterns, dtype=np.float32), device=model_device(model))
+    post = model.encode(model.flatten(x))
+    out = {"angle": post["angle"], "angle_std": post["angle_log_std"].exp(),
+           "z": post["z"], "z_std": post["z_log_std"].exp()}
+    if "shift" in post:
+        out["shift"] = post["shift"] * model.coord_scale
+        out["shift_std"] = post["shift_log_std"].exp() * model.coord_scale
+    return {key: value.float().cpu().numpy() for key, value in out.items()}
+
+
+def encode(model: RVAE, data: Any, batch_size: int = 256) -> LatentMaps:
+    """Encode every probe position of ``data`` (Dataset4D, numpy or dask, 4D) to maps.
+
+    The model's detector shape must match the data's; data are streamed in batches of
+    ``batch_size`` patterns (lazy data block of scan rows by block).
+    """
+    patterns = as_patterns(data)
+    if patterns.det_shape != model.det_shape:
+        raise ValueError(f"data have patterns of {patterns.det_shape} pixels; the model was trained on "
+                         f"{model.det_shape}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
+    n, k = patterns.n_positions, model.config.latent_dim
+    angle = np.empty(n, np.float32)
+    angle_std = np.empty(n, np.float32)
+    z = np.empty((n, k), np.float32)
+    z_std = np.empty((n, k), np.float32)
+    has_shift = model.n_shift > 0
+    shift = np.empty((n, 2), np.float32) if has_shift else None
+    shift_std = np.empty((n, 2), np.float32) if has_shift else None
+    was_training = model.training
+    model.eval()
+    try:
+        for index, block in _batches(patterns, batch_size):
+            post = encode_patterns(model, block.reshape(len(block), *patterns.det_shape))
+            angle[index], angle_std[index] = post["angle"], post["angle_std"]
+            z[index], z_std[index] = post["z"], post["z_std"]
+            if has_shift:
+                shift[index], shift_std[index] = post["shift"], post["shift_std"]
+    finally:
+        model.train(was_training)
+    sy, sx = patterns.scan_shape
+    return LatentMaps(
+        angle=angle.reshape(sy, sx), angle_std=angle_std.reshape(sy, sx),
+        latents=np.ascontiguousarray(z.T.reshape(k, sy, sx)),
+        latents_std=np.ascontiguousarray(z_std.T.reshape(k, sy, sx)),
+        shift=None if shift is None else np.ascontiguousarray(shift.T.reshape(2, sy, sx)),
+        shift_std=None if shift_std is None else np.ascontiguousarray(shift_std.T.reshape(2, sy, sx)),
+    )
+
+
+@torch.no_grad()
+def decode(model: RVAE, latents: Any, angle: Any = 0.0, shift: Any = None) -> np.ndarray:
+    """Decode content latents ``(B, k)`` at angles ``(B,)`` rad (counter-clockwise on screen)
+    and shifts ``(B, 2)`` (x, y pixels) to patterns ``(B, det_y, det_x)`` in data units."""
+    device = model_device(model)
+    z = torch.as_tensor(np.atleast_2d(np.asarray(latents, dtype=np.float32)), device=device)
+    if z.shape[1] != model.config.latent_dim:
+        raise ValueError(f"latents must have {model.config.latent_dim} columns, got shape {tuple(z.shape)}")
+    theta = torch.as_tensor(np.broadcast_to(np.asarray(angle, dtype=np.float32), (z.shape[0],)).copy(),
+                            device=device)
+    delta = None
+    if shift is not None:
+        delta = torch.as_tensor(np.broadcast_to(np.asarray(shift, dtype=np.float32), (z.shape[0], 2)).copy(),
+                                device=device) / model.coord_scale
+    out = []
+    for start in range(0, z.shape[0], 64):  # bounded memory: 64 × pixels × hidden per chunk
+        sl = slice(start, start + 64)
+        out.append(model.unflatten(model.decode(z[sl], theta[sl], None if delta is None else delta[sl])))
+    return torch.cat(out).float().cpu().numpy()
+
+
+def reconstruct(model: RVAE, patterns: Any, pose: bool = True) -> np.ndarray:
+    """Reconstruct patterns ``(B, det_y, det_x)`` (or one ``(det_y, det_x)``) from their posterior means.
+
+    With ``pose=True`` each is decoded with its inferred angle (and shift); with ``False``
+    in the canonical orientation (angle 0, no shift), which shows the content alone.
+    """
+    patterns = np.asarray(patterns, dtype=np.float32)
+    single = patterns.ndim == 2
+    if single:
+        patterns = patterns[None]
+    if patterns.shape[1:] != model.det_shape:
+        raise ValueError(f"patterns have shape {patterns.shape[1:]}, the model expects {model.det_shape}")
+    post = encode_patterns(model, patterns)
+    if pose:
+        out = decode(model, post["z"], post["angle"], post.get("shift"))
+    else:
+        out = decode(model, post["z"], 0.0, None)
+    return out[0] if single else out
+
+
+def reconstruct_positions(model: RVAE, data: Any, positions: Any, pose: bool = True) -> np.ndarray:
+    """Reconstruct the patterns at probe positions ``[(row, col), ...]`` of ``data``."""
+    patterns = as_patterns(data)
+    positions = np.atleast_2d(np.asarray(positions, dtype=np.int64))
+    sy, sx = patterns.scan_shape
+    if positions.shape[1] != 2 or (positions < 0).any() or (positions[:, 0] >= sy).any() \
+            or (positions[:, 1] >= sx).any():
+        raise ValueError(f"positions must be (row, col) pairs inside the scan {patterns.scan_shape}")
+    frames = patterns.read(positions[:, 0] * sx + positions[:, 1])
+    return reconstruct(model, frames.reshape(-1, *patterns.det_shape), pose=pose)
+
+
+def traverse(model: RVAE, n: int = 7, span: float = 2.0, latents: tuple[int, int] = (0, 1),
+             center: Any = None, angle: float = 0.0) -> np.ndarray:
+    """Decoded latent traversal: ``(n, n, det_y, det_x)`` patterns in data units.
+
+    Latent ``latents[0]`` varies along the rows and ``latents[1]`` along the columns of the
+    grid, each over ``[−span, span]`` (prior standard deviations) about ``center`` (default:
+    zeros, length k); the other latents stay at ``center``. All at the same ``angle`` (rad).
+    For a model with one content latent, the grid is ``(1, n, ...)``.
+    """
+    k = model.config.latent_dim
+    if n < 1:
+        raise ValueError(f"n must be ≥ 1, got {n}")
+    base = np.zeros(k, np.float32) if center is None else np.asarray(center, dtype=np.float32)
+    if base.shape != (k,):
+        raise ValueError(f"center must have {k} values, got shape {base.shape}")
+    values = np.linspace(-span, span, n, dtype=np.float32) if n > 1 else np.zeros(1, np.float32)
+    if k == 1:
+        grid = np.repeat(base[None], n, 0)
+        grid[:, 0] += values
+        return decode(model, grid, angle).reshape(1, n, *model.det_shape)
+    i, j = latents
+    if not (0 <= i < k and 0 <= j < k and i != j):
+        raise ValueError(f"latents must be two different indices in [0, {k}), got {latents}")
+    grid = np.repeat(base[None], n * n, 0)
+    rows, cols = np.meshgrid(values, values, indexing="ij")
+    grid[:, i] += rows.ravel()
+    grid[:, j] += cols.ravel()
+    return decode(model, grid, angle).reshape(n, n, *model.det_shape)
+
+
+def wrap_angle(angle: Any) -> np.ndarray:
+    """Angles wrapped to (−π, π]."""
+    angle = np.asarray(angle)
+    return np.pi - np.mod(np.pi - angle, 2 * math.pi)

@@ -61,3 +61,8 @@ def test_empty_regions_are_clear_errors(dataset):
 
     with pytest.raises(RegionError, match="Shapes or Labels"):
         region_mask(Image(np.zeros((3, 3))), dataset)
+
+
+def test_labels_of_another_shape_is_a_clear_error(dataset):
+    with pytest.raises(RegionError, match=r"shape \(5, 5\).*10×12"):
+        region_mask(Labels(np.ones((5, 5), int)), dataset)

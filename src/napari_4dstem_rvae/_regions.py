@@ -96,6 +96,11 @@ def labels_mask(layer: Any, dataset: Dataset4D, label: int | None = None) -> np.
     data = np.asarray(layer.data)
     if data.ndim < 2:
         raise RegionError(f"Labels layer '{layer.name}' has {data.ndim} axes; expected a 2D image of the scan")
+    if tuple(data.shape[-2:]) != tuple(dataset.scan_shape):
+        raise RegionError(
+            f"Labels layer '{layer.name}' has shape {tuple(data.shape[-2:])}, but the scan has "
+            f"{dataset.scan_shape[0]}×{dataset.scan_shape[1]} probe positions: paint the region in a "
+            "Labels layer made over the real-space image of this data set")
     wy, wx = _scan_centres_world(dataset)
     world = np.zeros((wy.size, layer.ndim))
     world[:, -2] = wy.ravel()

@@ -19,9 +19,10 @@ from magicgui.widgets import (
 )
 from qtpy.QtWidgets import QProgressBar
 
-from ._layers import ROLE_KEY, find_dataset, map_layer_data, upsert_layer
+from ._layers import find_dataset, map_layer_data, upsert_layer
 from ._plots import LatencyProbe, LivePlot
 from ._qt_common import chosen_layer, dataset_combo, notify_error, notify_info
+from ._training import friendly_error
 
 
 class TrainWidget(Container):
@@ -180,7 +181,7 @@ class TrainWidget(Container):
                 dataset, self.config(), train_mask=mask, study_preprocessing=self.study_preprocessing.value,
                 correlate=self.correlate.value, source_layer_name=source_layer.name)
         except Exception as exc:
-            self._error(f"Training could not start: {exc}")
+            self._error(f"Training could not start: {friendly_error(exc)}")
             return None
         self.plot.clear()
         return self._run()
@@ -191,7 +192,8 @@ class TrainWidget(Container):
             self._error("Nothing to resume: start a training first.")
             return None
         try:
-            self.session.check_unchanged()
+            layer = self.viewer.layers[self.layer.value] if self.layer.value in self.viewer.layers else None
+            self.session.check_unchanged(find_dataset(layer))
         except ValueError as exc:
             self._error(str(exc))
             return None
@@ -213,7 +215,7 @@ class TrainWidget(Container):
         worker = create_worker(work, _ignore_errors=True)
         worker.done = False
         worker.yielded.connect(self._on_event)
-        worker.errored.connect(lambda exc: self._error(f"Training stopped: {exc}"))
+        worker.errored.connect(lambda exc: self._error(f"Training stopped: {friendly_error(exc)}"))
         worker.finished.connect(self._on_finished)
         self.worker = worker
         self._set_running(True)
@@ -238,7 +240,7 @@ class TrainWidget(Container):
                                  + (f", max |r| {event['max_abs_r']:.3f}" if event.get("max_abs_r") is not None else ""))
         elif kind == "maps":
             self.show_maps(event["maps"], event["epoch"])
-        elif kind == "warning":
+        elif kind == "info":
             notify_info(event["message"])
 
     def _on_finished(self) -> None:
@@ -360,5 +362,3 @@ class TrainWidget(Container):
             except Exception:
                 pass
 
-
-__all__ = ["TrainWidget", "ROLE_KEY", "find_dataset"]

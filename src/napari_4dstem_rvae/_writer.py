@@ -158,10 +158,10 @@ def read_results(path: str) -> list[tuple]:
             role = json.loads(attrs["layer_json"]) if "layer_json" in attrs else {}
             role.setdefault("kind", "map")
             role["source_file"] = os.fspath(path)
-            planes = [(name, data)] if data.ndim == 2 else [(f"{name} {i + 1}", data[i]) for i in range(data.shape[0])]
+            short = name.split("/")[-1]
+            planes = [(short, data)] if data.ndim == 2 else [(f"{short} {i + 1}", data[i]) for i in range(data.shape[0])]
             for label, plane in planes:
-                kwargs = dict(base, name=label.split("/")[-1] if data.ndim == 2 else label,
-                              metadata={ROLE_KEY: dict(role)})
+                kwargs = dict(base, name=label, metadata={ROLE_KEY: dict(role)})
                 if "colormap" in attrs:
                     kwargs["colormap"] = str(attrs["colormap"])
                     if "contrast_limits" in attrs:

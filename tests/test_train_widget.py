@@ -101,7 +101,7 @@ def test_closing_viewer_during_training_stops_the_thread(trained_setup, qtbot):
     widget.start()
     qtbot.waitUntil(lambda: widget.session is not None and widget.session.trainer.step >= 1, timeout=60000)
     worker = widget.worker
-    widget.shutdown()  # what closing the dock or the viewer triggers
+    viewer.close()
     qtbot.waitUntil(lambda: worker.done, timeout=15000)
     qtbot.waitUntil(lambda: QThreadPool.globalInstance().activeThreadCount() == 0, timeout=15000)
 

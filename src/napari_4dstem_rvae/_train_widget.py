@@ -96,6 +96,10 @@ class TrainWidget(Container):
         for event in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
             event.connect(self._layers_changed)
         self._watched_region = None
+        # Closing the dock or the viewer deletes the Qt side of this widget: stop training
+        # from a closure that does not need the (possibly half-deleted) widget.
+        stop_event = self._stop
+        self.native.destroyed.connect(lambda *_: stop_event.set())
         self.native.destroyed.connect(self._on_destroyed)
         self.update_count()
 
@@ -214,6 +218,7 @@ class TrainWidget(Container):
 
         worker = create_worker(work, _ignore_errors=True)
         worker.done = False
+        worker.finished.connect(lambda: setattr(worker, "done", True))
         worker.yielded.connect(self._on_event)
         worker.errored.connect(lambda exc: self._error(f"Training stopped: {friendly_error(exc)}"))
         worker.finished.connect(self._on_finished)
@@ -230,6 +235,12 @@ class TrainWidget(Container):
         self.status.value = "stopping …"
 
     def _on_event(self, event: Any) -> None:
+        try:
+            self._handle_event(event)
+        except RuntimeError:  # Qt side deleted while events were in flight (viewer closed)
+            self._stop.set()
+
+    def _handle_event(self, event: Any) -> None:
         kind = event.get("kind")
         if kind == "epoch":
             self.progress.setValue(int(event["epoch"]))
@@ -244,9 +255,10 @@ class TrainWidget(Container):
             notify_info(event["message"])
 
     def _on_finished(self) -> None:
-        self.latency.stop()
-        if self.worker is not None:
-            self.worker.done = True
+        try:
+            self.latency.stop()
+        except RuntimeError:  # the widget is being deleted (viewer closed)
+            return
         session = self.session
         self._set_running(False)
         lat = self.latency.summary()
@@ -320,6 +332,7 @@ class TrainWidget(Container):
         session = self.session
         worker = create_worker(lambda: session.maps(), _ignore_errors=True)
         worker.done = False
+        worker.finished.connect(lambda: setattr(worker, "done", True))
         worker.returned.connect(lambda maps: self.show_maps(maps, session.epochs_done))
         worker.errored.connect(lambda exc: self._error(f"Computing maps failed: {exc}"))
         worker.finished.connect(self._on_finished)

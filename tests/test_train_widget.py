@@ -174,3 +174,35 @@ def test_checkpoint_and_results_roundtrip(trained_setup, qtbot, tmp_path):
     np.testing.assert_allclose(angle.scale, adf.scale)
     np.testing.assert_allclose(angle.data, angle_before, atol=1e-3)
     assert not messages
+
+
+def test_explore_click_reconstruction_and_lasso_selection(trained_setup, qtbot):
+    from types import SimpleNamespace
+
+    from napari_4dstem_rvae._explore import SELECTION_LAYER
+
+    viewer, adf, ds, shapes, widget, messages = trained_setup
+    widget.epochs.value = 2
+    widget.start()
+    _wait_done(qtbot, widget)
+    panel = widget.explore
+    sy, sx = ds.calibration.scan_step_yx
+    panel._on_click(viewer, SimpleNamespace(type="mouse_press", position=(10 * sy, 7 * sx)))
+    assert panel.current == (10, 7)
+    pattern, recon = panel.show_position(10, 7)
+    np.testing.assert_allclose(pattern, widget.session.train_data.pattern(10, 7))
+    assert recon.shape == pattern.shape and np.isfinite(recon).all()
+    # the reconstruction is closer to its own pattern than to a distant one
+    other = widget.session.train_data.pattern(0, 0)
+    assert np.abs(recon - pattern).mean() <= np.abs(recon - other).mean() + 1e-6
+    assert "angle" in panel.info.text() and "latents" in panel.info.text()
+    # lasso selection in latent space -> highlighted probe positions on the canvas
+    latents = widget.maps["latents"]
+    inside = np.flatnonzero(latents[0].ravel() > np.median(latents[0]))
+    panel.select(inside)
+    points = viewer.layers[SELECTION_LAYER]
+    assert len(points.data) == inside.size
+    np.testing.assert_allclose(points.data[:, 0] * 32 + points.data[:, 1], inside)
+    np.testing.assert_allclose(points.scale, adf.scale)
+    grid = panel.show_traversal(n=3)
+    assert grid.shape == (3, 3) + widget.session.train_data.det_shape

@@ -17,7 +17,7 @@ import numpy as np
 from magicgui.widgets import (
     CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, LineEdit, PushButton, SpinBox,
 )
-from qtpy.QtWidgets import QProgressBar
+from qtpy.QtWidgets import QProgressBar, QTabWidget
 
 from ._layers import find_dataset, map_layer_data, upsert_layer
 from ._plots import LatencyProbe, LivePlot
@@ -65,10 +65,16 @@ class TrainWidget(Container):
                      self.start_button, self.stop_button, self.resume_button,
                      self.checkpoint_path, self.save_button, self.load_button,
                      self.results_path, self.save_results_button, self.status])
+        from ._explore import ExplorePanel
+
         self.progress = QProgressBar()
         self.plot = LivePlot()
+        self.explore = ExplorePanel(napari_viewer, lambda: self.session)
+        self.tabs = QTabWidget()
+        self.tabs.addTab(self.plot.widget, "Training")
+        self.tabs.addTab(self.explore, "Explore")
         self.native.layout().addWidget(self.progress)
-        self.native.layout().addWidget(self.plot.widget)
+        self.native.layout().addWidget(self.tabs)
         self.latency = LatencyProbe(parent=self.native)
 
         self._parameters = [self.layer, self.region, self.label, self.study_preprocessing, self.latent,
@@ -288,6 +294,7 @@ class TrainWidget(Container):
             r = (session.correlations or {}).get(i)
             layers.append(upsert_layer(self.viewer, map_layer_data(
                 f"latent {i + 1}", latent, ds, "signed", dict(extra, r_com_magnitude=r), f"{prefix} latent {i + 1}")))
+        self.explore.set_maps(maps)
         for name in ("shift_y", "shift_x"):
             if name in maps:
                 layers.append(upsert_layer(self.viewer, map_layer_data(

@@ -62,9 +62,9 @@ class TrainWidget(Container):
         self.extend([self.layer, self.region, self.label, self.count, self.study_preprocessing,
                      self.latent, self.shift, self.epochs, self.batch, self.lr, self.rotation_prior,
                      self.seed, self.device, self.threads, self.maps_every, self.correlate,
-                     self.start_button, self.stop_button, self.resume_button,
-                     self.checkpoint_path, self.save_button, self.load_button,
-                     self.results_path, self.save_results_button, self.status])
+                     self.start_button, self.stop_button, self.resume_button, self.status])
+        self.keep = Container(widgets=[self.checkpoint_path, self.save_button, self.load_button,
+                                       self.results_path, self.save_results_button], labels=True)
         from ._explore import ExplorePanel
 
         self.progress = QProgressBar()
@@ -73,6 +73,8 @@ class TrainWidget(Container):
         self.tabs = QTabWidget()
         self.tabs.addTab(self.plot.widget, "Training")
         self.tabs.addTab(self.explore, "Explore")
+        self.tabs.addTab(self.keep.native, "Save / load")
+        self.tabs.setMinimumHeight(300)
         self.native.layout().addWidget(self.progress)
         self.native.layout().addWidget(self.tabs)
         self.latency = LatencyProbe(parent=self.native)

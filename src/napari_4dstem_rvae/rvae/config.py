@@ -9,6 +9,7 @@ from typing import Any
 
 LIKELIHOODS = ("gaussian", "gaussian_learned")
 ACTIVATIONS = ("tanh", "relu", "gelu", "silu")
+LR_SCHEDULES = ("cosine", "constant")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 MAX_LATENT_DIM = 32
 
@@ -52,6 +53,12 @@ class RVAEConfig:
     --------
     epochs, batch_size, learning_rate
         Adam optimiser.
+    lr_schedule
+        ``"cosine"``: the learning rate falls from ``learning_rate`` to
+        ``learning_rate · lr_final`` along a half cosine over ``epochs`` (the maps settle
+        instead of jittering at the end); ``"constant"``: no change.
+    lr_final
+        Final fraction of the learning rate for the cosine schedule.
     pixels_per_step
         Detector pixels decoded per step, drawn at random each step (an unbiased estimate
         of the reconstruction term, scaled to the full pixel count); ``None``: all pixels.
@@ -89,6 +96,8 @@ class RVAEConfig:
     epochs: int = 100
     batch_size: int = 64
     learning_rate: float = 2e-3
+    lr_schedule: str = "cosine"
+    lr_final: float = 0.05
     pixels_per_step: int | None = 512
     test_fraction: float = 0.25
     seed: int = 0
@@ -140,6 +149,10 @@ class RVAEConfig:
             fail("batch_size", "≥ 1")
         if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
             fail("learning_rate", "a positive number")
+        if self.lr_schedule not in LR_SCHEDULES:
+            fail("lr_schedule", f"one of {LR_SCHEDULES}")
+        if not 0 <= self.lr_final <= 1:
+            fail("lr_final", "in [0, 1]")
         if self.pixels_per_step is not None and self.pixels_per_step < 1:
             fail("pixels_per_step", "≥ 1 or None (all pixels)")
         if not 0 <= self.test_fraction < 1:

@@ -129,38 +129,51 @@ class RVAE(nn.Module):
         self.register_buffer("data_scale", torch.tensor(float(data_scale), dtype=torch.float32))
         self.n_pixels = int(det_mask.sum())
 
-        k = config.latent_dim
-        self.n_shift = 2 if config.learn_shift else 0
-        # encoder outputs: angle vector (2) + angle log-std (1) + shift mean/log-std + z mean/log-std
-        n_out = 3 + 2 * self.n_shift + 2 * k
-        layers: list[nn.Module] = []
-        width = self.n_pixels
-        for hidden in config.encoder_hidden:
-            layers += [nn.Linear(width, hidden), _activation(config.activation)]
-            width = hidden
-        layers.append(nn.Linear(width, n_out))
-        self.encoder = nn.Sequential(*layers)
+        # Layers are created with torch's global generator, which is saved and restored here;
+        # the weights are then drawn from a local generator seeded with config.seed.
+        with torch.random.fork_rng(devices=[]):
+            k = config.latent_dim
+            self.n_shift = 2 if config.learn_shift else 0
+            # encoder outputs: angle vector (2) + angle log-std (1) + shift mean/log-std + z mean/log-std
+            n_out = 3 + 2 * self.n_shift + 2 * k
+            layers: list[nn.Module] = []
+            width = self.n_pixels
+            for hidden in config.encoder_hidden:
+                layers += [nn.Linear(width, hidden), _activation(config.activation)]
+                width = hidden
+            layers.append(nn.Linear(width, n_out))
+            self.encoder = nn.Sequential(*layers)
 
-        first = config.decoder_hidden[0]
-        self.dec_coord = nn.Linear(2, first, bias=False)       # W_u
-        self.dec_latent = nn.Linear(k, first)                  # W_z, b
-        hidden_layers: list[nn.Module] = []
-        width = first
-        for hidden in config.decoder_hidden[1:]:
-            hidden_layers.append(nn.Linear(width, hidden))
-            width = hidden
-        self.dec_hidden = nn.ModuleList(hidden_layers)
-        self.dec_out = nn.Linear(width, 1)
-        self.act = _activation(config.activation)
-        # Fan-in of the first layer is 2 + k, as for the concatenated input [u; z].
-        bound = 1 / math.sqrt(2 + k)
-        for p in (self.dec_coord.weight, self.dec_latent.weight, self.dec_latent.bias):
-            nn.init.uniform_(p, -bound, bound)
+            first = config.decoder_hidden[0]
+            self.dec_coord = nn.Linear(2, first, bias=False)       # W_u
+            self.dec_latent = nn.Linear(k, first)                  # W_z, b
+            hidden_layers: list[nn.Module] = []
+            width = first
+            for hidden in config.decoder_hidden[1:]:
+                hidden_layers.append(nn.Linear(width, hidden))
+                width = hidden
+            self.dec_hidden = nn.ModuleList(hidden_layers)
+            self.dec_out = nn.Linear(width, 1)
+            self.act = _activation(config.activation)
+        self.reset_parameters(torch.Generator().manual_seed(config.seed))
         self.log_noise = nn.Parameter(torch.tensor(math.log(config.noise_std)),
                                       requires_grad=config.likelihood == "gaussian_learned")
 
         self.rotation_prior = config.rotation_prior
         self.shift_prior = config.shift_prior / self.coord_scale  # in grid units
+
+    @torch.no_grad()
+    def reset_parameters(self, generator: torch.Generator) -> None:
+        """PyTorch's default Linear initialisation U(±1/√fan_in), drawn from ``generator``."""
+        for layer in self.modules():
+            if isinstance(layer, nn.Linear):
+                fan_in = layer.in_features
+                if layer is self.dec_coord or layer is self.dec_latent:
+                    fan_in = 2 + self.config.latent_dim   # the concatenated input [u; z]
+                bound = 1 / math.sqrt(fan_in)
+                layer.weight.uniform_(-bound, bound, generator=generator)
+                if layer.bias is not None:
+                    layer.bias.uniform_(-bound, bound, generator=generator)
 
     # -- parts ---------------------------------------------------------------------
     def flatten(self, patterns: torch.Tensor) -> torch.Tensor:

@@ -362,6 +362,15 @@ class Trainer:
             return self.config.kl_weight
         return self.config.kl_weight * min(1.0, (epoch + 1) / warm)
 
+    def learning_rate_at(self, epoch: float) -> float:
+        """Learning rate at fractional epoch ``epoch`` (cosine schedule over ``config.epochs``)."""
+        cfg = self.config
+        if cfg.lr_schedule == "constant" or cfg.epochs <= 0:
+            return cfg.learning_rate
+        progress = min(max(epoch / cfg.epochs, 0.0), 1.0)
+        final = cfg.learning_rate * cfg.lr_final
+        return final + (cfg.learning_rate - final) * 0.5 * (1 + math.cos(math.pi * progress))
+
     @property
     def n_train(self) -> int:
         return int(self.train_index.size)
@@ -435,6 +444,9 @@ class Trainer:
                 if subset:
                     pixels = torch.randperm(n_pixels, generator=self.generator)[:cfg.pixels_per_step]
                     pixels = pixels.to(self.device)
+                lr = self.learning_rate_at(self.epoch + self._position / self._plan.numel())
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
                 loss, parts = model.loss(x, self.device_generator, pixels, beta)
                 loss_value = float(loss.detach())
                 if not math.isfinite(loss_value):
@@ -448,12 +460,12 @@ class Trainer:
                 sums = self._epoch_sums
                 sums["loss"] += loss_value * b
                 for name in PARTS:
-                    sums[name] += float(parts[name]) * b
+                    sums[name] += float(parts[name].detach()) * b
                 sums["n"] += b
                 self.elapsed += time.perf_counter() - started
                 if step_events:
                     yield self._event("step", target, train_loss=loss_value,
-                                      train_parts={k: float(v) for k, v in parts.items()}, kl_weight=beta)
+                                      train_parts={k: float(v.detach()) for k, v in parts.items()}, kl_weight=beta)
             started = time.perf_counter()
             sums = self._epoch_sums
             train_loss = sums["loss"] / sums["n"]
@@ -466,6 +478,7 @@ class Trainer:
                     cfg.correlate_every and self.epoch == target):
                 diagnostics = self.correlate()
             record = {"epoch": self.epoch, "step": self.step, "kl_weight": beta,
+                      "learning_rate": float(self.optimizer.param_groups[0]["lr"]),
                       "train_loss": train_loss, **{f"train_{k}": v for k, v in train_parts.items()},
                       "test_loss": test_loss, **{f"test_{k}": v for k, v in test_parts.items()},
                       "noise_std": model.noise_std}
@@ -530,7 +543,7 @@ class Trainer:
             b = x.shape[0]
             total += float(loss) * b
             for name in PARTS:
-                sums[name] += float(parts[name]) * b
+                sums[name] += float(parts[name].detach()) * b
             n += b
         model.train(was)
         return total / n, {name: value / n for name, value in sums.items()}

@@ -135,8 +135,10 @@ def write_results(path: str | os.PathLike, dataset: Dataset4D, maps: dict[str, n
     return path
 
 
-def demo(out: str | os.PathLike = "out", defect: str | None = "vacancy", log=print) -> dict[str, str]:
-    """Simulate graphene → write it as HDF5 → open it lazily → virtual images → PNG + HDF5."""
+def demo(out: str | os.PathLike = "out", defect: str | None = "vacancy", log=print,
+         **rvae_changes: Any) -> dict[str, str]:
+    """Simulate graphene → write it as HDF5 → open it lazily → virtual images → COM →
+    rVAE (the CLI's defaults) → PNGs and HDF5 results in ``out``."""
     from . import io
     from .simulate import graphene
 
@@ -150,15 +152,16 @@ def demo(out: str | os.PathLike = "out", defect: str | None = "vacancy", log=pri
     log(f"opened {dataset}")
     images = overview_images(dataset)
     files = {"data": data_path}
-    _, com_files = com(dataset, out, log=log)
+    com_result, com_files = com(dataset, out, log=log)
     files.update({f"com_{k}": v for k, v in com_files.items()})
     for name, image in images.items():
         files[f"{name}_png"] = write_image_png(image, out / f"{name}.png", f"{name.upper()} image", dataset)
-    files["results"] = write_results(out / "results.h5", dataset, images, {"defect": defect})
+    files["images"] = write_results(out / "images.h5", dataset, images, {"defect": defect})
+    outcome = run(dataset, out, log=log, com_result=com_result, images=images, **rvae_changes)
+    files["results"], files["overview"] = outcome["results"], outcome["overview"]
     for key, value in files.items():
         log(f"{key}: {value}")
     return files
-
 
 def preprocess(dataset: Dataset4D, *, crop_scan: Any = None, crop_detector: Any = None,
                bin_scan: int = 1, bin_detector: int = 1, bin_method: str = "sum",
@@ -300,13 +303,15 @@ def write_rvae_results(path: str | os.PathLike, dataset: Dataset4D, result: Any,
 
 def run(source: str | os.PathLike | Dataset4D, out: str | os.PathLike = "out", *, dataset: str | None = None,
         bin_to: int | None = RVAE_DETECTOR_PIXELS, subtract_mean: bool = True, roi: Any = None,
-        config: Any = None, log=print, **config_changes: Any) -> dict[str, Any]:
+        config: Any = None, log=print, com_result: Any = None, images: dict | None = None,
+        **config_changes: Any) -> dict[str, Any]:
     """The headless rVAE pipeline: read → preprocess (bin to ``bin_to`` px, subtract the mean
     pattern) → COM → rVAE → ``out/results.h5`` and ``out/overview.png``; ``out`` may also be
     the results file itself (``RESULTS.h5``: the PNG goes beside it, ``RESULTS_overview.png``).
 
     ``roi``: boolean (scan_y, scan_x) mask or a ``.npy`` file of one (training positions).
     ``config_changes``: fields of :class:`rvae.RVAEConfig` (``latent_dim``, ``epochs`` …).
+    ``com_result``/``images``: COM and overview images already computed for ``source``.
     Returns the written paths and the :class:`rvae.RVAEResult`.
     """
     from . import io
@@ -333,8 +338,9 @@ def run(source: str | os.PathLike | Dataset4D, out: str | os.PathLike = "out", *
         if roi.shape != tuple(ds.scan_shape):
             raise ValueError(f"--roi mask has shape {roi.shape}; expected the scan shape {ds.scan_shape}")
         roi = roi.astype(bool)
-    images = overview_images(ds)
-    com_result = compute_com(ds)
+    images = overview_images(ds) if images is None else images
+    if com_result is None:
+        com_result = compute_com(ds)
     log(f"COM: rotation {com_result.rotation_deg:.2f}°, flip {com_result.flip}")
     factor = detector_bin_factor(ds.det_shape, bin_to)
     prepared = preprocess(ds, bin_detector=factor, subtract_mean=subtract_mean)

@@ -473,10 +473,6 @@ class Trainer:
             test_loss, test_parts = self.test_loss(beta)
             self.epoch += 1
             self._plan = None
-            diagnostics = None
-            if cfg.correlate_every and self.epoch % cfg.correlate_every == 0 or (
-                    cfg.correlate_every and self.epoch == target):
-                diagnostics = self.correlate()
             record = {"epoch": self.epoch, "step": self.step, "kl_weight": beta,
                       "learning_rate": float(self.optimizer.param_groups[0]["lr"]),
                       "train_loss": train_loss, **{f"train_{k}": v for k, v in train_parts.items()},
@@ -485,6 +481,9 @@ class Trainer:
             self.elapsed += time.perf_counter() - started
             record["elapsed"] = self.elapsed
             self.history.append(record)
+            diagnostics = None
+            if cfg.correlate_every and (self.epoch % cfg.correlate_every == 0 or self.epoch == target):
+                diagnostics = self.correlate()      # not counted as training time
             self._last_good = self._snapshot()
             event = self._event("epoch", target, train_loss=train_loss, train_parts=train_parts,
                                 test_loss=test_loss, test_parts=test_parts, kl_weight=beta,

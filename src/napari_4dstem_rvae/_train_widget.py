@@ -25,6 +25,15 @@ from ._qt_common import chosen_layer, dataset_combo, notify_error, notify_info
 from ._training import friendly_error
 
 
+class TrainingStartError(Exception):
+    """Preparing or running the training failed in the worker (never a RuntimeError, which
+    superqt's workers treat as "worker deleted" and end without a finished signal)."""
+
+    @classmethod
+    def failed(cls, exc: BaseException) -> TrainingStartError:
+        return cls(friendly_error(exc))
+
+
 class TrainWidget(Container):
     def __init__(self, napari_viewer: Any):
         super().__init__(labels=True)
@@ -183,20 +192,29 @@ class TrainWidget(Container):
         self.resume_button.enabled = (not running) and self.session is not None and self.session.can_resume
 
     def start(self):
-        """Start a new training from the current parameters."""
+        """Start a new training from the current parameters.
+
+        The region is checked here (instant feedback); preparing the data, the COM maps and
+        the model happens in the worker, so the UI never waits for it.
+        """
         from ._training import TrainingSession
 
         try:
             source_layer, dataset = chosen_layer(self.viewer, self.layer)
             mask = self.region_mask()
-            self.session = TrainingSession.create(
-                dataset, self.config(), train_mask=mask, study_preprocessing=self.study_preprocessing.value,
-                correlate=self.correlate.value, source_layer_name=source_layer.name)
         except Exception as exc:
             self._error(f"Training could not start: {friendly_error(exc)}")
             return None
+        config, study, correlate = self.config(), self.study_preprocessing.value, self.correlate.value
+        name = source_layer.name
+
+        def make_session():
+            return TrainingSession.create(dataset, config, train_mask=mask, study_preprocessing=study,
+                                          correlate=correlate, source_layer_name=name)
+
+        self.session = None
         self.plot.clear()
-        return self._run()
+        return self._run(make_session)
 
     def resume(self):
         """Continue the stopped (or finished) training for the epochs still to do."""
@@ -211,29 +229,44 @@ class TrainWidget(Container):
             return None
         return self._run()
 
-    def _run(self):
+    def _run(self, make_session=None):
         from napari.qt.threading import create_worker
 
         session = self.session
-        self._stop.clear()
+        stop = self._stop
+        stop.clear()
         self.last_error = None
-        self.progress.setRange(0, session.total_epochs)
-        self.progress.setValue(session.epochs_done)
         every = self.maps_every.value
+        self.progress.setRange(0, self.epochs.value if session is None else session.total_epochs)
+        self.progress.setValue(0 if session is None else session.epochs_done)
 
         def work():
-            yield from session.run(self._stop, maps_every=every)
+            current = session
+            if current is None:
+                try:
+                    current = make_session()
+                except Exception as exc:
+                    # not a RuntimeError: superqt treats those as "worker deleted" and ends silently
+                    raise TrainingStartError(f"could not start: {friendly_error(exc)}") from exc
+                yield {"kind": "session", "session": current}
+            try:
+                yield from current.run(stop, maps_every=every)
+            except RuntimeError as exc:  # torch raises RuntimeError (e.g. device out of memory)
+                raise TrainingStartError.failed(exc) from exc
 
         worker = create_worker(work, _ignore_errors=True)
         worker.done = False
         worker.finished.connect(lambda: setattr(worker, "done", True))
         worker.yielded.connect(self._on_event)
-        worker.errored.connect(lambda exc: self._error(f"Training stopped: {friendly_error(exc)}"))
+        worker.errored.connect(lambda exc: self._error(f"Training {friendly_error(exc)}"
+                                                       if "could not start" in str(exc)
+                                                       else f"Training stopped: {friendly_error(exc)}"))
         worker.finished.connect(self._on_finished)
         self.worker = worker
         self._set_running(True)
         self.latency.start()
-        self.status.value = f"training on {session.n_train} positions …"
+        self.status.value = ("preparing data and model …" if session is None
+                             else f"training on {session.n_train} positions …")
         worker.start()
         return worker
 
@@ -250,7 +283,11 @@ class TrainWidget(Container):
 
     def _handle_event(self, event: Any) -> None:
         kind = event.get("kind")
-        if kind == "epoch":
+        if kind == "session":
+            self.session = event["session"]
+            self.progress.setRange(0, self.session.total_epochs)
+            self.status.value = f"training on {self.session.n_train} positions …"
+        elif kind == "epoch":
             self.progress.setValue(int(event["epoch"]))
             self.plot.add_epoch(event["epoch"], event["train_loss"], event.get("test_loss"))
             if event.get("max_abs_r") is not None:

@@ -16,7 +16,7 @@ from .dataset import Dataset4D
 
 def friendly_error(exc: BaseException) -> str:
     """One sentence a microscopist understands, for errors that reach the UI."""
-    if isinstance(exc, MemoryError):
+    if isinstance(exc, MemoryError) or "out of memory" in str(exc).lower():
         return ("ran out of memory: train on a smaller region, bin the detector further, "
                 "or use a smaller batch size")
     text = str(exc).strip() or type(exc).__name__

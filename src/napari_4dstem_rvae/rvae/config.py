@@ -26,6 +26,17 @@ class RVAEConfig:
         Also infer a shift of each pattern (detector pixels).
     encoder_hidden, decoder_hidden
         Widths of the hidden layers (the study: two layers of 128 tanh units each).
+    align_content
+        Encode the content latents from the pattern turned back by its inferred angle (and
+        shift): a pose encoder (``encoder_hidden``) gives the angle, a content encoder
+        (``content_hidden``) reads the aligned pattern, so the content does not have to be
+        learned rotation-invariant from the data. ``False``: one encoder for everything, as
+        in the study.
+    content_hidden
+        Hidden layers of the content encoder when ``align_content``; ``None``: as
+        ``encoder_hidden``; ``()``: linear (the latent means are then a linear projection
+        of the aligned pattern, which keeps them proportional to the physical quantity
+        instead of reshaping them towards the Gaussian prior).
     activation
         ``"tanh"`` (study), ``"relu"``, ``"gelu"`` or ``"silu"``.
     likelihood
@@ -85,6 +96,8 @@ class RVAEConfig:
     learn_shift: bool = False
     encoder_hidden: tuple[int, ...] = (128, 128)
     decoder_hidden: tuple[int, ...] = (128, 128)
+    align_content: bool = True
+    content_hidden: tuple[int, ...] | None = None
     activation: str = "tanh"
     likelihood: str = "gaussian"
     noise_std: float = 1.0
@@ -112,14 +125,16 @@ class RVAEConfig:
         def fail(name: str, expected: str) -> None:
             raise ValueError(f"RVAEConfig.{name} must be {expected}, got {getattr(self, name)!r}")
 
-        for name in ("encoder_hidden", "decoder_hidden"):
+        for name in ("encoder_hidden", "decoder_hidden", "content_hidden"):
             value = getattr(self, name)
+            if value is None and name == "content_hidden":
+                continue
             if isinstance(value, int):
                 value = (value,)
             value = tuple(int(v) for v in value)
             object.__setattr__(self, name, value)
-            if not value or min(value) < 1:
-                fail(name, "one or more positive layer widths")
+            if (not value and name != "content_hidden") or (value and min(value) < 1):
+                fail(name, "positive layer widths" + (" (at least one)" if name != "content_hidden" else ""))
         if isinstance(self.latent_dim, bool) or int(self.latent_dim) != self.latent_dim:
             fail("latent_dim", "an integer")
         if not 1 <= self.latent_dim <= MAX_LATENT_DIM:
@@ -190,5 +205,6 @@ class RVAEConfig:
 
     # Parameters that change the network's shape: a checkpoint can only be loaded into a
     # model with the same values.
-    ARCHITECTURE = ("latent_dim", "learn_shift", "encoder_hidden", "decoder_hidden", "activation",
-                    "likelihood")
+    ARCHITECTURE = ("latent_dim", "learn_shift", "encoder_hidden", "decoder_hidden", "align_content",
+                    "content_hidden",
+                    "activation", "likelihood")

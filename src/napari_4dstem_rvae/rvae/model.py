@@ -134,15 +134,14 @@ class RVAE(nn.Module):
         with torch.random.fork_rng(devices=[]):
             k = config.latent_dim
             self.n_shift = 2 if config.learn_shift else 0
-            # encoder outputs: angle vector (2) + angle log-std (1) + shift mean/log-std + z mean/log-std
-            n_out = 3 + 2 * self.n_shift + 2 * k
-            layers: list[nn.Module] = []
-            width = self.n_pixels
-            for hidden in config.encoder_hidden:
-                layers += [nn.Linear(width, hidden), _activation(config.activation)]
-                width = hidden
-            layers.append(nn.Linear(width, n_out))
-            self.encoder = nn.Sequential(*layers)
+            n_pose = 3 + 2 * self.n_shift   # angle vector (2), angle log-std, shift mean and log-std
+            if config.align_content:
+                self.encoder = self._mlp(self.n_pixels, config.encoder_hidden, n_pose)
+                content_hidden = config.encoder_hidden if config.content_hidden is None else config.content_hidden
+                self.content_encoder = self._mlp(self.n_pixels, content_hidden, 2 * k)
+            else:
+                self.encoder = self._mlp(self.n_pixels, config.encoder_hidden, n_pose + 2 * k)
+                self.content_encoder = None
 
             first = config.decoder_hidden[0]
             self.dec_coord = nn.Linear(2, first, bias=False)       # W_u
@@ -161,6 +160,14 @@ class RVAE(nn.Module):
 
         self.rotation_prior = config.rotation_prior
         self.shift_prior = config.shift_prior / self.coord_scale  # in grid units
+
+    def _mlp(self, n_in: int, hidden: tuple[int, ...], n_out: int) -> nn.Sequential:
+        layers: list[nn.Module] = []
+        for width in hidden:
+            layers += [nn.Linear(n_in, width), _activation(self.config.activation)]
+            n_in = width
+        layers.append(nn.Linear(n_in, n_out))
+        return nn.Sequential(*layers)
 
     @torch.no_grad()
     def reset_parameters(self, generator: torch.Generator) -> None:
@@ -203,9 +210,31 @@ class RVAE(nn.Module):
             post["shift"] = out[:, i:i + 2]
             post["shift_log_std"] = out[:, i + 2:i + 4]
             i += 4
+        if self.content_encoder is not None:
+            out = self.content_encoder(self.align(x, angle, post.get("shift")))
+            i = 0
         post["z"] = out[:, i:i + k]
         post["z_log_std"] = out[:, i + k:i + 2 * k]
         return post
+
+    def align(self, x: torch.Tensor, angle: torch.Tensor, shift: torch.Tensor | None = None) -> torch.Tensor:
+        """Patterns ``(B, n_pixels)`` turned back to the canonical pose: ``D(u) = I(R(θ)u + Δ)``
+        (bilinear interpolation, zero outside the detector / mask)."""
+        ny, nx = self.det_shape
+        image = x.new_zeros(x.shape[0], ny * nx)
+        image[:, self.pixel_index] = x
+        image = image.reshape(-1, 1, ny, nx)
+        rot = rotation_matrix(angle)                                          # (B, 2, 2)
+        points = self.coords @ rot.transpose(1, 2)                            # R u, (B, P, 2)
+        if shift is not None:
+            points = points + shift.unsqueeze(1)
+        # grid units → pixel (col, row) → grid_sample's [-1, 1] (align_corners=True)
+        col = points[..., 0] * self.coord_scale + self.center[1]
+        row = points[..., 1] * self.coord_scale + self.center[0]
+        grid = torch.stack([2 * col / max(nx - 1, 1) - 1, 2 * row / max(ny - 1, 1) - 1], -1)
+        out = F.grid_sample(image, grid.unsqueeze(1), mode="bilinear", padding_mode="zeros",
+                            align_corners=True)
+        return out.reshape(x.shape[0], -1)
 
     def decode(self, z: torch.Tensor, angle: torch.Tensor, shift: torch.Tensor | None = None,
                coords: torch.Tensor | None = None) -> torch.Tensor:

@@ -25,12 +25,12 @@ from ._qt_common import chosen_layer, dataset_combo, notify_error, notify_info
 from ._training import friendly_error
 
 
-class TrainingStartError(Exception):
+class TrainingFailed(Exception):
     """Preparing or running the training failed in the worker (never a RuntimeError, which
     superqt's workers treat as "worker deleted" and end without a finished signal)."""
 
     @classmethod
-    def failed(cls, exc: BaseException) -> TrainingStartError:
+    def failed(cls, exc: BaseException) -> TrainingFailed:
         return cls(friendly_error(exc))
 
 
@@ -247,12 +247,12 @@ class TrainWidget(Container):
                     current = make_session()
                 except Exception as exc:
                     # not a RuntimeError: superqt treats those as "worker deleted" and ends silently
-                    raise TrainingStartError(f"could not start: {friendly_error(exc)}") from exc
+                    raise TrainingFailed(f"could not start: {friendly_error(exc)}") from exc
                 yield {"kind": "session", "session": current}
             try:
                 yield from current.run(stop, maps_every=every)
             except RuntimeError as exc:  # torch raises RuntimeError (e.g. device out of memory)
-                raise TrainingStartError.failed(exc) from exc
+                raise TrainingFailed.failed(exc) from exc
 
         worker = create_worker(work, _ignore_errors=True)
         worker.done = False

@@ -258,9 +258,7 @@ class TrainWidget(Container):
         worker.done = False
         worker.finished.connect(lambda: setattr(worker, "done", True))
         worker.yielded.connect(self._on_event)
-        worker.errored.connect(lambda exc: self._error(f"Training {friendly_error(exc)}"
-                                                       if "could not start" in str(exc)
-                                                       else f"Training stopped: {friendly_error(exc)}"))
+        worker.errored.connect(self._on_worker_error)
         worker.finished.connect(self._on_finished)
         self.worker = worker
         self._set_running(True)
@@ -312,6 +310,10 @@ class TrainWidget(Container):
             self.status.value = (f"{state} at epoch {session.epochs_done}/{session.total_epochs}; "
                                  f"UI latency median {lat['median_ms']:.0f} ms, p95 {lat['p95_ms']:.0f} ms")
         self._stop.clear()
+
+    def _on_worker_error(self, exc: BaseException) -> None:
+        text = str(exc) if isinstance(exc, TrainingFailed) else friendly_error(exc)
+        self._error(f"Training {text}" if text.startswith("could not start") else f"Training stopped: {text}")
 
     def _error(self, message: str) -> None:
         self.last_error = message

@@ -87,7 +87,8 @@ class RVAEConfig:
     bf16
         Autocast the decoder to bfloat16 on CPU (faster on CPUs with AMX/AVX-512 BF16).
     correlate_every
-        Every N epochs compute the latent–COM correlations (needs COM maps); 0: never.
+        Every N epochs (and at the last one) encode the whole scan: the maps, and their
+        correlations with the COM maps when given, come with that epoch's event; 0: never.
     keep_best
         With COM maps, keep the model state with the largest latent–COM |r|.
     """
@@ -206,5 +207,4 @@ class RVAEConfig:
     # Parameters that change the network's shape: a checkpoint can only be loaded into a
     # model with the same values.
     ARCHITECTURE = ("latent_dim", "learn_shift", "encoder_hidden", "decoder_hidden", "align_content",
-                    "content_hidden",
-                    "activation", "likelihood")
+                    "content_hidden", "activation", "likelihood")

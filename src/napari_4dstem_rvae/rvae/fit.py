@@ -113,11 +113,10 @@ def fit(data: Any, config: RVAEConfig | dict[str, Any] | None = None, *, roi_mas
             callback(event)
         stopped = event.kind == "stopped"
     best_epoch = trainer.epoch
-    if config.keep_best and trainer.best is not None:
-        # the final state competes with the kept one
-        final = trainer.correlate() if trainer.diagnostics[-1:] and trainer.diagnostics[-1].epoch != trainer.epoch \
-            else None
-        if final is None or trainer.best["epoch"] != trainer.epoch:
+    if config.keep_best and trainer.com_magnitude is not None:
+        if not trainer.diagnostics or trainer.diagnostics[-1].epoch != trainer.epoch:
+            trainer.correlate()          # the final state competes with the kept one
+        if trainer.best is not None and trainer.best["epoch"] != trainer.epoch:
             trainer.use_best()
             best_epoch = trainer.best["epoch"]
     maps = trainer.maps()

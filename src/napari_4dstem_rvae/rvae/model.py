@@ -28,10 +28,14 @@ subset of them per step, are decoded.
 
 Posterior and priors
 --------------------
-The encoder (an MLP on the pattern's pixels inside the mask) gives, per pattern: the
+The pose encoder (an MLP on the pattern's pixels inside the mask) gives, per pattern: the
 angle's mean as the direction of a 2-vector (``atan2``, so that the circle of orientations
-is mapped without a seam) and its spread; the shift's mean and spread; the content latents'
-means and spreads. All posteriors are Gaussian (reparameterised samples). KL terms:
+is mapped without a seam) and its spread; the shift's mean and spread. With
+``align_content`` (default) the pattern is then turned back to the canonical pose,
+``D(u) = I(R(θ)u + Δ)`` (bilinear, differentiable), and a content encoder reads ``D`` to
+give the content latents' means and spreads: they need not learn rotation invariance from
+the data. Without it one MLP gives everything (the study's encoder). All posteriors are
+Gaussian (reparameterised samples). KL terms:
 content ``KL(N(μ, σ²) ‖ N(0, 1))``; angle ``KL(N(μ, σ²) ‖ N(0, s_θ²))`` or, with a
 uniform rotation prior, ``log 2π − H[N(0, σ²)]``; shift ``KL(N(μ, σ²) ‖ N(0, s_Δ²))``.
 """

@@ -156,12 +156,12 @@ class _Source:
         nbytes = train_index.size * patterns.n_det * 4
         self.streamed = patterns.is_lazy and nbytes > IN_MEMORY_BYTES
         self.memory: torch.Tensor | None = None
-        self.cache: dict[int, tuple[np.ndarray, torch.Tensor]] = {}
+        self.lookup: np.ndarray | None = None      # flat index → row of `memory` (loaded copies)
+        self.cache: dict[int, tuple[int, torch.Tensor]] = {}
         nx = patterns.scan_shape[1]
         if not patterns.is_lazy and patterns.array.dtype == np.float32 and patterns.array.flags.c_contiguous:
             # zero copy: index the user's array directly
             self.memory = torch.from_numpy(patterns.flat())
-            self.row_of = None
         elif not self.streamed:
             loaded = patterns.read(train_index)
             check_finite(loaded, 0, nx, train_index)
@@ -190,7 +190,7 @@ class _Source:
     def batch(self, index: torch.Tensor) -> torch.Tensor:
         """float32 ``(B, n_det)`` patterns (CPU) at the flat probe indices."""
         if self.memory is not None:
-            if getattr(self, "row_of", 1) is None:
+            if self.lookup is None:
                 return self.memory[index]
             return self.memory[torch.from_numpy(self.lookup[index.numpy()])]
         idx = index.numpy()
@@ -208,10 +208,11 @@ class _Source:
                 if hasattr(data, "compute"):
                     data = data.compute()
                 data = np.asarray(data, dtype=np.float32).reshape(-1, self.patterns.n_det)
-                self.cache[int(block)] = (np.array([r0 * nx]), torch.from_numpy(data))
+                check_finite(data, r0 * nx, nx)
+                self.cache[int(block)] = (r0 * nx, torch.from_numpy(data))
             first, data = self.cache[int(block)]
             sel = (idx // nx) // self.rows == block
-            out[sel] = data[torch.from_numpy(idx[sel] - first[0])].numpy()
+            out[sel] = data[torch.from_numpy(idx[sel] - first)].numpy()
         return torch.from_numpy(out)
 
 

@@ -29,6 +29,8 @@ class ExplorePanel(QWidget):
         self.pattern_canvas = FigureCanvasQTAgg(self.pattern_figure)
         self.latent_figure = Figure(figsize=(4, 3.0), tight_layout=True)
         self.latent_canvas = FigureCanvasQTAgg(self.latent_figure)
+        self.pattern_canvas.setMinimumHeight(170)
+        self.latent_canvas.setMinimumHeight(220)
         self.colour_by = QComboBox()
         self.traverse_button = QPushButton("Decode traversal grid")
         self.info = QLabel("Train a model, then click a probe position.")

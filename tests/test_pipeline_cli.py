@@ -1,0 +1,34 @@
+"""The headless pipeline through the CLI: read → bin → mean subtraction → COM → rVAE → files."""
+
+import h5py
+import numpy as np
+
+from napari_4dstem_rvae.cli import main
+from napari_4dstem_rvae.pipeline import save_dataset
+from napari_4dstem_rvae.simulate import graphene
+
+
+def test_stem_rvae_run_writes_results_and_overview(tmp_path):
+    ds = graphene(scan_shape=(8, 8), det_shape=(32, 32))
+    source = save_dataset(ds, tmp_path / "scan.h5")
+    roi = np.zeros((8, 8), bool)
+    roi[2:7, 1:6] = True
+    np.save(tmp_path / "roi.npy", roi)
+    out = tmp_path / "results.h5"
+    assert main(["run", source, "--bin", "16", "--epochs", "2", "--latent", "2",
+                 "--roi", str(tmp_path / "roi.npy"), "--out", str(out)]) == 0
+    with h5py.File(out, "r") as f:
+        assert f["angle"].shape == (8, 8) and f["latents"].shape == (2, 8, 8)
+        assert np.isfinite(f["angle"][()]).all()
+        assert f["com_magnitude"].shape == (8, 8)
+        np.testing.assert_array_equal(f["rvae/roi_mask"][()], roi)
+        assert f["rvae"].attrs["epochs_done"] == 2
+    assert (tmp_path / "results_overview.png").stat().st_size > 10_000
+
+
+def test_stem_rvae_errors_are_one_line(tmp_path, capsys):
+    bad = tmp_path / "broken.h5"
+    bad.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\x00" * 100)
+    assert main(["info", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("stem-rvae: error:") and str(bad) in err and "Traceback" not in err

@@ -88,11 +88,25 @@ def test_events_history_and_maps_shapes(small):
     assert grid.shape == (5, 5, 16, 16)
 
 
+def test_training_length_from_steps_and_cosine_schedule(small):
+    data, _, _ = small
+    trainer = Trainer(data, RVAEConfig(steps=100, **TINY))        # epochs=None: from steps
+    assert trainer.steps_per_epoch == math.ceil(90 / 16)
+    assert trainer.total_epochs == math.ceil(100 / trainer.steps_per_epoch)
+    assert trainer.learning_rate_at(0) == pytest.approx(trainer.config.learning_rate)
+    final = trainer.config.learning_rate * trainer.config.lr_final
+    assert trainer.learning_rate_at(trainer.total_epochs) == pytest.approx(final)
+    assert Trainer(data, RVAEConfig(epochs=7, **TINY)).total_epochs == 7
+    events = run_all(Trainer(data, RVAEConfig(steps=12, **TINY)))
+    assert events[-1].epoch == 10                                  # at least 10 epochs
+
+
 def test_training_learns_the_rotation_and_encoding_is_equivariant():
     """A rotated input adds the rotation to the encoded angle (counter-clockwise = +)."""
     data, angles, sizes = comet_data(scan=(16, 16), det=16, seed=1)
     config = RVAEConfig(epochs=30, latent_dim=1, encoder_hidden=(32, 32), decoder_hidden=(32, 32),
-                        batch_size=32, pixels_per_step=256, learning_rate=3e-3, threads=2, seed=0)
+                        batch_size=32, pixels_per_step=256, learning_rate=3e-3, noise_std=1.0, threads=2,
+                        seed=0)   # a low noise level learns this clean toy quickly
     trainer = Trainer(data, config)
     run_all(trainer)
     maps = trainer.maps()

@@ -79,7 +79,7 @@ class TrainingSession:
 
     @property
     def total_epochs(self) -> int:
-        return int(self.trainer.config.epochs)
+        return int(self.trainer.total_epochs)
 
     @property
     def epochs_done(self) -> int:

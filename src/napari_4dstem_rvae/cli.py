@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bin", type=int, default=64, help="detector pixels after binning (default 64; 0: no binning)")
     p.add_argument("--no-subtract-mean", action="store_true", help="keep the mean pattern")
     p.add_argument("--latent", type=int, default=None, help="content latents (default: the engine's)")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the engine's)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: about 2,400 optimisation steps)")
     p.add_argument("--shift", action="store_true", help="also learn a shift of each pattern")
     p.add_argument("--roi", help="boolean .npy mask (scan_y, scan_x) of the training positions")
     p.add_argument("--seed", type=int, default=None)

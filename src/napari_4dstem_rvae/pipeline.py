@@ -353,7 +353,8 @@ def run(source: str | os.PathLike | Dataset4D, out: str | os.PathLike = "out", *
     cfg = cfg.replace(**{k: v for k, v in config_changes.items() if v is not None})
 
     def progress(event):
-        if event.kind == "epoch" and (event.epoch % max(1, cfg.epochs // 10) == 0 or event.epoch == cfg.epochs):
+        total = event.epochs_total
+        if event.kind == "epoch" and (event.epoch % max(1, total // 10) == 0 or event.epoch == total):
             extra = "" if event.diagnostics is None else f", max |r| {event.diagnostics.max_abs_r:.3f}"
             log(f"epoch {event.epoch}/{event.epochs_total}: loss {event.train_loss:.4g}{extra} ({event.elapsed:.0f} s)")
 

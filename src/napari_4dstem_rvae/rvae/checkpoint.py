@@ -160,7 +160,8 @@ def load_checkpoint(path: Any, data: Any = None, *, com_magnitude: Any = None, c
     where = f"checkpoint {state['_path']!r}"
     config = RVAEConfig.from_dict(state["config"], source=where)
     for name in changes:
-        if name in RVAEConfig.ARCHITECTURE or name in ("seed", "test_fraction", "normalise", "center"):
+        if name in RVAEConfig.ARCHITECTURE or name in ("seed", "test_fraction", "normalise", "center",
+                                                       "steps"):
             raise ValueError(f"{name} cannot be changed when loading {where}: it was "
                              f"{getattr(config, name)!r} for the saved model (start a new training instead)")
     config = config.replace(**changes) if changes else config

@@ -9,6 +9,7 @@ from typing import Any
 
 LIKELIHOODS = ("gaussian", "gaussian_learned")
 ACTIVATIONS = ("tanh", "relu", "gelu", "silu")
+NORMALISATIONS = ("signal", "std", "none")
 LR_SCHEDULES = ("cosine", "constant")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 MAX_LATENT_DIM = 32
@@ -46,7 +47,10 @@ class RVAEConfig:
         start value is ``noise_std``); the reconstruction then weighs itself against the
         KL terms as the fit improves — useful for data whose noise level is unknown.
     noise_std
-        Noise standard deviation of the Gaussian likelihood in normalised units.
+        Noise standard deviation of the Gaussian likelihood in normalised units (see
+        ``normalise``). The default 3 treats the data as noisier than the signal, which
+        makes one latent dominant and follow the physics (a β-VAE with β ≈ 9 in effect);
+        chosen by measurement on simulated graphene (benchmarks/bench_rvae.py).
     rotation_prior
         Standard deviation (rad) of the Gaussian prior N(0, σ²) of the angle; ``None``
         for a uniform prior over the circle (every orientation equally likely).
@@ -62,7 +66,13 @@ class RVAEConfig:
 
     Training
     --------
-    epochs, batch_size, learning_rate
+    epochs
+        Passes over the training positions; ``None``: enough for about ``steps``
+        optimisation steps (at least 10 and at most 2000 epochs), so that small and large
+        scans are trained alike.
+    steps
+        Optimisation steps aimed at when ``epochs`` is ``None``.
+    batch_size, learning_rate
         Adam optimiser.
     lr_schedule
         ``"cosine"``: the learning rate falls from ``learning_rate`` to
@@ -78,8 +88,12 @@ class RVAEConfig:
     seed
         Seed of the run's own random generators (split, shuffling, sampling).
     normalise
-        Divide the data by the standard deviation of the training set (stored with the
-        model; outputs are returned in the original units).
+        How the data are scaled inside the engine (the scale is stored with the model and
+        outputs are returned in the original units): ``"signal"`` divides by the RMS of
+        the *signal* per pixel — the variance of the training patterns in their leading
+        principal components above the noise floor —, so that ``noise_std`` means the same
+        for clean and for noisy (low-dose) data; ``"std"`` divides by the standard deviation
+        of the training patterns; ``"none"`` leaves the data as they are.
     device
         ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda"`` or ``"mps"``.
     threads
@@ -101,21 +115,22 @@ class RVAEConfig:
     content_hidden: tuple[int, ...] | None = None
     activation: str = "tanh"
     likelihood: str = "gaussian"
-    noise_std: float = 1.0
+    noise_std: float = 3.0
     rotation_prior: float | None = math.pi
     shift_prior: float = 2.0
     kl_weight: float = 1.0
     kl_warmup_epochs: int = 0
     center: tuple[float, float] | None = None
-    epochs: int = 100
+    epochs: int | None = None
+    steps: int = 2400
     batch_size: int = 64
     learning_rate: float = 2e-3
     lr_schedule: str = "cosine"
     lr_final: float = 0.05
-    pixels_per_step: int | None = 512
+    pixels_per_step: int | None = 256
     test_fraction: float = 0.25
     seed: int = 0
-    normalise: bool = True
+    normalise: str = "signal"
     device: str = "auto"
     threads: int | None = None
     bf16: bool = False
@@ -159,8 +174,11 @@ class RVAEConfig:
             if len(center) != 2 or not all(math.isfinite(c) for c in center):
                 fail("center", "a (row, col) pair of pixels or None")
             object.__setattr__(self, "center", center)
-        if self.epochs < 0:
-            fail("epochs", "≥ 0")
+        if self.epochs is not None and (isinstance(self.epochs, bool) or int(self.epochs) != self.epochs
+                                        or self.epochs < 0):
+            fail("epochs", "an integer ≥ 0 or None (from steps)")
+        if self.steps < 1:
+            fail("steps", "≥ 1")
         if self.batch_size < 1:
             fail("batch_size", "≥ 1")
         if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
@@ -173,6 +191,8 @@ class RVAEConfig:
             fail("pixels_per_step", "≥ 1 or None (all pixels)")
         if not 0 <= self.test_fraction < 1:
             fail("test_fraction", "in [0, 1)")
+        if self.normalise not in NORMALISATIONS:
+            fail("normalise", f"one of {NORMALISATIONS}")
         if self.device not in DEVICES:
             fail("device", f"one of {DEVICES}")
         if self.threads is not None and self.threads < 1:

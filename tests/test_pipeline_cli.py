@@ -2,6 +2,7 @@
 
 import h5py
 import numpy as np
+import pytest
 
 from napari_4dstem_rvae.cli import main
 from napari_4dstem_rvae.pipeline import save_dataset
@@ -32,3 +33,25 @@ def test_stem_rvae_errors_are_one_line(tmp_path, capsys):
     assert main(["info", str(bad)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("stem-rvae: error:") and str(bad) in err and "Traceback" not in err
+
+
+def test_run_keeps_the_epoch_with_the_best_latent_com_correlation(tmp_path):
+    """The study's stopping rule: maps from the epoch whose latent best follows the COM magnitude."""
+    import json
+
+    from napari_4dstem_rvae.pipeline import run
+
+    ds = graphene(scan_shape=(8, 8), det_shape=(32, 32))
+    out = run(ds, tmp_path / "best.h5", bin_to=16, epochs=8, latent_dim=1, log=lambda *_: None)
+    result = out["result"]
+    seen = {d.epoch: d.max_abs_r for d in result.diagnostics}
+    assert sorted(seen) == list(range(1, 9))          # 8 epochs // 20 → checked every epoch
+    best = max(seen, key=seen.get)
+    assert result.best_epoch == best
+    assert result.max_abs_r == pytest.approx(seen[best], abs=1e-6)   # the maps are that epoch's
+    with h5py.File(out["results"], "r") as f:
+        assert json.loads(f.attrs["parameters_json"])["epoch_selection"].startswith("largest")
+
+    last = run(ds, tmp_path / "last.h5", bin_to=16, epochs=8, latent_dim=1, select_epoch=False,
+               log=lambda *_: None)["result"]
+    assert last.best_epoch == 8 and not last.diagnostics[:-1]

@@ -78,7 +78,7 @@ def cmd_run(args) -> int:
     changes = {"latent_dim": args.latent, "epochs": args.epochs, "learn_shift": True if args.shift else None,
                "seed": args.seed, "threads": args.threads, "device": args.device}
     run(args.file, args.out, dataset=args.dataset, bin_to=args.bin, subtract_mean=not args.no_subtract_mean,
-        roi=args.roi, **changes)
+        roi=args.roi, select_epoch=not args.last_epoch, **changes)
     return 0
 
 
@@ -127,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latent", type=int, default=None, help="content latents (default: the engine's)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: about 2,400 optimisation steps)")
     p.add_argument("--shift", action="store_true", help="also learn a shift of each pattern")
+    p.add_argument("--last-epoch", action="store_true",
+                   help="keep the last epoch's model (default: the epoch whose latent map correlates "
+                        "best with the COM magnitude, checked ~20 times, as in the study)")
     p.add_argument("--roi", help="boolean .npy mask (scan_y, scan_x) of the training positions")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--threads", type=int, default=None)

@@ -304,7 +304,7 @@ def write_rvae_results(path: str | os.PathLike, dataset: Dataset4D, result: Any,
 def run(source: str | os.PathLike | Dataset4D, out: str | os.PathLike = "out", *, dataset: str | None = None,
         bin_to: int | None = RVAE_DETECTOR_PIXELS, subtract_mean: bool = True, roi: Any = None,
         config: Any = None, log=print, com_result: Any = None, images: dict | None = None,
-        **config_changes: Any) -> dict[str, Any]:
+        select_epoch: bool = True, **config_changes: Any) -> dict[str, Any]:
     """The headless rVAE pipeline: read → preprocess (bin to ``bin_to`` px, subtract the mean
     pattern) → COM → rVAE → ``out/results.h5`` and ``out/overview.png``; ``out`` may also be
     the results file itself (``RESULTS.h5``: the PNG goes beside it, ``RESULTS_overview.png``).
@@ -312,6 +312,9 @@ def run(source: str | os.PathLike | Dataset4D, out: str | os.PathLike = "out", *
     ``roi``: boolean (scan_y, scan_x) mask or a ``.npy`` file of one (training positions).
     ``config_changes``: fields of :class:`rvae.RVAEConfig` (``latent_dim``, ``epochs`` …).
     ``com_result``/``images``: COM and overview images already computed for ``source``.
+    ``select_epoch``: the study's stopping rule — the maps are correlated with the COM
+    magnitude about 20 times during training and the model of the epoch with the largest
+    latent–COM |r| is kept (unless ``correlate_every`` is given); ``False``: the last epoch.
     Returns the written paths and the :class:`rvae.RVAEResult`.
     """
     from . import io
@@ -351,6 +354,10 @@ def run(source: str | os.PathLike | Dataset4D, out: str | os.PathLike = "out", *
     if isinstance(cfg, dict):
         cfg = RVAEConfig.from_dict(cfg)
     cfg = cfg.replace(**{k: v for k, v in config_changes.items() if v is not None})
+    if select_epoch and not cfg.correlate_every:
+        n_chosen = int(roi.sum()) if roi is not None else int(np.prod(ds.scan_shape))
+        total = cfg.epochs_for(n_chosen - int(round(cfg.test_fraction * n_chosen)))
+        cfg = cfg.replace(correlate_every=max(1, total // 20), keep_best=True)
 
     def progress(event):
         total = event.epochs_total
@@ -361,7 +368,11 @@ def run(source: str | os.PathLike | Dataset4D, out: str | os.PathLike = "out", *
     result = fit(prepared, cfg, roi_mask=roi, com_magnitude=com_result.magnitude, com_angle=com_result.angle,
                  callback=progress)
     parameters = {"bin_to": bin_to, "bin_factor": factor, "subtract_mean": subtract_mean,
-                  "roi_positions": None if roi is None else int(roi.sum()), "rvae": result.config.to_dict()}
+                  "roi_positions": None if roi is None else int(roi.sum()),
+                  "epoch_selection": "largest latent–COM |r|" if cfg.keep_best else "last epoch",
+                  "rvae": result.config.to_dict()}
+    if result.best_epoch != result.trainer.epoch:
+        log(f"maps from epoch {result.best_epoch} of {result.trainer.epoch} (largest latent–COM |r|)")
     results_path = write_rvae_results(results_file, ds, result, com_result, parameters)
     adf = images.get("adf", images["sum"])
     png = plot_overview(png_file, result, adf=adf, com_magnitude=com_result.magnitude,

@@ -48,9 +48,11 @@ class RVAEConfig:
         KL terms as the fit improves — useful for data whose noise level is unknown.
     noise_std
         Noise standard deviation of the Gaussian likelihood in normalised units (see
-        ``normalise``). The default 3 treats the data as noisier than the signal, which
-        makes one latent dominant and follow the physics (a β-VAE with β ≈ 9 in effect);
-        chosen by measurement on simulated graphene (benchmarks/bench_rvae.py).
+        ``normalise``). The default 4.5 treats the data as noisier than the signal, which
+        makes one latent dominant and follow the physics (a β-VAE with β ≈ 20 in effect);
+        chosen by measurement on simulated graphene (1 and 2 let several latents share the
+        COM magnitude and the maps degrade with longer training; 3–6 reach latent–COM
+        |r| ≈ 0.99 in 2,400 steps; see benchmarks/bench_rvae.py).
     rotation_prior
         Standard deviation (rad) of the Gaussian prior N(0, σ²) of the angle; ``None``
         for a uniform prior over the circle (every orientation equally likely).
@@ -115,7 +117,7 @@ class RVAEConfig:
     content_hidden: tuple[int, ...] | None = None
     activation: str = "tanh"
     likelihood: str = "gaussian"
-    noise_std: float = 3.0
+    noise_std: float = 4.5
     rotation_prior: float | None = math.pi
     shift_prior: float = 2.0
     kl_weight: float = 1.0
@@ -136,6 +138,14 @@ class RVAEConfig:
     bf16: bool = False
     correlate_every: int = 0
     keep_best: bool = False
+
+    def epochs_for(self, n_train: int) -> int:
+        """Epochs trained for ``n_train`` training positions: ``epochs``, or about ``steps``
+        optimisation steps (at least 10 and at most 2000 epochs)."""
+        if self.epochs is not None:
+            return int(self.epochs)
+        steps_per_epoch = max(1, math.ceil(max(int(n_train), 1) / self.batch_size))
+        return int(min(2000, max(10, math.ceil(self.steps / steps_per_epoch))))
 
     def __post_init__(self) -> None:
         def fail(name: str, expected: str) -> None:

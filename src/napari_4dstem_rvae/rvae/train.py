@@ -411,9 +411,7 @@ class Trainer:
     @property
     def total_epochs(self) -> int:
         """``config.epochs``, or the epochs that make about ``config.steps`` steps."""
-        if self.config.epochs is not None:
-            return int(self.config.epochs)
-        return int(min(2000, max(10, math.ceil(self.config.steps / self.steps_per_epoch))))
+        return self.config.epochs_for(self.n_train)
 
     def learning_rate_at(self, epoch: float) -> float:
         """Learning rate at fractional epoch ``epoch`` (cosine schedule over ``total_epochs``)."""
@@ -592,7 +590,8 @@ class Trainer:
         total, sums, n = 0.0, dict.fromkeys(PARTS, 0.0), 0
         for start in range(0, data.shape[0], 256):
             x = model.flatten(data[start:start + 256].to(self.device))
-            loss, parts = model.loss(x, dev_gen, pixels, beta)
+            with torch.no_grad():
+                loss, parts = model.loss(x, dev_gen, pixels, beta)
             b = x.shape[0]
             total += float(loss) * b
             for name in PARTS:

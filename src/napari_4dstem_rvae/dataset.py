@@ -19,6 +19,16 @@ import numpy as np
 DETECTOR_UNITS = ("mrad", "1/Å", "px")
 
 
+def plain_fields(obj: Any) -> dict[str, Any]:
+    """A dataclass's fields as plain values (lists for tuples): for JSON, HDF5 attributes and
+    ``torch.load(weights_only=True)``."""
+    out = dataclasses.asdict(obj)
+    for key, value in out.items():
+        if isinstance(value, tuple):
+            out[key] = list(value)
+    return out
+
+
 @dataclass(frozen=True)
 class Calibration:
     """Physical calibration of a 4D-STEM data set.
@@ -106,11 +116,7 @@ class Calibration:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        for key, value in out.items():
-            if isinstance(value, tuple):
-                out[key] = list(value)
-        return out
+        return plain_fields(self)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Calibration:

@@ -320,6 +320,7 @@ def run(source: str | os.PathLike | Dataset4D, out: str | os.PathLike = "out", *
     from . import io
     from .processing import compute_com
     from .rvae import RVAEConfig, fit, plot_overview
+    from .rvae.train import n_test_of
 
     out = Path(out)
     if out.suffix.lower() in (".h5", ".hdf5"):
@@ -356,7 +357,7 @@ def run(source: str | os.PathLike | Dataset4D, out: str | os.PathLike = "out", *
     cfg = cfg.replace(**{k: v for k, v in config_changes.items() if v is not None})
     if select_epoch and not cfg.correlate_every:
         n_chosen = int(roi.sum()) if roi is not None else int(np.prod(ds.scan_shape))
-        total = cfg.epochs_for(n_chosen - int(round(cfg.test_fraction * n_chosen)))
+        total = cfg.epochs_for(n_chosen - n_test_of(n_chosen, cfg.test_fraction))
         cfg = cfg.replace(correlate_every=max(1, total // 20), keep_best=True)
 
     def progress(event):

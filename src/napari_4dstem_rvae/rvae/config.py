@@ -7,6 +7,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from ..dataset import plain_fields
+
 LIKELIHOODS = ("gaussian", "gaussian_learned")
 ACTIVATIONS = ("tanh", "relu", "gelu", "silu")
 NORMALISATIONS = ("signal", "std", "none")
@@ -139,13 +141,16 @@ class RVAEConfig:
     correlate_every: int = 0
     keep_best: bool = False
 
+    def steps_per_epoch(self, n_train: int) -> int:
+        """Optimisation steps of one epoch over ``n_train`` training positions."""
+        return max(1, math.ceil(int(n_train) / self.batch_size))
+
     def epochs_for(self, n_train: int) -> int:
         """Epochs trained for ``n_train`` training positions: ``epochs``, or about ``steps``
         optimisation steps (at least 10 and at most 2000 epochs)."""
         if self.epochs is not None:
             return int(self.epochs)
-        steps_per_epoch = max(1, math.ceil(max(int(n_train), 1) / self.batch_size))
-        return int(min(2000, max(10, math.ceil(self.steps / steps_per_epoch))))
+        return int(min(2000, max(10, math.ceil(self.steps / self.steps_per_epoch(n_train)))))
 
     def __post_init__(self) -> None:
         def fail(name: str, expected: str) -> None:
@@ -215,11 +220,7 @@ class RVAEConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values only (lists for tuples): safe for ``torch.load(weights_only=True)``, HDF5, JSON."""
-        out = dataclasses.asdict(self)
-        for key, value in out.items():
-            if isinstance(value, tuple):
-                out[key] = list(value)
-        return out
+        return plain_fields(self)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "the configuration") -> RVAEConfig:

@@ -135,15 +135,19 @@ def _mask(mask: Any, shape: tuple[int, int], name: str) -> np.ndarray | None:
     return mask
 
 
+def n_test_of(n_chosen: int, test_fraction: float) -> int:
+    """Test positions held out of ``n_chosen``: ``test_fraction`` of them, leaving at least one
+    for training."""
+    return max(0, min(int(round(test_fraction * n_chosen)), n_chosen - 1))
+
+
 def split_positions(roi_mask: np.ndarray | None, n_positions: int, test_fraction: float,
                     seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Sorted flat indices of the training and test positions (``numpy.random.default_rng(seed)``)."""
     chosen = np.arange(n_positions) if roi_mask is None else np.flatnonzero(roi_mask.ravel())
     rng = np.random.default_rng(seed)
     order = rng.permutation(chosen)
-    n_test = int(round(test_fraction * chosen.size))
-    if chosen.size - n_test < 1:
-        n_test = chosen.size - 1
+    n_test = n_test_of(chosen.size, test_fraction)
     return np.sort(order[n_test:]), np.sort(order[:n_test])
 
 
@@ -433,7 +437,7 @@ class Trainer:
 
     @property
     def steps_per_epoch(self) -> int:
-        return math.ceil(self.n_train / self.config.batch_size)
+        return self.config.steps_per_epoch(self.n_train)
 
     # -- training ----------------------------------------------------------------------------
     def run(self, epochs: int | None = None, stop: threading.Event | None = None, *,

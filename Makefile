@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 OUT ?= out
 
-.PHONY: demo test env system-deps bench clean
+.PHONY: demo test lint env system-deps bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,8 +23,13 @@ system-deps:
 demo: env
 	$(VENV)/bin/stem-rvae demo --out $(OUT)
 
-# Everything the tests need (apt packages for headless Qt, the Python environment), then pytest under Xvfb.
-test: system-deps env
+# The architecture contracts (pyproject.toml [tool.importlinter]): a broken one fails the build.
+lint: env
+	$(VENV)/bin/lint-imports
+
+# Everything the tests need (apt packages for headless Qt, the Python environment), the
+# architecture contracts, then pytest under Xvfb.
+test: system-deps env lint
 	$(PY) -m pytest tests
 
 bench: env

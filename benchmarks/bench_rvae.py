@@ -216,6 +216,7 @@ def quality_worker(name: str, args: dict[str, Any], queue: Any) -> None:
         from napari_4dstem_rvae.rvae import RVAEConfig, Trainer
 
         trainer = Trainer(data["data"], RVAEConfig(epochs=args["epochs"], correlate_every=args["every"],
+                                                   epoch_selection="last",
                                                    seed=args["seed"]),
                           com_magnitude=data["com_magnitude"], com_angle=data["com_angle"])
         curve = []

@@ -21,8 +21,8 @@ def main() -> None:
     import napari
     from qtpy.QtWidgets import QApplication
 
-    from napari_4dstem_rvae._plots import LatencyProbe
-    from napari_4dstem_rvae._train_widget import TrainWidget
+    from napari_4dstem_rvae._napari.plots import LatencyProbe
+    from napari_4dstem_rvae._napari.train_widget import TrainWidget
 
     viewer = napari.Viewer(show=True)
     adf = viewer.open_sample("napari-4dstem-rvae", "graphene_vacancy")[0]

@@ -24,7 +24,7 @@ def settle(seconds: float = 0.5) -> None:
 def open_sample() -> None:
     import napari
 
-    from napari_4dstem_rvae._browser import DiffractionBrowser
+    from napari_4dstem_rvae._napari.browser import DiffractionBrowser
 
     viewer = napari.Viewer(show=True)
     viewer.window.resize(1300, 760)
@@ -45,7 +45,7 @@ def open_sample() -> None:
 def com_maps() -> None:
     import napari
 
-    from napari_4dstem_rvae._com_widget import COMWidget
+    from napari_4dstem_rvae._napari.com_widget import COMWidget
 
     viewer = napari.Viewer(show=True)
     viewer.window.resize(1300, 760)
@@ -67,11 +67,11 @@ def com_maps() -> None:
 
 
 def train(epochs: int = 60) -> None:
-    import numpy as np
     import napari
+    import numpy as np
 
-    from napari_4dstem_rvae._layers import find_dataset
-    from napari_4dstem_rvae._train_widget import TrainWidget
+    from napari_4dstem_rvae._napari.layers import find_dataset
+    from napari_4dstem_rvae._napari.train_widget import TrainWidget
 
     viewer = napari.Viewer(show=True)
     viewer.window.resize(1400, 900)

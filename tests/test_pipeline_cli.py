@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from napari_4dstem_rvae.cli import main
-from napari_4dstem_rvae.pipeline import save_dataset
+from napari_4dstem_rvae.io import save_dataset
 from napari_4dstem_rvae.simulate import graphene
 
 
@@ -52,6 +52,18 @@ def test_run_keeps_the_epoch_with_the_best_latent_com_correlation(tmp_path):
     with h5py.File(out["results"], "r") as f:
         assert json.loads(f.attrs["parameters_json"])["epoch_selection"].startswith("largest")
 
-    last = run(ds, tmp_path / "last.h5", bin_to=16, epochs=8, latent_dim=1, select_epoch=False,
+    last = run(ds, tmp_path / "last.h5", bin_to=16, epochs=8, latent_dim=1, epoch_selection="last",
                log=lambda *_: None)["result"]
     assert last.best_epoch == 8 and not last.diagnostics[:-1]
+
+
+def test_run_reads_a_flat_stack_with_scan_shape(tmp_path):
+    """``--scan-shape`` reaches the reader for ``run`` as for every other command."""
+    ds = graphene(scan_shape=(4, 6), det_shape=(32, 32))
+    flat = tmp_path / "stack.npy"
+    np.save(flat, np.asarray(ds.data).reshape(24, 32, 32))
+    assert main(["run", str(flat), "--bin", "16", "--epochs", "1", "--out", str(tmp_path / "r.h5")]) == 2
+    assert main(["run", str(flat), "--scan-shape", "4", "6", "--bin", "16", "--epochs", "1",
+                 "--out", str(tmp_path / "r.h5")]) == 0
+    with h5py.File(tmp_path / "r.h5", "r") as f:
+        assert f["angle"].shape == (4, 6)

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 
-def _read(args):
-    from .io import read
-
+def _read_options(args) -> dict:
+    """Reader options from the flags every command shares (``--dataset``, ``--scan-shape``)."""
     options = {}
     if getattr(args, "dataset", None):
         options["dataset"] = args.dataset
     if getattr(args, "scan_shape", None):
         options["scan_shape"] = tuple(args.scan_shape)
-    return read(args.file, **options)
+    return options
+
+
+def _read(args):
+    from .io import read
+
+    return read(args.file, **_read_options(args))
 
 
 def cmd_demo(args) -> int:
@@ -26,63 +30,61 @@ def cmd_demo(args) -> int:
 
 
 def cmd_info(args) -> int:
+    from .units import format_bytes
+
     ds = _read(args)
     print(f"file:        {ds.source}")
     print(f"format:      {ds.metadata.get('format')}")
-    print(f"shape:       {ds.shape} (scan_y, scan_x, det_y, det_x), {ds.dtype}, {ds.nbytes / 2**30:.3g} GiB")
+    print(f"shape:       {ds.shape} (scan_y, scan_x, det_y, det_x), {ds.dtype}, {format_bytes(ds.nbytes)}")
     for key, value in ds.calibration.to_dict().items():
         print(f"{key + ':':<16}{value}")
     return 0
 
 
 def cmd_image(args) -> int:
-    from .pipeline import overview_images, write_image_png, write_results
+    from .pipeline import images
 
-    ds = _read(args)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    images = overview_images(ds)
-    for name, image in images.items():
-        print(write_image_png(image, out / f"{name}.png", f"{name.upper()} image", ds))
-    print(write_results(out / "images.h5", ds, images))
+    images(_read(args), args.out)
     return 0
 
 
 def cmd_com(args) -> int:
     from .pipeline import com
+    from .processing import COMOptions
 
-    ds = _read(args)
-    options = {"mask": args.mask, "reference": None if args.reference == "none" else args.reference,
-               "unit": args.unit}
-    if args.radius is not None:
-        options["radius"] = args.radius
-    if args.inner is not None:
-        options["inner"] = args.inner
-    if args.outer is not None:
-        options["outer"] = args.outer
-    if args.threshold:
-        options["threshold"] = args.threshold
-    options["rotation"] = "auto" if args.rotation == "auto" else float(args.rotation)
-    options["flip"] = {"auto": "auto", "yes": True, "no": False}[args.flip]
-    if args.scheduler:
-        options["client"] = args.scheduler
-    _, files = com(ds, args.out, **options)
+    options = COMOptions(
+        mask=args.mask, unit=args.unit, radius=args.radius, inner=args.inner, outer=args.outer,
+        threshold=args.threshold or None, reference=None if args.reference == "none" else args.reference,
+        rotation="auto" if args.rotation == "auto" else _degrees(args.rotation),
+        flip={"auto": "auto", "yes": True, "no": False}[args.flip])
+    extra = {"client": args.scheduler} if args.scheduler else {}
+    _, files = com(_read(args), args.out, options, **extra)
     for value in files.values():
         print(value)
     return 0
 
 
+def _degrees(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"--rotation must be 'auto' or an angle in degrees, got {text!r}") from None
+
+
 def cmd_run(args) -> int:
     from .pipeline import run
 
+    selection = "last" if args.last_epoch else args.epoch_selection
     changes = {"latent_dim": args.latent, "epochs": args.epochs, "learn_shift": True if args.shift else None,
-               "seed": args.seed, "threads": args.threads, "device": args.device}
-    run(args.file, args.out, dataset=args.dataset, bin_to=args.bin, subtract_mean=not args.no_subtract_mean,
-        roi=args.roi, select_epoch=not args.last_epoch, **changes)
+               "seed": args.seed, "threads": args.threads, "device": args.device, "epoch_selection": selection}
+    run(args.file, args.out, read_options=_read_options(args), bin_to=args.bin,
+        subtract_mean=not args.no_subtract_mean, roi=args.roi, **changes)
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .rvae.selection import EPOCH_SELECTIONS
+
     parser = argparse.ArgumentParser(prog="stem-rvae", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -127,9 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latent", type=int, default=None, help="content latents (default: the engine's)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: about 2,400 optimisation steps)")
     p.add_argument("--shift", action="store_true", help="also learn a shift of each pattern")
-    p.add_argument("--last-epoch", action="store_true",
-                   help="keep the last epoch's model (default: the epoch whose latent map correlates "
-                        "best with the COM magnitude, checked ~20 times, as in the study)")
+    p.add_argument("--epoch-selection", default=None, choices=list(EPOCH_SELECTIONS),
+                   help="which epoch's model gives the maps (default: com_correlation, the study's rule: "
+                        "the epoch whose latent map correlates best with the COM magnitude, checked ~20 times)")
+    p.add_argument("--last-epoch", action="store_true", help="same as --epoch-selection last")
     p.add_argument("--roi", help="boolean .npy mask (scan_y, scan_x) of the training positions")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--threads", type=int, default=None)

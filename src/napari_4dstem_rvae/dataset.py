@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from .units import canonical_detector_unit, length_unit
+
 #: Units accepted for the detector pixel size.
 DETECTOR_UNITS = ("mrad", "1/Å", "px")
 
@@ -67,15 +69,14 @@ class Calibration:
 
     def __post_init__(self) -> None:
         if self.det_unit is not None and self.det_unit not in DETECTOR_UNITS:
-            # Accept common spellings of reciprocal Ångström.
-            aliases = {"1/A": "1/Å", "A^-1": "1/Å", "Å^-1": "1/Å", "1/angstrom": "1/Å",
-                       "pixel": "px", "pixels": "px"}
-            if self.det_unit in aliases:
-                object.__setattr__(self, "det_unit", aliases[self.det_unit])
-            else:
+            canonical = canonical_detector_unit(self.det_unit)  # e.g. "A^-1", "pixels"
+            if canonical is None:
                 raise ValueError(
                     f"Calibration.det_unit must be one of {DETECTOR_UNITS}, got {self.det_unit!r}"
                 )
+            object.__setattr__(self, "det_unit", canonical)
+        if self.scan_unit is not None and length_unit(self.scan_unit):
+            object.__setattr__(self, "scan_unit", length_unit(self.scan_unit))  # "A" -> "Å"
         for name in ("det_pixel_size", "energy_kev", "semiangle_mrad"):
             value = getattr(self, name)
             if value is not None and not (np.isfinite(value) and value > 0):

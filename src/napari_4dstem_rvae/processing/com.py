@@ -45,8 +45,6 @@ Conventions (read these before comparing with another program)
 from __future__ import annotations
 
 import math
-import os
-import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +52,12 @@ import numpy as np
 
 from ..dataset import Calibration
 from .engine import MaskStack, as_array, reduce_masks
+from .field import (
+    RotationCalibration,
+    calibrate_rotation,
+    divergence_curl,
+    rotate_field,
+)
 from .virtual import (
     DiskGeometry,
     VirtualDetector,
@@ -68,216 +72,10 @@ from .virtual import (
 
 _MOMENTS = ("com_total", "com_y", "com_x")
 
-
-# -- vector-field helpers ------------------------------------------------------------------
-def _derivative(values: np.ndarray, axis: int, spacing: float, order: int = 2) -> np.ndarray:
-    """d/d(axis): central differences (one-sided at the edges); with ``order=4`` the
-    fourth-order stencil (−f₊₂ + 8f₊₁ − 8f₋₁ + f₋₂)/12h where five samples are available."""
-    if values.shape[axis] < 2:
-        return np.zeros_like(values, dtype=np.float64)
-    out = np.gradient(values.astype(np.float64, copy=False), spacing, axis=axis)
-    if order == 4 and values.shape[axis] >= 5:
-        f = np.moveaxis(values.astype(np.float64, copy=False), axis, 0)
-        inner = np.moveaxis(out, axis, 0)  # a view: writes go to ``out``
-        inner[2:-2] = (-f[4:] + 8 * f[3:-1] - 8 * f[1:-3] + f[:-4]) / (12 * spacing)
-    return out
+__all__ = ["COMOptions", "COMResult", "RotationCalibration", "calibrate_rotation", "com_masks", "compute_com",
+           "divergence_curl", "rotate_field"]
 
 
-def _div_curl(fy: np.ndarray, fx: np.ndarray, spacing: tuple[float, float],
-              order: int = 2) -> tuple[np.ndarray, np.ndarray]:
-    sy, sx = float(spacing[0]), float(spacing[1])
-    div = _derivative(fx, 1, sx, order) + _derivative(fy, 0, sy, order)
-    curl = _derivative(fy, 1, sx, order) - _derivative(fx, 0, sy, order)
-    return div, curl
-
-
-def divergence_curl(field_y: Any, field_x: Any,
-                    spacing: tuple[float, float] = (1.0, 1.0)) -> tuple[np.ndarray, np.ndarray]:
-    """Divergence and curl of a 2D vector field sampled on the scan.
-
-    Parameters
-    ----------
-    field_y, field_x
-        ``(scan_y, scan_x)`` components along the scan's y (rows) and x (columns).
-    spacing
-        ``(step_y, step_x)`` between probe positions.
-
-    Returns
-    -------
-    ``(div, curl)``: ``∂x fx + ∂y fy`` and ``∂x fy − ∂y fx``, in field units per spacing
-    unit. Central differences inside, one-sided at the edges; the derivative along an
-    axis with a single sample is 0.
-    """
-    fy = np.asarray(field_y, dtype=np.float64)
-    fx = np.asarray(field_x, dtype=np.float64)
-    if fy.shape != fx.shape or fy.ndim != 2:
-        raise ValueError(
-            f"field_y and field_x must be 2D (scan_y, scan_x) arrays of one shape, got "
-            f"{fy.shape} and {fx.shape}"
-        )
-    return _div_curl(fy, fx, spacing)
-
-
-def rotate_field(field_y: Any, field_x: Any, rotation_deg: float,
-                 flip: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Detector-frame shifts → scan frame: ``v = R(θ)·F·d`` (see the module conventions).
-
-    Returns ``(vy, vx)``.
-    """
-    dy = np.asarray(field_y, dtype=np.float64)
-    dx = np.asarray(field_x, dtype=np.float64)
-    if flip:
-        dy = -dy
-    theta = math.radians(float(rotation_deg))
-    c, s = math.cos(theta), math.sin(theta)
-    return s * dx + c * dy, c * dx - s * dy
-
-
-@dataclass(frozen=True)
-class RotationCalibration:
-    """Result of :func:`calibrate_rotation`.
-
-    Attributes
-    ----------
-    rotation_deg
-        θ in degrees, in (−180, 180].
-    flip
-        Whether the detector row component is negated before rotating.
-    residual
-        Fraction of the field's derivative power left in the curl after the rotation,
-        λ_min / trace(M), in [0, 1] (0 for a perfect gradient field); NaN when undetermined.
-    residual_other_flip
-        The same for the other flip (compare with ``residual`` to judge the choice).
-    polarity_from
-        What settled the 180° ambiguity: ``"image"`` (ADF or the given image),
-        ``"skewness"``, or ``"none"``.
-    """
-
-    rotation_deg: float
-    flip: bool
-    residual: float
-    residual_other_flip: float
-    polarity_from: str
-
-
-def _eigen_rotation(dy: np.ndarray, dx: np.ndarray, spacing: tuple[float, float],
-                    weights: np.ndarray) -> tuple[float, float]:
-    """(θ mod 180° in radians, residual fraction) minimising Σ w·curl′².
-
-    Fourth-order differences: the discretisation error of the curl of a sampled gradient
-    correlates with its divergence and biases θ; the higher order cuts that bias ~5×."""
-    div, curl = _div_curl(dy, dx, spacing, order=4)
-    m = np.array([[np.sum(weights * curl * curl), np.sum(weights * curl * div)],
-                  [np.sum(weights * curl * div), np.sum(weights * div * div)]])
-    trace = float(np.trace(m))
-    if not trace > 0:
-        return 0.0, math.nan
-    values, vectors = np.linalg.eigh(m)
-    c, s = vectors[:, 0]
-    return math.atan2(s, c), max(0.0, float(values[0])) / trace
-
-
-def _skewness(values: np.ndarray) -> float:
-    centred = values - values.mean()
-    spread = np.sqrt(np.mean(centred**2))
-    return float(np.mean(centred**3) / spread**3) if spread > 0 else 0.0
-
-
-def calibrate_rotation(
-    field_y: Any,
-    field_x: Any,
-    *,
-    spacing: tuple[float, float] = (1.0, 1.0),
-    flip: bool | str = "auto",
-    sign_from: Any = None,
-    valid: Any = None,
-) -> RotationCalibration:
-    """Scan-to-detector rotation (and flip) that makes the COM field curl-free.
-
-    Parameters
-    ----------
-    field_y, field_x
-        Detector-frame COM shifts ``(scan_y, scan_x)`` after reference correction.
-    spacing
-        ``(step_y, step_x)`` of the scan (only the ratio matters).
-    flip
-        ``"auto"`` (the flip with the smaller residual curl), ``True`` or ``False``.
-    sign_from
-        ``(scan_y, scan_x)`` image bright at atom columns (ADF) used to pick between θ
-        and θ + 180°: the divergence of the rotated field must anti-correlate with it.
-        ``None``: the divergence must have negative skewness.
-    valid
-        Boolean ``(scan_y, scan_x)``: positions to use (others, and their neighbours,
-        are ignored).
-
-    Returns
-    -------
-    :class:`RotationCalibration`. A field without any spatial variation (e.g. a single
-    probe position) leaves θ undetermined: θ = 0 with a warning and NaN residuals.
-    """
-    dy = np.asarray(field_y, dtype=np.float64)
-    dx = np.asarray(field_x, dtype=np.float64)
-    if dy.shape != dx.shape or dy.ndim != 2:
-        raise ValueError(
-            f"field_y and field_x must be 2D (scan_y, scan_x) of one shape, got {dy.shape}, {dx.shape}"
-        )
-    if flip not in ("auto", True, False):
-        raise ValueError(f"flip must be 'auto', True or False, got {flip!r}")
-    if not (np.all(np.isfinite(dy)) and np.all(np.isfinite(dx))):
-        raise ValueError("field_y/field_x contain NaN or Inf; expected finite COM shifts")
-    weights = np.ones(dy.shape)
-    if valid is not None:
-        from scipy import ndimage
-
-        good = np.asarray(valid, dtype=bool)
-        # Derivatives next to an invalid position use its (meaningless) zero shift.
-        weights = ndimage.binary_erosion(good, np.ones((3, 3)), border_value=1).astype(float)
-    candidates = [False, True] if flip == "auto" else [bool(flip)]
-    fits = {f: _eigen_rotation(-dy if f else dy, dx, spacing, weights) for f in (False, True)}
-    if all(math.isnan(fits[f][1]) for f in candidates):
-        warnings.warn(
-            "the COM field has no spatial variation (uniform field or a single probe "
-            "position): the scan rotation cannot be calibrated; using 0°",
-            stacklevel=2,
-        )
-        chosen = bool(candidates[0])
-        return RotationCalibration(0.0, chosen, math.nan, math.nan, "none")
-    chosen = min(candidates, key=lambda f: (math.inf if math.isnan(fits[f][1]) else fits[f][1]))
-    theta, residual = fits[chosen]
-    other = fits[not chosen][1]
-
-    vy, vx = rotate_field(dy, dx, math.degrees(theta), chosen)
-    div, _ = divergence_curl(vy, vx, spacing)
-    use = weights > 0
-    polarity_from = "none"
-    if use.sum() >= 2:
-        if sign_from is not None:
-            image = np.asarray(sign_from, dtype=np.float64)
-            if image.shape != dy.shape:
-                raise ValueError(
-                    f"sign_from image has shape {image.shape}, expected the scan shape {dy.shape}"
-                )
-            a = div[use] - div[use].mean()
-            b = image[use] - image[use].mean()
-            score = float(np.sum(a * b))
-            if score != 0:
-                polarity_from = "image"
-                if score > 0:
-                    theta += math.pi
-        if polarity_from == "none":
-            skew = _skewness(div[use])
-            if skew != 0:
-                polarity_from = "skewness"
-                if skew > 0:
-                    theta += math.pi
-    degrees = math.degrees(theta)
-    degrees = (degrees + 180.0) % 360.0 - 180.0
-    if degrees <= -180.0:
-        degrees += 360.0
-    return RotationCalibration(degrees, chosen, residual, other, polarity_from)
-
-
-# -- result ------------------------------------------------------------------------------
 @dataclass(frozen=True, eq=False)
 class COMResult:
     """Centre-of-mass maps over the scan. All maps are float64 ``(scan_y, scan_x)``.
@@ -373,19 +171,40 @@ class COMResult:
     def scan_shape(self) -> tuple[int, int]:
         return tuple(int(s) for s in self.x.shape)  # type: ignore[return-value]
 
+    @property
+    def map_unit(self) -> str:
+        """Unit of the shift maps of :meth:`maps`: ``"mrad"`` when the detector has an angular
+        calibration, else ``"px"``."""
+        return "px" if self.pixels_per_mrad is None else "mrad"
+
     def maps(self) -> dict[str, np.ndarray]:
-        """Every map by name (``com_x``, ``com_y``, ``com_magnitude``, ``com_angle``,
-        ``com_divergence``, ``com_curl``, ``com_intensity``, the mrad versions when
-        calibrated, then the virtual images)."""
+        """Every map by its schema name (:data:`napari_4dstem_rvae.schema.MAPS`): ``com_x``,
+        ``com_y``, ``com_magnitude`` (in :attr:`map_unit`), ``com_angle`` (rad),
+        ``com_divergence``, ``com_curl`` (:attr:`map_unit` per scan unit), ``com_intensity``,
+        ``com_valid``; then the virtual images by their names."""
+        scale = 1.0 if self.pixels_per_mrad is None else 1.0 / self.pixels_per_mrad
         out = {
-            "com_x": self.x, "com_y": self.y, "com_magnitude": self.magnitude,
-            "com_angle": self.angle, "com_divergence": self.divergence,
-            "com_curl": self.curl, "com_intensity": self.intensity,
+            "com_x": self.x * scale, "com_y": self.y * scale, "com_magnitude": self.magnitude * scale,
+            "com_angle": self.angle, "com_divergence": self.divergence * scale,
+            "com_curl": self.curl * scale, "com_intensity": self.intensity,
+            "com_valid": self.valid,
         }
-        if self.pixels_per_mrad is not None:
-            out.update(com_x_mrad=self.x_mrad, com_y_mrad=self.y_mrad,
-                       com_magnitude_mrad=self.magnitude_mrad)
-        out.update({f"virtual_{k}": v for k, v in self.virtual.items()})
+        out.update(self.virtual)
+        return out
+
+    def attributes(self) -> dict[str, Any]:
+        """How the maps were made, as plain values (for results files and layer metadata)."""
+        out: dict[str, Any] = {
+            "rotation_deg": float(self.rotation_deg), "flip": bool(self.flip),
+            "rotation_calibrated": self.rotation is not None, "reference": self.reference,
+            "mask": self.mask, "origin_px": [float(v) for v in self.origin], "unit": self.map_unit,
+            "conventions": ("v = R(rotation)·F·d, F = diag(1,-1) if flip; x = columns, y = rows; "
+                            "angle = atan2(y, x); COM points towards atoms (div < 0 at atom columns)"),
+        }
+        if self.rotation is not None:
+            out.update(rotation_residual=float(self.rotation.residual),
+                       rotation_residual_other_flip=float(self.rotation.residual_other_flip),
+                       polarity_from=self.rotation.polarity_from)
         return out
 
 
@@ -434,24 +253,50 @@ def _com_mask(mask: Any, det_shape: tuple[int, int], geometry: DiskGeometry,
         "custom detector" if isinstance(mask, VirtualDetector) else "custom mask")
 
 
+MASKS = ("whole", "disk", "annulus")
+REFERENCES = ("mean", "plane", None)
+
+
+@dataclass(frozen=True)
+class COMOptions:
+    """The choices a user makes for a COM/DPC computation, as one small frozen object shared
+    by the API (:func:`compute_com`), the CLI (``stem-rvae com``) and the COM widget; see
+    :func:`compute_com` for what each means. ``None`` radii take the defaults (disk: 1.2 ×
+    the bright-field radius; annulus: from 1.25 × that radius to the detector edge)."""
+
+    mask: Any = "whole"
+    radius: float | None = None
+    inner: float | None = None
+    outer: float | None = None
+    unit: str = "px"
+    threshold: float | None = None
+    reference: Any = "mean"
+    rotation: float | str = "auto"
+    flip: bool | str = "auto"
+
+    def replace(self, **changes: Any) -> COMOptions:
+        import dataclasses
+
+        return dataclasses.replace(self, **changes)
+
+    def describe(self) -> dict[str, str]:
+        """Plain strings of every option (for layer metadata and results files)."""
+        import dataclasses
+
+        return {f.name: str(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+
 def compute_com(
     dataset: Any,
+    options: COMOptions | None = None,
     *,
-    mask: Any = "whole",
-    radius: float | None = None,
-    inner: float | None = None,
-    outer: float | None = None,
-    unit: str = "px",
-    threshold: float | None = None,
     center: tuple[float, float] | None = None,
-    reference: Any = "mean",
-    rotation: float | str = "auto",
-    flip: bool | str = "auto",
     sign_from: Any = "adf",
     detectors: dict[str, Any] | None = None,
     client: Any = None,
     n_threads: int | None = None,
     precision: str = "auto",
+    **changes: Any,
 ) -> COMResult:
     """Centre of mass of every pattern, corrected and rotated into the scan frame.
 
@@ -464,6 +309,9 @@ def compute_com(
     dataset
         :class:`~napari_4dstem_rvae.dataset.Dataset4D` or 4D array
         ``(scan_y, scan_x, det_y, det_x)``.
+    options
+        A :class:`COMOptions`; its fields may also be given as keywords
+        (``compute_com(ds, mask="disk", reference="plane")``), which override it.
     mask
         Pixels that count: ``"whole"`` (every pixel, default), ``"disk"`` (radius
         ``radius`` in ``unit``; default 1.2 × the bright-field disk radius),
@@ -507,6 +355,13 @@ def compute_com(
     -------
     :class:`COMResult`.
     """
+    unknown = sorted(set(changes) - set(COMOptions.__dataclass_fields__))
+    if unknown:
+        raise TypeError(f"compute_com() got unknown options {unknown}; options: "
+                        f"{sorted(COMOptions.__dataclass_fields__)}")
+    opts = (options or COMOptions()).replace(**changes)
+    mask, radius, inner, outer, unit = opts.mask, opts.radius, opts.inner, opts.outer, opts.unit
+    threshold, reference, rotation, flip = opts.threshold, opts.reference, opts.rotation, opts.flip
     data = as_array(dataset)
     calibration = getattr(dataset, "calibration", None)
     shape = tuple(int(s) for s in data.shape)
@@ -638,120 +493,3 @@ def _reference(reference: Any, det_y: np.ndarray, det_x: np.ndarray, valid: np.n
     if pos_y.shape == det_y.shape:
         return pos_y, pos_x, "vacuum"
     return float(pos_y[ok].mean()), float(pos_x[ok].mean()), "vacuum"
-
-
-# -- writing --------------------------------------------------------------------------
-def write_com_results(com: COMResult, path_h5: str | os.PathLike, png_path: str | os.PathLike | None = None,
-                      calibration: Calibration | None = None) -> dict[str, str]:
-    """Write the COM maps to HDF5 and, optionally, a PNG overview figure.
-
-    HDF5 layout: group ``/com`` with one dataset per map of :meth:`COMResult.maps`
-    (``com_x``, ``com_y``, ``com_magnitude``, ``com_angle``, ...), each ``(scan_y, scan_x)``
-    float64 with attributes ``unit`` and ``axes``; the group's attributes hold the
-    rotation, flip, residual, reference, mask, origin and the calibration (JSON).
-    Virtual images go to ``/virtual/<name>``. An existing file is overwritten.
-
-    Parameters
-    ----------
-    com
-        The result of :func:`compute_com`.
-    path_h5
-        Output ``.h5`` file.
-    png_path
-        Optional PNG: x, y, magnitude, angle, divergence, curl (matplotlib, Agg backend).
-    calibration
-        Overrides ``com.calibration`` (scan axes and mrad conversion).
-
-    Returns
-    -------
-    ``{"h5": path, "png": path}`` (``png`` only when written).
-    """
-    import json
-
-    import h5py
-
-    if calibration is not None:
-        com = _with_calibration(com, calibration)
-    cal = com.calibration
-    scan_unit = (cal.scan_unit if cal is not None and cal.scan_step is not None and cal.scan_unit
-                 else "probe step")
-    units = {"com_x": "px", "com_y": "px", "com_magnitude": "px", "com_angle": "rad",
-             "com_divergence": f"px/{scan_unit}", "com_curl": f"px/{scan_unit}",
-             "com_intensity": "counts", "com_x_mrad": "mrad", "com_y_mrad": "mrad",
-             "com_magnitude_mrad": "mrad"}
-    path_h5 = os.fspath(path_h5)
-    with h5py.File(path_h5, "w") as f:
-        group = f.create_group("com")
-        for name, values in com.maps().items():
-            target = f.require_group("virtual") if name.startswith("virtual_") else group
-            key = name[len("virtual_"):] if name.startswith("virtual_") else name
-            dset = target.create_dataset(key, data=np.asarray(values, dtype=np.float64))
-            dset.attrs["unit"] = units.get(name, "counts")
-            dset.attrs["axes"] = "scan_y, scan_x"
-        group.create_dataset("valid", data=com.valid)
-        group.attrs["rotation_deg"] = com.rotation_deg
-        group.attrs["flip"] = bool(com.flip)
-        group.attrs["rotation_calibrated"] = com.rotation is not None
-        if com.rotation is not None:
-            group.attrs["rotation_residual"] = com.rotation.residual
-            group.attrs["rotation_residual_other_flip"] = com.rotation.residual_other_flip
-            group.attrs["polarity_from"] = com.rotation.polarity_from
-        group.attrs["reference"] = com.reference
-        group.attrs["mask"] = com.mask
-        group.attrs["origin_px"] = np.asarray(com.origin, dtype=np.float64)
-        group.attrs["conventions"] = (
-            "v = R(rotation)·F·d, F = diag(1,-1) if flip; x = columns, y = rows; "
-            "angle = atan2(y, x); COM points towards atoms (div < 0 at atom columns)"
-        )
-        if cal is not None:
-            group.attrs["calibration"] = json.dumps(cal.to_dict())
-    out = {"h5": path_h5}
-    if png_path is not None:
-        out["png"] = _write_png(com, png_path, scan_unit)
-    return out
-
-
-def _with_calibration(com: COMResult, calibration: Calibration) -> COMResult:
-    import dataclasses
-
-    return dataclasses.replace(com, calibration=calibration)
-
-
-def _write_png(com: COMResult, png_path: str | os.PathLike, scan_unit: str) -> str:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    cal = com.calibration
-    step_y, step_x = cal.scan_step_yx if cal is not None else (1.0, 1.0)
-    ny, nx = com.scan_shape
-    extent = (-0.5 * step_x, (nx - 0.5) * step_x, (ny - 0.5) * step_y, -0.5 * step_y)
-    in_mrad = com.pixels_per_mrad is not None
-    unit = "mrad" if in_mrad else "px"
-    panels = [
-        ("COM x", com.x_mrad if in_mrad else com.x, unit, "RdBu_r", True),
-        ("COM y", com.y_mrad if in_mrad else com.y, unit, "RdBu_r", True),
-        ("COM magnitude", com.magnitude_mrad if in_mrad else com.magnitude, unit, "viridis", False),
-        ("COM angle", com.angle, "rad", "twilight", False),
-        ("divergence", com.divergence, f"px/{scan_unit}", "RdBu_r", True),
-        ("curl", com.curl, f"px/{scan_unit}", "RdBu_r", True),
-    ]
-    fig = Figure(figsize=(12, 7.5), dpi=100)
-    FigureCanvasAgg(fig)
-    for i, (title, values, u, cmap, symmetric) in enumerate(panels):
-        ax = fig.add_subplot(2, 3, i + 1)
-        kwargs: dict[str, Any] = {"cmap": cmap, "extent": extent, "interpolation": "nearest"}
-        if symmetric:
-            limit = float(np.max(np.abs(values))) or 1.0
-            kwargs.update(vmin=-limit, vmax=limit)
-        if title == "COM angle":
-            kwargs.update(vmin=-math.pi, vmax=math.pi)
-        shown = ax.imshow(values, **kwargs)
-        ax.set_title(f"{title} ({u})")
-        ax.set_xlabel(f"x ({scan_unit})")
-        ax.set_ylabel(f"y ({scan_unit})")
-        fig.colorbar(shown, ax=ax, shrink=0.8)
-    fig.suptitle(f"COM: rotation {com.rotation_deg:.2f}°, flip {com.flip}, "
-                 f"reference {com.reference}, mask {com.mask}")
-    fig.tight_layout()
-    fig.savefig(os.fspath(png_path))
-    return os.fspath(png_path)

@@ -24,6 +24,9 @@ from .engine import MaskStack, as_array, reduce_masks, sample_mean_pattern
 
 #: Units for detector radii.
 RADIUS_UNITS = ("px", "mrad", "bf")
+#: The default ADF inner radius, in bright-field disk radii: clear of the disk's blurred edge.
+#: The one rule for the default annular dark field everywhere (images, COM sign, figures).
+ADF_INNER_BF = 1.25
 
 
 @dataclass(frozen=True)
@@ -165,7 +168,7 @@ def annular_dark_field(inner: float | None = None, outer: float | None = None, u
                        center: tuple[float, float] | None = None) -> VirtualDetector:
     """Annulus outside the bright-field disk.
 
-    ``inner=None``: 1.25 × the disk radius (clear of its blurred edge);
+    ``inner=None``: :data:`ADF_INNER_BF` × the disk radius (clear of its blurred edge);
     ``outer=None``: the detector corners (every pixel beyond ``inner``).
     """
     return VirtualDetector("annulus", inner=inner, outer=outer, unit=unit, center=center,
@@ -273,7 +276,7 @@ def detector_mask(detector: VirtualDetector | Any, det_shape: tuple[int, int],
         weights = (distance <= radius).astype(np.float64)
         described = f"disk of radius {radius:.3g} px"
     else:
-        inner = 1.25 * geometry.radius if detector.inner is None else px(detector.inner, "inner radius")
+        inner = ADF_INNER_BF * geometry.radius if detector.inner is None else px(detector.inner, "inner radius")
         outer = math.inf if detector.outer is None else px(detector.outer, "outer radius")
         if not inner < outer:
             raise ValueError(
@@ -281,7 +284,7 @@ def detector_mask(detector: VirtualDetector | Any, det_shape: tuple[int, int],
                 f"{outer:.4g} px"
             )
         if inner > farthest:
-            given = ("the default 1.25 bf" if detector.inner is None else
+            given = (f"the default {ADF_INNER_BF:g} bf" if detector.inner is None else
                      "" if detector.unit == "px" else f"{detector.inner:g} {detector.unit}")
             raise ValueError(
                 f"{name}: annulus inner radius {inner:.4g} px{f' ({given})' if given else ''} "
@@ -297,6 +300,33 @@ def detector_mask(detector: VirtualDetector | Any, det_shape: tuple[int, int],
             f"that overlaps the pixels"
         )
     return weights
+
+
+def calibrated_disk(calibration: Calibration | None, det_shape: tuple[int, int]) -> DiskGeometry | None:
+    """The bright-field disk from the calibration alone (no data read): centre ``det_origin``
+    (else the detector centre) and radius semi-angle / pixel size; ``None`` when the detector
+    has no angular calibration or the semi-angle is unknown."""
+    scale = pixels_per_mrad(calibration)
+    if scale is None or calibration is None or not calibration.semiangle_mrad:
+        return None
+    ky, kx = det_shape
+    center = calibration.det_origin if calibration.det_origin is not None else ((ky - 1) / 2, (kx - 1) / 2)
+    return DiskGeometry((float(center[0]), float(center[1])), float(calibration.semiangle_mrad * scale))
+
+
+def default_image_detector(calibration: Calibration | None,
+                           det_shape: tuple[int, int]) -> tuple[str, np.ndarray]:
+    """The detector of the default real-space image, from the calibration alone: the annular
+    dark field beyond :data:`ADF_INNER_BF` × the bright-field radius (to the detector edge)
+    when the disk is known from the calibration and the annulus holds ≥ 2 % of the pixels,
+    else the total intensity. Returns ``(name, float32 (det_y, det_x) mask)`` with ``name``
+    ``"adf"`` or ``"sum"`` (keys of :data:`napari_4dstem_rvae.schema.MAPS`)."""
+    geometry = calibrated_disk(calibration, det_shape)
+    if geometry is not None:
+        mask = annulus_mask(tuple(det_shape), geometry.center, ADF_INNER_BF * geometry.radius)
+        if mask.sum() >= 0.02 * mask.size:
+            return "adf", mask
+    return "sum", np.ones(tuple(det_shape), np.float32)
 
 
 def default_detectors() -> dict[str, VirtualDetector]:

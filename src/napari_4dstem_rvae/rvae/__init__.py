@@ -8,31 +8,50 @@ grid. Mapped over the scan, the angle and latent maps show symmetry breaking.
 - :mod:`.config` — :class:`RVAEConfig`, every hyperparameter.
 - :mod:`.model` — :class:`RVAE`, the grid convention (angle counter-clockwise on screen,
   about the direct beam) and the loss.
-- :mod:`.train` — :class:`Trainer`: training as a generator of :class:`TrainEvent`.
-- :mod:`.checkpoint` — :func:`load_checkpoint`, :func:`load_model` (``weights_only`` files).
+- :mod:`.data` — access to patterns (numpy in place, dask streamed), split, data scale.
+- :mod:`.train` — :class:`Trainer`: training as a generator of :class:`TrainEvent`; it owns
+  its state (:meth:`Trainer.state`, :meth:`Trainer.from_state`).
+- :mod:`.selection` — the one epoch-selection rule.
+- :mod:`.checkpoint` — the checkpoint file (``weights_only``), :func:`load_model`.
 - :mod:`.infer` — :func:`encode` → :class:`LatentMaps`, :func:`reconstruct`, :func:`traverse`.
 - :mod:`.diagnostics` — latent–COM correlations.
-- :mod:`.fit` — :func:`fit`, the pipeline's one call → :class:`RVAEResult`.
-- :mod:`.results` — :func:`write_results` (HDF5), :func:`plot_overview` (PNG).
+- :mod:`.fitting` — :func:`fit`, the pipeline's one call → :class:`RVAEResult`.
 
-No Qt or napari here; torch is imported by this subpackage only.
+No Qt, napari, files of results or figures here (:mod:`napari_4dstem_rvae.results` writes
+them); torch is imported by this subpackage only.
 """
 
 from __future__ import annotations
 
-from .checkpoint import load_checkpoint, load_model, read_checkpoint, save_checkpoint
-from .config import RVAEConfig
-from .diagnostics import Diagnostics, circular_correlation, correlate, pearson_r
-from .fit import RVAEResult, fit
-from .infer import LatentMaps, decode, encode, reconstruct, reconstruct_positions, traverse
-from .model import RVAE
-from .results import plot_overview, write_results
-from .train import TrainEvent, Trainer, TrainingDiverged, resolve_device
+from importlib import import_module
+from typing import Any
 
-__all__ = [
-    "RVAE", "RVAEConfig", "RVAEResult", "Diagnostics", "LatentMaps", "TrainEvent", "Trainer",
-    "TrainingDiverged", "circular_correlation", "correlate", "decode", "encode", "fit",
-    "load_checkpoint", "load_model", "pearson_r", "plot_overview", "read_checkpoint",
-    "reconstruct", "reconstruct_positions", "resolve_device", "save_checkpoint", "traverse",
-    "write_results",
-]
+# name -> module that defines it, imported on first use: ``rvae.config`` and
+# ``rvae.selection`` stay importable without torch (the CLI's parser, the results writer).
+_LAZY = {
+    "load_model": ".checkpoint", "read_checkpoint": ".checkpoint", "write_checkpoint": ".checkpoint",
+    "RVAEConfig": ".config",
+    "Diagnostics": ".diagnostics", "circular_correlation": ".diagnostics", "correlate": ".diagnostics",
+    "pearson_r": ".diagnostics",
+    "RVAEResult": ".fitting", "fit": ".fitting",
+    "LatentMaps": ".infer", "decode": ".infer", "encode": ".infer", "reconstruct": ".infer",
+    "reconstruct_positions": ".infer", "traverse": ".infer",
+    "RVAE": ".model",
+    "EPOCH_SELECTIONS": ".selection",
+    "TrainEvent": ".runtime", "TrainingDiverged": ".runtime", "resolve_device": ".runtime",
+    "Trainer": ".train", "load_checkpoint": ".train",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..dataset import plain_fields
+from .selection import DEFAULT as DEFAULT_SELECTION
+from .selection import EPOCH_SELECTIONS
 
 LIKELIHOODS = ("gaussian", "gaussian_learned")
 ACTIVATIONS = ("tanh", "relu", "gelu", "silu")
@@ -106,9 +108,12 @@ class RVAEConfig:
         Autocast the decoder to bfloat16 on CPU (faster on CPUs with AMX/AVX-512 BF16).
     correlate_every
         Every N epochs (and at the last one) encode the whole scan: the maps, and their
-        correlations with the COM maps when given, come with that epoch's event; 0: never.
-    keep_best
-        With COM maps, keep the model state with the largest latent–COM |r|.
+        correlations with the COM maps when given, come with that epoch's event; 0: as the
+        ``epoch_selection`` rule needs (see :mod:`.selection`).
+    epoch_selection
+        Which epoch's model gives the maps (:mod:`.selection`): ``"com_correlation"`` (the
+        study's rule: the state whose latent follows the COM magnitude best, when COM maps
+        are given) or ``"last"``.
     """
 
     latent_dim: int = 2
@@ -139,7 +144,7 @@ class RVAEConfig:
     threads: int | None = None
     bf16: bool = False
     correlate_every: int = 0
-    keep_best: bool = False
+    epoch_selection: str = DEFAULT_SELECTION
 
     def steps_per_epoch(self, n_train: int) -> int:
         """Optimisation steps of one epoch over ``n_train`` training positions."""
@@ -214,6 +219,8 @@ class RVAEConfig:
             fail("threads", "≥ 1 or None")
         if self.correlate_every < 0:
             fail("correlate_every", "≥ 0")
+        if self.epoch_selection not in EPOCH_SELECTIONS:
+            fail("epoch_selection", f"one of {EPOCH_SELECTIONS}")
 
     def replace(self, **changes: Any) -> RVAEConfig:
         return dataclasses.replace(self, **changes)
@@ -225,6 +232,10 @@ class RVAEConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "the configuration") -> RVAEConfig:
         known = {f.name: f for f in dataclasses.fields(cls)}
+        values = dict(values)
+        if "keep_best" in values:  # version 0.1: keep_best=True was the study's rule
+            keep = values.pop("keep_best")
+            values.setdefault("epoch_selection", "com_correlation" if keep else "last")
         unknown = sorted(set(values) - set(known))
         if unknown:
             raise ValueError(f"{source} has unknown rVAE parameters {unknown}; known: {sorted(known)}")

@@ -1,4 +1,5 @@
-"""Access to patterns for training and inference: numpy in place, dask streamed by scan rows.
+"""Access to patterns for training and inference: numpy in place, dask streamed by scan rows;
+the train/test split, the training source (in memory or streamed) and the data scale.
 
 A pattern is addressed by its flat probe index ``i = row · scan_x + col``. Numpy data are
 indexed directly (no copy of the whole array); dask data are read one block of scan rows
@@ -7,16 +8,23 @@ at a time (about ``block_bytes``), so nothing larger than a block is ever held f
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
 from ..dataset import Calibration, Dataset4D
 
 #: Bytes of patterns read from lazy data at a time.
 BLOCK_BYTES = 64 * 2**20
+#: Training sets of lazy data up to this size are read into memory once; larger ones are
+#: streamed from the dask array every epoch, a few blocks of scan rows at a time.
+IN_MEMORY_BYTES = 2 * 2**30
+#: Blocks of scan rows shuffled together when streaming.
+SHUFFLE_BLOCKS = 4
 
 
 @dataclass
@@ -129,3 +137,145 @@ def check_finite(block: np.ndarray, first_index: int, scan_x: int, index: np.nda
             f"position (row {flat // scan_x}, col {flat % scan_x})); repair or exclude them "
             f"(e.g. with the training mask) before training"
         )
+
+
+def n_test_of(n_chosen: int, test_fraction: float) -> int:
+    """Test positions held out of ``n_chosen``: ``test_fraction`` of them, leaving at least one
+    for training."""
+    return max(0, min(int(round(test_fraction * n_chosen)), n_chosen - 1))
+
+
+def split_positions(roi_mask: np.ndarray | None, n_positions: int, test_fraction: float,
+                    seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted flat indices of the training and test positions (``numpy.random.default_rng(seed)``)."""
+    chosen = np.arange(n_positions) if roi_mask is None else np.flatnonzero(roi_mask.ravel())
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(chosen)
+    n_test = n_test_of(chosen.size, test_fraction)
+    return np.sort(order[n_test:]), np.sort(order[:n_test])
+
+
+class TrainingSource:
+    """Training patterns: in memory (numpy view or a loaded copy) or streamed from dask."""
+
+    def __init__(self, patterns: Patterns, train_index: np.ndarray):
+        self.patterns = patterns
+        self.train_index = train_index
+        nbytes = train_index.size * patterns.n_det * 4
+        self.streamed = patterns.is_lazy and nbytes > IN_MEMORY_BYTES
+        self.memory: torch.Tensor | None = None
+        self.lookup: np.ndarray | None = None      # flat index → row of `memory` (loaded copies)
+        self.cache: dict[int, tuple[int, torch.Tensor]] = {}
+        nx = patterns.scan_shape[1]
+        if not patterns.is_lazy and patterns.array.dtype == np.float32 and patterns.array.flags.c_contiguous:
+            # zero copy: index the user's array directly
+            self.memory = torch.from_numpy(patterns.flat())
+        elif not self.streamed:
+            loaded = patterns.read(train_index)
+            check_finite(loaded, 0, nx, train_index)
+            self.memory = torch.from_numpy(loaded)
+            self.lookup = np.full(patterns.n_positions, -1, np.int64)
+            self.lookup[train_index] = np.arange(train_index.size)
+        self.rows = patterns.rows_per_block()
+        # block number of every training position (blocks of `rows` scan rows)
+        self.block_of = (train_index // nx) // self.rows
+
+    def epoch_plan(self, generator: torch.Generator) -> torch.Tensor:
+        """Order of the training positions for one epoch (flat probe indices)."""
+        n = self.train_index.size
+        if not self.streamed:
+            return torch.from_numpy(self.train_index)[torch.randperm(n, generator=generator)]
+        # Streamed: shuffle blocks, then positions within groups of SHUFFLE_BLOCKS blocks, so a
+        # batch needs only the blocks of one or two groups.
+        blocks = np.unique(self.block_of)
+        block_order = blocks[torch.randperm(blocks.size, generator=generator).numpy()]
+        plan = []
+        for g in range(0, block_order.size, SHUFFLE_BLOCKS):
+            members = np.flatnonzero(np.isin(self.block_of, block_order[g:g + SHUFFLE_BLOCKS]))
+            plan.append(self.train_index[members[torch.randperm(members.size, generator=generator).numpy()]])
+        return torch.from_numpy(np.concatenate(plan))
+
+    def batch(self, index: torch.Tensor) -> torch.Tensor:
+        """float32 ``(B, n_det)`` patterns (CPU) at the flat probe indices."""
+        if self.memory is not None:
+            if self.lookup is None:
+                return self.memory[index]
+            return self.memory[torch.from_numpy(self.lookup[index.numpy()])]
+        idx = index.numpy()
+        nx = self.patterns.scan_shape[1]
+        needed = np.unique((idx // nx) // self.rows)
+        for block in list(self.cache):
+            if block not in needed and len(self.cache) > 2 * SHUFFLE_BLOCKS:
+                del self.cache[block]
+        out = np.empty((idx.size, self.patterns.n_det), np.float32)
+        for block in needed:
+            if block not in self.cache:
+                r0 = int(block) * self.rows
+                r1 = min(self.patterns.scan_shape[0], r0 + self.rows)
+                data = self.patterns.array[r0:r1]
+                if hasattr(data, "compute"):
+                    data = data.compute()
+                data = np.asarray(data, dtype=np.float32).reshape(-1, self.patterns.n_det)
+                check_finite(data, r0 * nx, nx)
+                self.cache[int(block)] = (r0 * nx, torch.from_numpy(data))
+            first, data = self.cache[int(block)]
+            sel = (idx // nx) // self.rows == block
+            out[sel] = data[torch.from_numpy(idx[sel] - first)].numpy()
+        return torch.from_numpy(out)
+
+
+def data_std(patterns: Patterns, index: np.ndarray, det_mask: np.ndarray | None) -> float:
+    """Standard deviation of the patterns at ``index`` (inside the detector mask), in one
+    streamed pass (lazy data block of scan rows by block); raises for NaN/Inf patterns."""
+    count, total, total_sq = 0, 0.0, 0.0
+    nx = patterns.scan_shape[1]
+    pixel = None if det_mask is None else np.flatnonzero(det_mask.ravel())
+
+    def blocks():
+        if not patterns.is_lazy:
+            for start in range(0, index.size, 4096):
+                chunk = index[start:start + 4096]
+                yield chunk, patterns.take(chunk)
+            return
+        wanted = np.zeros(patterns.n_positions, bool)
+        wanted[index] = True
+        for first, stop, block in patterns.iter_blocks():
+            keep = wanted[first:stop]
+            if keep.any():
+                yield np.arange(first, stop)[keep], block[keep]
+
+    for chunk, block in blocks():
+        check_finite(block, 0, nx, chunk)
+        if pixel is not None:
+            block = block[:, pixel]
+        block = block.astype(np.float64)
+        count += block.size
+        total += float(block.sum())
+        total_sq += float((block * block).sum())
+    mean = total / count
+    var = max(total_sq / count - mean * mean, 0.0)
+    return math.sqrt(var)
+
+
+def signal_rms(patterns: Patterns, index: np.ndarray, det_mask: np.ndarray | None, seed: int,
+               fallback: float, n_sample: int = 1024, n_components: int = 16) -> float:
+    """RMS per pixel of the signal in the patterns at ``index``: the variance in the leading
+    ``n_components`` principal components above the noise floor (the median eigenvalue),
+    from a random sample of ``n_sample`` patterns. ``fallback`` when it cannot be told."""
+    rng = np.random.default_rng(seed + 104729)
+    if index.size < 2 * n_components:
+        return fallback
+    sample = np.sort(rng.choice(index, size=min(n_sample, index.size), replace=False))
+    x = patterns.read(sample).astype(np.float64)
+    if det_mask is not None:
+        x = x[:, det_mask.ravel()]
+    x -= x.mean(0)
+    gram = x @ x.T                      # n × n: cheaper than the pixel covariance
+    eig = np.sort(np.linalg.eigvalsh(gram))[::-1] / (len(x) - 1)
+    eig = eig[:len(x) - 1]              # centring removes one dimension
+    noise_floor = float(np.median(eig))
+    signal = float(np.clip(eig[:n_components] - noise_floor, 0, None).sum())
+    if not signal > 0:
+        return fallback
+    return math.sqrt(signal / x.shape[1])
+

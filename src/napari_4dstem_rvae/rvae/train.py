@@ -9,6 +9,12 @@ shuffling, pixel subsets and posterior samples; a ``numpy.random.Generator`` for
 train/test split), all derived from ``config.seed``: torch's global generator, default
 dtype and flags are never touched. A requested thread count is set while the generator
 runs and restored when it finishes, is closed or is stopped.
+
+This module is longer than 500 lines because the :class:`Trainer` owns its whole state — set-up,
+the run loop, the test loss, maps, the epoch-selection rule and :meth:`Trainer.state` /
+:meth:`Trainer.from_state` — and its private fields are read nowhere else; events, the device
+and the optimiser live in :mod:`.runtime`, data access in :mod:`.data`, files in
+:mod:`.checkpoint`.
 """
 
 from __future__ import annotations
@@ -18,278 +24,37 @@ import math
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
+from . import checkpoint, selection
 from .config import RVAEConfig
-from .data import Patterns, as_patterns, check_finite
+from .data import (
+    TrainingSource,
+    as_patterns,
+    check_finite,
+    data_std,
+    signal_rms,
+    split_positions,
+)
 from .diagnostics import Diagnostics, correlate
 from .infer import LatentMaps, encode
 from .model import RVAE
+from .runtime import (
+    TrainEvent,
+    TrainingDiverged,
+    adam,
+    check_mask,
+    plain,
+    resolve_device,
+)
 
-#: Training sets of lazy data up to this size are read into memory once; larger ones are
-#: streamed from the dask array every epoch, a few blocks of scan rows at a time.
-IN_MEMORY_BYTES = 2 * 2**30
 #: Test patterns used for the test loss (a fixed random subset when there are more).
 MAX_TEST_PATTERNS = 2048
-#: Blocks of scan rows shuffled together when streaming.
-SHUFFLE_BLOCKS = 4
 
 PARTS = ("recon", "kl_z", "kl_angle", "kl_shift")
-
-
-class TrainingDiverged(FloatingPointError):
-    """The loss became NaN or infinite; the trainer was put back to its last good state."""
-
-
-@dataclass
-class TrainEvent:
-    """Progress of a training.
-
-    Attributes
-    ----------
-    kind
-        ``"step"`` (after an optimisation step, only with ``step_events=True``), ``"epoch"``
-        (after each epoch), ``"stopped"`` (the stop flag was seen; the trainer can continue)
-        or ``"finished"`` (the target number of epochs is reached).
-    epoch
-        Epochs completed so far.
-    step
-        Optimisation steps done so far (over all runs of this trainer).
-    epochs_total
-        The target number of epochs of this run.
-    train_loss, train_parts
-        Negative ELBO per pattern (with the KL weight in force) averaged over the epoch (or
-        the last step for ``"step"`` events), and its unweighted parts ``recon``, ``kl_z``,
-        ``kl_angle``, ``kl_shift`` (nats per pattern).
-    test_loss, test_parts
-        The same on the held-out test positions (``None`` without a test set / not an epoch).
-    elapsed
-        Seconds spent training (over all runs of this trainer).
-    kl_weight
-        KL weight used in this epoch (warm-up).
-    diagnostics
-        :class:`~napari_4dstem_rvae.rvae.diagnostics.Diagnostics` when computed at this epoch.
-    message
-        A sentence for the user on ``"stopped"``/``"finished"``.
-    """
-
-    kind: str
-    epoch: int
-    step: int
-    epochs_total: int
-    train_loss: float | None = None
-    train_parts: dict[str, float] = field(default_factory=dict)
-    test_loss: float | None = None
-    test_parts: dict[str, float] = field(default_factory=dict)
-    elapsed: float = 0.0
-    kl_weight: float = 1.0
-    diagnostics: Diagnostics | None = None
-    message: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain values (for GUIs and logs); ``max_abs_r``/``angle_rho`` when diagnostics exist."""
-        out: dict[str, Any] = {
-            "kind": self.kind, "epoch": self.epoch, "step": self.step, "epochs_total": self.epochs_total,
-            "train_loss": self.train_loss, "test_loss": self.test_loss, "elapsed": self.elapsed,
-            "kl_weight": self.kl_weight, "message": self.message,
-            **{f"train_{k}": v for k, v in self.train_parts.items()},
-            **{f"test_{k}": v for k, v in self.test_parts.items()},
-        }
-        if self.diagnostics is not None:
-            out.update({k: v for k, v in self.diagnostics.to_dict().items() if k != "epoch"})
-        return out
-
-
-def resolve_device(name: str) -> torch.device:
-    """``"auto"``: CUDA if available, then MPS, then CPU. An unavailable device is a ValueError."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        if mps is not None and mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device='cuda' was asked for but torch sees no CUDA GPU; use 'auto' or 'cpu'")
-    if name == "mps":
-        mps = getattr(torch.backends, "mps", None)
-        if mps is None or not mps.is_available():
-            raise ValueError("device='mps' was asked for but MPS is not available; use 'auto' or 'cpu'")
-    return torch.device(name)
-
-
-def _mask(mask: Any, shape: tuple[int, int], name: str) -> np.ndarray | None:
-    if mask is None:
-        return None
-    mask = np.asarray(mask)
-    if mask.shape != tuple(shape):
-        raise ValueError(f"{name} has shape {mask.shape}, expected {tuple(shape)}")
-    if mask.dtype != bool:
-        if not np.isin(mask, (0, 1)).all():
-            raise ValueError(f"{name} must be boolean (or 0/1), got values other than 0 and 1")
-        mask = mask.astype(bool)
-    return mask
-
-
-def n_test_of(n_chosen: int, test_fraction: float) -> int:
-    """Test positions held out of ``n_chosen``: ``test_fraction`` of them, leaving at least one
-    for training."""
-    return max(0, min(int(round(test_fraction * n_chosen)), n_chosen - 1))
-
-
-def split_positions(roi_mask: np.ndarray | None, n_positions: int, test_fraction: float,
-                    seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted flat indices of the training and test positions (``numpy.random.default_rng(seed)``)."""
-    chosen = np.arange(n_positions) if roi_mask is None else np.flatnonzero(roi_mask.ravel())
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(chosen)
-    n_test = n_test_of(chosen.size, test_fraction)
-    return np.sort(order[n_test:]), np.sort(order[:n_test])
-
-
-class _Source:
-    """Training patterns: in memory (numpy view or a loaded copy) or streamed from dask."""
-
-    def __init__(self, patterns: Patterns, train_index: np.ndarray):
-        self.patterns = patterns
-        self.train_index = train_index
-        nbytes = train_index.size * patterns.n_det * 4
-        self.streamed = patterns.is_lazy and nbytes > IN_MEMORY_BYTES
-        self.memory: torch.Tensor | None = None
-        self.lookup: np.ndarray | None = None      # flat index → row of `memory` (loaded copies)
-        self.cache: dict[int, tuple[int, torch.Tensor]] = {}
-        nx = patterns.scan_shape[1]
-        if not patterns.is_lazy and patterns.array.dtype == np.float32 and patterns.array.flags.c_contiguous:
-            # zero copy: index the user's array directly
-            self.memory = torch.from_numpy(patterns.flat())
-        elif not self.streamed:
-            loaded = patterns.read(train_index)
-            check_finite(loaded, 0, nx, train_index)
-            self.memory = torch.from_numpy(loaded)
-            self.lookup = np.full(patterns.n_positions, -1, np.int64)
-            self.lookup[train_index] = np.arange(train_index.size)
-        self.rows = patterns.rows_per_block()
-        # block number of every training position (blocks of `rows` scan rows)
-        self.block_of = (train_index // nx) // self.rows
-
-    def epoch_plan(self, generator: torch.Generator) -> torch.Tensor:
-        """Order of the training positions for one epoch (flat probe indices)."""
-        n = self.train_index.size
-        if not self.streamed:
-            return torch.from_numpy(self.train_index)[torch.randperm(n, generator=generator)]
-        # Streamed: shuffle blocks, then positions within groups of SHUFFLE_BLOCKS blocks, so a
-        # batch needs only the blocks of one or two groups.
-        blocks = np.unique(self.block_of)
-        block_order = blocks[torch.randperm(blocks.size, generator=generator).numpy()]
-        plan = []
-        for g in range(0, block_order.size, SHUFFLE_BLOCKS):
-            members = np.flatnonzero(np.isin(self.block_of, block_order[g:g + SHUFFLE_BLOCKS]))
-            plan.append(self.train_index[members[torch.randperm(members.size, generator=generator).numpy()]])
-        return torch.from_numpy(np.concatenate(plan))
-
-    def batch(self, index: torch.Tensor) -> torch.Tensor:
-        """float32 ``(B, n_det)`` patterns (CPU) at the flat probe indices."""
-        if self.memory is not None:
-            if self.lookup is None:
-                return self.memory[index]
-            return self.memory[torch.from_numpy(self.lookup[index.numpy()])]
-        idx = index.numpy()
-        nx = self.patterns.scan_shape[1]
-        needed = np.unique((idx // nx) // self.rows)
-        for block in list(self.cache):
-            if block not in needed and len(self.cache) > 2 * SHUFFLE_BLOCKS:
-                del self.cache[block]
-        out = np.empty((idx.size, self.patterns.n_det), np.float32)
-        for block in needed:
-            if block not in self.cache:
-                r0 = int(block) * self.rows
-                r1 = min(self.patterns.scan_shape[0], r0 + self.rows)
-                data = self.patterns.array[r0:r1]
-                if hasattr(data, "compute"):
-                    data = data.compute()
-                data = np.asarray(data, dtype=np.float32).reshape(-1, self.patterns.n_det)
-                check_finite(data, r0 * nx, nx)
-                self.cache[int(block)] = (r0 * nx, torch.from_numpy(data))
-            first, data = self.cache[int(block)]
-            sel = (idx // nx) // self.rows == block
-            out[sel] = data[torch.from_numpy(idx[sel] - first)].numpy()
-        return torch.from_numpy(out)
-
-
-def _scale_of(patterns: Patterns, index: np.ndarray, det_mask: np.ndarray | None) -> float:
-    """Standard deviation of the patterns at ``index`` (inside the detector mask), in one
-    streamed pass (lazy data block of scan rows by block); raises for NaN/Inf patterns."""
-    count, total, total_sq = 0, 0.0, 0.0
-    nx = patterns.scan_shape[1]
-    pixel = None if det_mask is None else np.flatnonzero(det_mask.ravel())
-
-    def blocks():
-        if not patterns.is_lazy:
-            for start in range(0, index.size, 4096):
-                chunk = index[start:start + 4096]
-                yield chunk, patterns.take(chunk)
-            return
-        wanted = np.zeros(patterns.n_positions, bool)
-        wanted[index] = True
-        for first, stop, block in patterns.iter_blocks():
-            keep = wanted[first:stop]
-            if keep.any():
-                yield np.arange(first, stop)[keep], block[keep]
-
-    for chunk, block in blocks():
-        check_finite(block, 0, nx, chunk)
-        if pixel is not None:
-            block = block[:, pixel]
-        block = block.astype(np.float64)
-        count += block.size
-        total += float(block.sum())
-        total_sq += float((block * block).sum())
-    mean = total / count
-    var = max(total_sq / count - mean * mean, 0.0)
-    return math.sqrt(var)
-
-
-def signal_rms(patterns: Patterns, index: np.ndarray, det_mask: np.ndarray | None, seed: int,
-               fallback: float, n_sample: int = 1024, n_components: int = 16) -> float:
-    """RMS per pixel of the signal in the patterns at ``index``: the variance in the leading
-    ``n_components`` principal components above the noise floor (the median eigenvalue),
-    from a random sample of ``n_sample`` patterns. ``fallback`` when it cannot be told."""
-    rng = np.random.default_rng(seed + 104729)
-    if index.size < 2 * n_components:
-        return fallback
-    sample = np.sort(rng.choice(index, size=min(n_sample, index.size), replace=False))
-    x = patterns.read(sample).astype(np.float64)
-    if det_mask is not None:
-        x = x[:, det_mask.ravel()]
-    x -= x.mean(0)
-    gram = x @ x.T                      # n × n: cheaper than the pixel covariance
-    eig = np.sort(np.linalg.eigvalsh(gram))[::-1] / (len(x) - 1)
-    eig = eig[:len(x) - 1]              # centring removes one dimension
-    noise_floor = float(np.median(eig))
-    signal = float(np.clip(eig[:n_components] - noise_floor, 0, None).sum())
-    if not signal > 0:
-        return fallback
-    return math.sqrt(signal / x.shape[1])
-
-
-def _adam(parameters: list[torch.nn.Parameter], lr: float) -> torch.optim.Adam:
-    """Adam, fused where torch supports it for the device (about 8× faster steps on CPU for
-    this model's ~10⁶ parameters; the same update)."""
-    try:
-        return torch.optim.Adam(parameters, lr=lr, fused=True)
-    except (RuntimeError, TypeError, ValueError):
-        return torch.optim.Adam(parameters, lr=lr)
-
-
-def _plain(value: Any) -> Any:
-    """JSON-like plain values (for provenance stored in checkpoints)."""
-    import json
-
-    return json.loads(json.dumps(value, default=str))
 
 
 class Trainer:
@@ -314,7 +79,14 @@ class Trainer:
 
     def __init__(self, data: Any, config: RVAEConfig | dict[str, Any] | None = None, *,
                  roi_mask: Any = None, det_mask: Any = None, com_magnitude: Any = None,
-                 com_angle: Any = None, _state: dict[str, Any] | None = None):
+                 com_angle: Any = None):
+        self._init_common(data, config)
+        if self.patterns is None:
+            raise ValueError("data is required to create a Trainer (or use Trainer.load / from_state)")
+        self._setup_new(roi_mask, det_mask)
+        self._finish_init(com_magnitude, com_angle, optimizer_state=None)
+
+    def _init_common(self, data: Any, config: RVAEConfig | dict[str, Any] | None) -> None:
         if config is None:
             config = RVAEConfig()
         elif isinstance(config, dict):
@@ -325,36 +97,34 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.diagnostics: list[Diagnostics] = []
         self.best: dict[str, Any] | None = None
+        self.selected_epoch: int | None = None
         self.epoch = 0
         self.step = 0
         self.elapsed = 0.0
         self._plan: torch.Tensor | None = None
         self._position = 0
+        self._epoch_sums: dict[str, float] | None = None
         self._running = False
-        if _state is not None:
-            self._restore(_state, data is not None)
-        else:
-            if self.patterns is None:
-                raise ValueError("data is required to create a Trainer (or use load_checkpoint)")
-            self._setup_new(roi_mask, det_mask)
+
+    def _finish_init(self, com_magnitude: Any, com_angle: Any, optimizer_state: Any) -> None:
         self.com_magnitude = self._com_map(com_magnitude, "com_magnitude")
         self.com_angle = self._com_map(com_angle, "com_angle")
         if self.patterns is not None:
-            self._source = _Source(self.patterns, self.train_index)
-        self.optimizer = _adam([p for p in self.model.parameters() if p.requires_grad], config.learning_rate)
-        if _state is not None and _state.get("optimizer"):
-            self.optimizer.load_state_dict(_state["optimizer"])
+            self._source = TrainingSource(self.patterns, self.train_index)
+        self.optimizer = adam([p for p in self.model.parameters() if p.requires_grad], self.config.learning_rate)
+        if optimizer_state:
+            self.optimizer.load_state_dict(optimizer_state)
         self._last_good = self._snapshot()
 
     # -- set-up ----------------------------------------------------------------------------
     def _setup_new(self, roi_mask: Any, det_mask: Any) -> None:
         cfg, patterns = self.config, self.patterns
         self.scan_shape, self.det_shape = patterns.scan_shape, patterns.det_shape
-        self.roi_mask = _mask(roi_mask, self.scan_shape, "roi_mask")
+        self.roi_mask = check_mask(roi_mask, self.scan_shape, "roi_mask")
         if self.roi_mask is not None and not self.roi_mask.any():
             raise ValueError("roi_mask selects no probe positions: draw a region over the scan "
                              "(or pass None to train on every position)")
-        det = _mask(det_mask, self.det_shape, "det_mask")
+        det = check_mask(det_mask, self.det_shape, "det_mask")
         n_det = self.det_shape[0] * self.det_shape[1] if det is None else int(det.sum())
         if cfg.latent_dim >= n_det:
             raise ValueError(f"latent_dim={cfg.latent_dim} must be smaller than the number of detector "
@@ -366,7 +136,7 @@ class Trainer:
                              f"training positions: use fewer latents or a larger region")
         scale = 1.0
         if cfg.normalise != "none":
-            scale = _scale_of(patterns, self.train_index, det)
+            scale = data_std(patterns, self.train_index, det)
             if not scale > 0:
                 raise ValueError("data: the training patterns are all equal (zero standard deviation); "
                                  "there is nothing to learn")
@@ -384,7 +154,7 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.device_generator = self._device_generator(cfg.seed)
         self.calibration = patterns.calibration
-        self.provenance = tuple(_plain(list(patterns.provenance)))
+        self.provenance = tuple(plain(list(patterns.provenance)))
         self.source = patterns.source
 
     def _new_model(self, det: Any, center: Any, scale: float) -> RVAE:
@@ -484,7 +254,7 @@ class Trainer:
             if self._plan is None:
                 self._plan = self.epoch_plan()
                 self._position = 0
-                self._epoch_sums = {"loss": 0.0, **dict.fromkeys(PARTS, 0.0), "n": 0}
+                self._epoch_sums = _empty_sums()
             beta = self.kl_weight_at(self.epoch)
             while self._position < self._plan.numel():
                 if stop is not None and stop.is_set():
@@ -538,7 +308,8 @@ class Trainer:
             record["elapsed"] = self.elapsed
             self.history.append(record)
             diagnostics = None
-            if cfg.correlate_every and (self.epoch % cfg.correlate_every == 0 or self.epoch == target):
+            every = self.correlate_every
+            if every and (self.epoch % every == 0 or self.epoch == target):
                 diagnostics = self.correlate()      # not counted as training time
             self._last_good = self._snapshot()
             event = self._event("epoch", target, train_loss=train_loss, train_parts=train_parts,
@@ -618,7 +389,7 @@ class Trainer:
         self.diagnostics.append(diag)
         if self.history and self.history[-1]["epoch"] == self.epoch:
             self.history[-1].update(max_abs_r=diag.max_abs_r, angle_rho=diag.angle_rho)
-        if self.config.keep_best and np.isfinite(diag.max_abs_r) and (
+        if self.keeps_best and np.isfinite(diag.max_abs_r) and (
                 self.best is None or diag.max_abs_r > self.best["max_abs_r"]):
             self.best = {"epoch": self.epoch, "max_abs_r": diag.max_abs_r,
                          "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()}}
@@ -652,19 +423,176 @@ class Trainer:
         self._plan = None
         self._position = 0
 
-    def state(self) -> dict[str, Any]:
-        """Everything needed to continue or to use the model, as plain values and tensors."""
-        from .checkpoint import trainer_state
+    # -- the rule that picks the maps' epoch ------------------------------------------------------
+    @property
+    def correlate_every(self) -> int:
+        """Epochs between two encodings of the whole scan (0: never), from the selection rule."""
+        return selection.correlate_every(self.config, self.total_epochs, self.com_magnitude is not None)
 
-        return trainer_state(self)
+    @property
+    def keeps_best(self) -> bool:
+        """Whether the selection rule keeps the best model state seen (see :mod:`.selection`)."""
+        return selection.keeps_best(self.config, self.com_magnitude is not None)
+
+    def finish(self) -> int:
+        """Apply the epoch-selection rule after training (the one rule of the CLI, the API and
+        the Train widget, :mod:`.selection`): ``self.model`` then holds the chosen state.
+        Returns the chosen epoch (also in :attr:`selected_epoch`)."""
+        chosen = self.epoch
+        if self.keeps_best:
+            if not self.diagnostics or self.diagnostics[-1].epoch != self.epoch:
+                self.correlate()          # the final state competes with the kept one
+            if self.best is not None and self.best["epoch"] != self.epoch:
+                self.use_best()
+                chosen = int(self.best["epoch"])
+        self.selected_epoch = chosen
+        return chosen
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        """Everything needed to continue or to use the model, as plain values and tensors
+        (what a checkpoint file holds, see :mod:`.checkpoint`)."""
+        from .. import __version__
+
+        model = self.model
+        fingerprint = getattr(self, "fingerprint", None)
+        if fingerprint is None and self.patterns is not None:
+            fingerprint = _fingerprint(self.patterns, self.train_index)
+        cal = self.calibration
+        sums = self._epoch_sums if self._plan is not None else None
+        return {
+            "library_version": str(__version__),
+            "config": self.config.to_dict(),
+            "scan_shape": list(self.scan_shape),
+            "det_shape": list(self.det_shape),
+            "center": list(model.center),
+            "data_scale": float(model.data_scale),
+            "model": _cpu(model.state_dict()),
+            "optimizer": _cpu(self.optimizer.state_dict()),
+            "rng": self.generator.get_state(),
+            "device_rng": None if self.device_generator is self.generator else self.device_generator.get_state(),
+            "epoch": int(self.epoch),
+            "step": int(self.step),
+            "elapsed": float(self.elapsed),
+            "selected_epoch": self.selected_epoch,
+            "plan": None if self._plan is None else self._plan.clone(),
+            "position": int(self._position),
+            "epoch_sums": None if sums is None else {k: float(v) for k, v in sums.items()},
+            "train_index": torch.from_numpy(np.asarray(self.train_index, dtype=np.int64)),
+            "test_index": torch.from_numpy(np.asarray(self.test_index, dtype=np.int64)),
+            "roi_mask": None if self.roi_mask is None else torch.from_numpy(self.roi_mask.copy()),
+            "fingerprint": fingerprint,
+            "history": [dict(record) for record in self.history],
+            "diagnostics": [d.to_dict() for d in self.diagnostics],
+            "best": None if self.best is None else {
+                "epoch": int(self.best["epoch"]), "max_abs_r": float(self.best["max_abs_r"]),
+                "model": _cpu(self.best["model"])},
+            "calibration": None if cal is None else cal.to_dict(),
+            "provenance": list(self.provenance),
+            "source": self.source,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], data: Any = None, *, com_magnitude: Any = None,
+                   com_angle: Any = None, **changes: Any) -> Trainer:
+        """A trainer rebuilt from :meth:`state` (e.g. read from a checkpoint file).
+
+        No original argument is needed: the configuration, geometry, data scale and split are
+        in the state. Pass the same ``data`` to continue training (``run()`` continues exactly);
+        without data the trainer still offers ``model``, ``history`` and ``save``. ``changes``
+        may set training parameters (``epochs``, ``device``, ``threads``, ``correlate_every``,
+        ``epoch_selection`` …) but not the architecture nor what defines the data split.
+        """
+        from ..dataset import Calibration
+
+        path = state.get("_path", "checkpoint")
+        where = f"checkpoint {path!r}"
+        config = checkpoint.config_of(state)
+        for name in changes:
+            if name in RVAEConfig.ARCHITECTURE or name in ("seed", "test_fraction", "normalise", "center", "steps"):
+                raise ValueError(f"{name} cannot be changed when loading {where}: it was "
+                                 f"{getattr(config, name)!r} for the saved model (start a new training instead)")
+        trainer = cls.__new__(cls)
+        trainer._init_common(data, config.replace(**changes) if changes else config)
+        trainer.scan_shape = tuple(int(s) for s in state["scan_shape"])
+        trainer.det_shape = tuple(int(s) for s in state["det_shape"])
+        patterns = trainer.patterns
+        if patterns is not None and (patterns.det_shape != trainer.det_shape
+                                     or patterns.scan_shape != trainer.scan_shape):
+            raise ValueError(
+                f"{where} was trained on data of scan {trainer.scan_shape} × detector {trainer.det_shape}; "
+                f"the data given have scan {patterns.scan_shape} × detector {patterns.det_shape} "
+                "(use the same preprocessing, e.g. the same binning)")
+        trainer.roi_mask = None if state.get("roi_mask") is None else state["roi_mask"].numpy().astype(bool)
+        trainer.train_index = state["train_index"].numpy().astype(np.int64)
+        trainer.test_index = state["test_index"].numpy().astype(np.int64)
+        trainer.fingerprint = state.get("fingerprint")
+        if patterns is not None and trainer.fingerprint is not None:
+            now = _fingerprint(patterns, trainer.train_index)
+            if not np.allclose(now, trainer.fingerprint, rtol=1e-5, atol=1e-12):
+                raise ValueError(f"the data given differ from those {where} was trained on "
+                                 "(other file or preprocessing?)")
+        trainer.model = checkpoint.model_from_state(state, trainer.config).to(trainer.device)
+        seed = trainer.config.seed
+        trainer.generator = torch.Generator().manual_seed(seed)
+        if state.get("rng") is not None:
+            trainer.generator.set_state(state["rng"])
+        trainer.device_generator = trainer._device_generator(seed)
+        if state.get("device_rng") is not None and trainer.device_generator is not trainer.generator:
+            trainer.device_generator.set_state(state["device_rng"])
+        trainer.epoch = int(state.get("epoch", 0))
+        trainer.step = int(state.get("step", 0))
+        trainer.elapsed = float(state.get("elapsed", 0.0))
+        trainer.selected_epoch = state.get("selected_epoch")
+        trainer._plan = state.get("plan")
+        trainer._position = int(state.get("position", 0))
+        if state.get("epoch_sums") is not None:
+            trainer._epoch_sums = dict(state["epoch_sums"])
+        elif trainer._plan is not None:
+            trainer._epoch_sums = _empty_sums()
+        trainer.history = [dict(r) for r in state.get("history", [])]
+        trainer.diagnostics = [Diagnostics.from_dict(d) for d in state.get("diagnostics", [])]
+        best = state.get("best")
+        trainer.best = None if best is None else dict(best)
+        cal = state.get("calibration")
+        trainer.calibration = None if cal is None else Calibration.from_dict(cal)
+        trainer.provenance = tuple(state.get("provenance", []))
+        trainer.source = state.get("source")
+        trainer._finish_init(com_magnitude, com_angle, state.get("optimizer"))
+        return trainer
 
     def save(self, path: Any) -> str:
-        """Write a checkpoint (see :func:`~napari_4dstem_rvae.rvae.checkpoint.save_checkpoint`)."""
-        from .checkpoint import save_checkpoint
+        """Write a checkpoint file atomically (:func:`.checkpoint.write_checkpoint`)."""
+        return checkpoint.write_checkpoint(self.state(), path)
 
-        return save_checkpoint(self, path)
+    @classmethod
+    def load(cls, path: Any, data: Any = None, **kwargs: Any) -> Trainer:
+        """A trainer from a checkpoint file (see :meth:`from_state` for the arguments)."""
+        return cls.from_state(checkpoint.read_checkpoint(path), data, **kwargs)
 
-    def _restore(self, state: dict[str, Any], has_data: bool) -> None:
-        from .checkpoint import restore_trainer
 
-        restore_trainer(self, state, has_data)
+def load_checkpoint(path: Any, data: Any = None, *, com_magnitude: Any = None, com_angle: Any = None,
+                    **changes: Any) -> Trainer:
+    """A :class:`Trainer` restored from a checkpoint file (:meth:`Trainer.load`)."""
+    return Trainer.load(path, data, com_magnitude=com_magnitude, com_angle=com_angle, **changes)
+
+
+def _empty_sums() -> dict[str, float]:
+    return {"loss": 0.0, **dict.fromkeys(PARTS, 0.0), "n": 0}
+
+
+def _cpu(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().clone()
+    if isinstance(value, dict):
+        return {k: _cpu(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_cpu(v) for v in value)
+    return value
+
+
+def _fingerprint(patterns: Any, index: np.ndarray) -> list[float]:
+    """Sum and sum of squares of the first and last training pattern (detects other data)."""
+    picks = np.unique(index[[0, -1]])
+    frames = patterns.read(picks).astype(np.float64)
+    return [float(v) for f in frames for v in (f.sum(), (f * f).sum())]

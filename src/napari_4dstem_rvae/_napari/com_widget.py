@@ -1,0 +1,130 @@
+"""Centre of mass / DPC dock widget.
+
+Choose the data set, the mask, the reference and the scan rotation (auto: exact curl
+minimisation, or manual); the maps come back as layers aligned with the ADF image:
+COM x and y, magnitude, angle (cyclic colormap), a colour-wheel composite of direction and
+magnitude, divergence and curl. Re-running updates the layers by name.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FloatSpinBox,
+    Label,
+    PushButton,
+)
+
+from ..processing.com import MASKS, REFERENCES, COMOptions
+from ..processing.virtual import RADIUS_UNITS
+from ..schema import MAPS, resolve_unit
+from .common import chosen_layer, dataset_combo
+from .fields import option_field, options_from
+from .layers import ROLE_KEY, map_layer_data, scan_geometry, upsert_layer
+from .workers import WorkerMixin, friendly_error, notify_error
+
+
+def colour_wheel(angle: np.ndarray, magnitude: np.ndarray) -> np.ndarray:
+    """RGB (scan_y, scan_x, 3) in [0, 1]: hue = direction, value = magnitude / its 99th percentile."""
+    from matplotlib.colors import hsv_to_rgb
+
+    hue = (np.mod(angle, 2 * np.pi)) / (2 * np.pi)
+    finite = magnitude[np.isfinite(magnitude)]
+    top = float(np.percentile(finite, 99)) if finite.size else 1.0
+    value = np.clip(magnitude / (top if top > 0 else 1.0), 0, 1)
+    hsv = np.stack([hue, np.ones_like(hue), value], axis=-1)
+    return hsv_to_rgb(np.nan_to_num(hsv)).astype(np.float32)
+
+
+def com_layer_data(com: Any, dataset: Any, extra: dict | None = None) -> list[tuple]:
+    """Layer data of every COM map of ``com`` (a :class:`COMResult`) over ``dataset``: x, y,
+    magnitude (mrad when the detector is calibrated), angle, divergence, curl and the colour
+    wheel, named ``"<data set> COM …"``."""
+    maps = com.maps()
+    info = {**com.attributes(), **(extra or {})}
+    scan = dataset.calibration.scan_unit if dataset.calibration.scan_step else None
+    layers = []
+    for name in ("com_x", "com_y", "com_magnitude", "com_angle", "com_divergence", "com_curl"):
+        spec = MAPS[name]
+        layers.append(map_layer_data(spec, maps[name], dataset, unit=resolve_unit(spec.unit, com.map_unit, scan),
+                                     extra=info, layer_name=f"{dataset.name} {spec.title}"))
+    rgb = colour_wheel(maps["com_angle"], maps["com_magnitude"])
+    meta = dict(layers[0][1]["metadata"])
+    meta[ROLE_KEY] = {**meta[ROLE_KEY], "map": "com_colour_wheel", "map_kind": "rgb"}
+    layers.append((rgb, {"name": f"{dataset.name} COM colour wheel", "rgb": True, "metadata": meta,
+                         **scan_geometry(dataset)}, "image"))
+    return layers
+
+
+class COMWidget(WorkerMixin, Container):
+    def __init__(self, napari_viewer: Any):
+        super().__init__(labels=True)
+        self.viewer = napari_viewer
+        self.layer = dataset_combo(napari_viewer)
+        self.mask = option_field(COMOptions, "mask", choices=MASKS)
+        self.unit = option_field(COMOptions, "unit", "radius unit", choices=RADIUS_UNITS,
+                                 tooltip="bf: multiples of the bright-field disk radius")
+        self.radius = option_field(COMOptions, "radius", "disk radius (0 = 1.2 bf)", minimum=0.0, maximum=1e4)
+        self.inner = option_field(COMOptions, "inner", "annulus inner (0 = 1.25 bf)", minimum=0.0, maximum=1e4)
+        self.outer = option_field(COMOptions, "outer", "annulus outer (0 = edge)", minimum=0.0, maximum=1e4)
+        self.threshold = option_field(COMOptions, "threshold", "threshold (fraction of max)", minimum=0.0,
+                                      maximum=0.99, step=0.05)
+        self.reference = option_field(COMOptions, "reference", choices=REFERENCES)
+        self.auto_rotation = CheckBox(label="auto rotation (min curl)", value=COMOptions.rotation == "auto")
+        self.rotation = FloatSpinBox(label="rotation (deg)", value=0.0, min=-360, max=360, step=1)
+        self.flip = ComboBox(label="flip", choices=["auto", "no", "yes"], value="auto")
+        self.run_button = PushButton(text="Compute COM")
+        self.status = Label(value="")
+        self._option_fields = [self.mask, self.unit, self.radius, self.inner, self.outer, self.threshold,
+                               self.reference]
+        self.extend([self.layer, *self._option_fields, self.auto_rotation, self.rotation, self.flip,
+                     self.run_button, self.status])
+        self._controls = [w for w in self if w is not self.status]
+        self.mask.changed.connect(self._update_visibility)
+        self.auto_rotation.changed.connect(self._update_visibility)
+        self.run_button.clicked.connect(self.run)
+        self._update_visibility()
+        self.last_result = None
+
+    def _update_visibility(self, *_: Any) -> None:
+        self.radius.visible = self.mask.value == "disk"
+        self.inner.visible = self.outer.visible = self.mask.value == "annulus"
+        self.unit.visible = self.mask.value != "whole"
+        self.rotation.visible = not self.auto_rotation.value
+
+    def options(self) -> COMOptions:
+        """The :class:`COMOptions` the form describes."""
+        return options_from(COMOptions, self._option_fields,
+                            rotation="auto" if self.auto_rotation.value else float(self.rotation.value),
+                            flip={"auto": "auto", "no": False, "yes": True}[self.flip.value])
+
+    def run(self):
+        from ..processing import compute_com
+
+        try:
+            _, dataset = chosen_layer(self.viewer, self.layer)
+        except ValueError as exc:
+            notify_error(str(exc))
+            return None
+        options = self.options()
+        self.status.value = "computing …"
+
+        def done(com):
+            self.last_result = com
+            for item in com_layer_data(com, dataset, {"options": options.describe()}):
+                upsert_layer(self.viewer, item)
+            how = "calibrated" if com.rotation is not None else "given"
+            self.status.value = (f"rotation {com.rotation_deg:.2f}° ({how}), flip {'yes' if com.flip else 'no'}, "
+                                 f"reference {com.reference}")
+
+        def failed(exc):
+            self.status.value = "failed"
+            notify_error(f"COM of '{dataset.name}' failed: {friendly_error(exc)}")
+
+        return self.run_worker(lambda: compute_com(dataset, options), controls=self._controls,
+                               on_returned=done, on_error=failed)

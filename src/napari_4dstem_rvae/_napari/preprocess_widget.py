@@ -1,0 +1,181 @@
+"""Preprocessing dock widget: crop, bin, bad pixels, centring, transforms, mean-pattern
+subtraction, PCA denoising. Preview shows the raw and processed pattern at the current
+probe position; Apply runs the chain in a worker and adds the result as a new data set
+(its real-space image, aligned with the original)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from magicgui.widgets import CheckBox, Container, Label, PushButton, SpinBox
+
+from ..processing.chain import (
+    BIN_METHODS,
+    NORMALISATIONS,
+    TRANSFORMS,
+    PreprocessOptions,
+)
+from .common import chosen_layer, dataset_combo
+from .fields import option_field, options_from
+from .layers import upsert_layer
+from .workers import WorkerMixin, friendly_error, notify_error
+
+
+def _spin(label: str, value: int = 0, minimum: int = 0, maximum: int = 1_000_000) -> SpinBox:
+    return SpinBox(label=label, value=value, min=minimum, max=maximum)
+
+
+class PreprocessWidget(WorkerMixin, Container):
+    def __init__(self, napari_viewer: Any):
+        super().__init__(labels=True)
+        self.viewer = napari_viewer
+        self.layer = dataset_combo(napari_viewer)
+        self.do_crop = CheckBox(label="crop", value=False)
+        self.scan_y0, self.scan_y1 = _spin("scan rows from"), _spin("scan rows to")
+        self.scan_x0, self.scan_x1 = _spin("scan cols from"), _spin("scan cols to")
+        self.det_r0, self.det_r1 = _spin("detector rows from"), _spin("detector rows to")
+        self.det_c0, self.det_c1 = _spin("detector cols from"), _spin("detector cols to")
+        opts = PreprocessOptions
+        self.bin_scan = option_field(opts, "bin_scan", "bin scan ×", minimum=1, maximum=64)
+        self.bin_detector = option_field(opts, "bin_detector", "bin detector ×", minimum=1, maximum=64)
+        self.bin_method = option_field(opts, "bin_method", choices=BIN_METHODS)
+        self.repair = option_field(opts, "repair_bad_pixels", "repair hot/dead pixels")
+        self.center = option_field(opts, "center", "centre direct beam (descan plane)")
+        self.transform = option_field(opts, "transform", choices=(None, *TRANSFORMS))
+        self.normalize = option_field(opts, "normalize", "normalise", choices=(None, *NORMALISATIONS))
+        self.subtract_mean = option_field(opts, "subtract_mean", "subtract mean pattern")
+        self.pca = option_field(opts, "pca_components", "PCA components (0 = off)", maximum=4096)
+        self._option_fields = [self.bin_scan, self.bin_detector, self.bin_method, self.repair, self.center,
+                               self.transform, self.normalize, self.subtract_mean, self.pca]
+        self.preview_button = PushButton(text="Preview at current position")
+        self.apply_button = PushButton(text="Apply")
+        self.status = Label(value="")
+        self._crop_fields = [self.scan_y0, self.scan_y1, self.scan_x0, self.scan_x1,
+                             self.det_r0, self.det_r1, self.det_c0, self.det_c1]
+        self.extend([self.layer, self.do_crop, *self._crop_fields, self.bin_scan, self.bin_detector,
+                     self.bin_method, self.repair, self.center, self.transform, self.normalize,
+                     self.subtract_mean, self.pca, self.preview_button, self.apply_button, self.status])
+        self._controls = [w for w in self if w is not self.status]
+        self.do_crop.changed.connect(self._sync_crop)
+        self.layer.changed.connect(self._fill_crop)
+        self.preview_button.clicked.connect(self.preview)
+        self.apply_button.clicked.connect(self.apply)
+        self.result = None
+        self._fill_crop()
+        self._sync_crop()
+
+    def _sync_crop(self, *_: Any) -> None:
+        for field in self._crop_fields:
+            field.visible = self.do_crop.value
+
+    def _fill_crop(self, *_: Any) -> None:
+        try:
+            _, ds = chosen_layer(self.viewer, self.layer)
+        except ValueError:
+            return
+        ny, nx, ky, kx = ds.shape
+        for field, value in zip(self._crop_fields, (0, ny, 0, nx, 0, ky, 0, kx)):
+            field.value = value
+
+    def options(self) -> PreprocessOptions:
+        """The :class:`PreprocessOptions` the form describes."""
+        crop: dict[str, Any] = {}
+        if self.do_crop.value:
+            crop = {"crop_scan": tuple(f.value for f in self._crop_fields[:4]),
+                    "crop_detector": tuple(f.value for f in self._crop_fields[4:])}
+        return options_from(PreprocessOptions, self._option_fields, **crop)
+
+    # -- preview ------------------------------------------------------------------------
+    def _current_position(self, ds) -> tuple[int, int]:
+        browser = self.viewer.window.dock_widgets.get("Diffraction browser (napari-4dstem-rvae)") \
+            if getattr(self.viewer, "window", None) is not None else None
+        position = getattr(browser, "current_position", None)
+        if position is None:
+            position = (ds.scan_shape[0] // 2, ds.scan_shape[1] // 2)
+        return position
+
+    def preview(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """Raw and processed pattern at the current probe position (PCA left out: it needs a
+        fit over all patterns; the mean pattern is estimated from a sample of patterns)."""
+        from ..processing import preprocess, sample_mean_pattern
+
+        try:
+            _, ds = chosen_layer(self.viewer, self.layer)
+            options = self.options().replace(pca_components=0)
+            y, x = self._current_position(ds)
+            raw = ds.pattern(y, x)
+            processed_ds = preprocess(ds, options)
+            # map the position through crop and binning
+            if options.crop_scan is not None:
+                y, x = y - options.crop_scan[0], x - options.crop_scan[2]
+            y, x = y // options.bin_scan, x // options.bin_scan
+            py, px = processed_ds.scan_shape
+            y, x = min(max(y, 0), py - 1), min(max(x, 0), px - 1)
+            if options.subtract_mean and processed_ds.nbytes > 256 * 2**20:
+                # large data: estimate the mean pattern from a sample instead of a full pass
+                before_mean = preprocess(ds, options, subtract_mean=False)
+                mean = sample_mean_pattern(before_mean.data)
+                processed_ds = preprocess(ds, options, mean_pattern=mean)
+            processed = processed_ds.pattern(y, x)
+        except Exception as exc:
+            notify_error(f"Preview failed: {friendly_error(exc)}")
+            return None
+        self._show_preview(raw, processed, (y, x))
+        return raw, processed
+
+    def _show_preview(self, raw: np.ndarray, processed: np.ndarray, position) -> None:
+        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+        from matplotlib.figure import Figure
+
+        if not hasattr(self, "_figure"):
+            self._figure = Figure(figsize=(4, 2.1), tight_layout=True)
+            self._canvas = FigureCanvasQTAgg(self._figure)
+            self.native.layout().addWidget(self._canvas)
+        self._figure.clear()
+        for i, (title, image) in enumerate((("raw", raw), (f"processed {position}", processed))):
+            ax = self._figure.add_subplot(1, 2, i + 1)
+            shown = ax.imshow(image, cmap="coolwarm" if np.nanmin(image) < 0 else "inferno",
+                              interpolation="nearest")
+            if np.nanmin(image) < 0:
+                bound = float(np.nanmax(np.abs(image))) or 1.0
+                shown.set_clim(-bound, bound)
+            ax.set_title(title, fontsize=8)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        self._canvas.draw_idle()
+
+    # -- apply --------------------------------------------------------------------------
+    def apply(self):
+        from ..processing.chain import in_memory, preprocess
+        from .reader import layer_data_for
+
+        try:
+            source_layer, ds = chosen_layer(self.viewer, self.layer)
+        except ValueError as exc:
+            notify_error(str(exc))
+            return None
+        options = self.options()
+        self.status.value = "processing …"
+
+        def work():
+            # computed once here (when it fits), so that COM and training do not recompute the chain
+            return in_memory(preprocess(ds, options))
+
+        def done(result):
+            self.result = result
+            result.metadata["name"] = f"{ds.name} processed"
+            for item in layer_data_for(result, viewer=self.viewer):
+                if item[0] is None:
+                    continue
+                data, kwargs, layer_type = item
+                kwargs["name"] = f"{source_layer.name} processed"
+                upsert_layer(self.viewer, (data, kwargs, layer_type))
+            steps = ", ".join(p["step"] for p in result.provenance[len(ds.provenance):]) or "no step"
+            self.status.value = f"{steps}: {result.shape}"
+
+        def failed(exc):
+            self.status.value = "failed"
+            notify_error(f"Preprocessing of '{ds.name}' failed: {friendly_error(exc)}")
+
+        return self.run_worker(work, controls=self._controls, on_returned=done, on_error=failed)

@@ -1,0 +1,25 @@
+"""Built-in sample data: physics-based 4D-STEM simulations of monolayer graphene."""
+
+from __future__ import annotations
+
+
+def _sample(defect=None) -> list:
+    from ..simulate import graphene
+    from .reader import layer_data_for
+
+    return layer_data_for(graphene(defect=defect))
+
+
+def graphene_sample() -> list:
+    """Perfect graphene, 60 kV, 31 mrad probe, 32 × 32 scan, 64 × 64 detector."""
+    return _sample(None)
+
+
+def graphene_vacancy_sample() -> list:
+    """Graphene with a single carbon vacancy at the centre of the scan."""
+    return _sample("vacancy")
+
+
+def graphene_si_sample() -> list:
+    """Graphene with one substitutional silicon atom at the centre of the scan."""
+    return _sample("si")

@@ -1,0 +1,420 @@
+"""Train rVAE dock widget: a region in, rotation and latent maps out, live and responsive.
+
+The widget only translates between layers and the engine (:mod:`napari_4dstem_rvae.rvae`):
+the data set and an optional region (Shapes or Labels layer rasterised onto the scan) go
+in; training runs in a napari thread worker that yields progress events; the loss (and,
+when asked, the latent–COM correlation) is plotted live; maps are written back as layers
+aligned with the ADF image, updated in place by name. Stop returns within one step and
+keeps the partial model; Resume continues it.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import numpy as np
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    Label,
+    LineEdit,
+    PushButton,
+    SpinBox,
+)
+from qtpy.QtWidgets import QProgressBar, QTabWidget
+
+from ..rvae.config import DEVICES, RVAEConfig
+from .common import chosen_layer, dataset_combo
+from .fields import option_field, options_from
+from .layers import find_dataset, map_layer_data, upsert_layer
+from .plots import LatencyProbe, LivePlot
+from .workers import (
+    WorkerMixin,
+    friendly_error,
+    notify_error,
+    notify_info,
+    stop_worker,
+)
+
+
+class TrainingFailed(Exception):
+    """Preparing or running the training failed in the worker (never a RuntimeError, which
+    superqt's workers treat as "worker deleted" and end without a finished signal)."""
+
+    @classmethod
+    def failed(cls, exc: BaseException) -> TrainingFailed:
+        return cls(friendly_error(exc))
+
+
+class TrainWidget(WorkerMixin, Container):
+    def __init__(self, napari_viewer: Any):
+        super().__init__(labels=True)
+        self.viewer = napari_viewer
+        self.layer = dataset_combo(napari_viewer)
+        self.region = ComboBox(label="region", choices=self._region_choices, nullable=True,
+                               tooltip="Shapes or Labels layer over the scan: positions used for training")
+        self.label = SpinBox(label="label (0 = any)", value=0, min=0, max=2**31 - 1)
+        self.count = Label(value="")
+        self.study_preprocessing = CheckBox(label="bin to 64 px + subtract mean", value=True,
+                                            tooltip="As in the published study; off for data you preprocessed")
+        cfg = RVAEConfig
+        self.latent = option_field(cfg, "latent_dim", "content latents", minimum=1, maximum=16)
+        self.shift = option_field(cfg, "learn_shift", "learn shifts")
+        self.epochs = option_field(cfg, "epochs", "epochs (0 = auto)", maximum=100_000,
+                                   tooltip="0: about 2,400 optimisation steps, whatever the number of positions")
+        self.batch = option_field(cfg, "batch_size", "batch size", minimum=1, maximum=65_536)
+        self.lr = option_field(cfg, "learning_rate", "learning rate", minimum=1e-6, maximum=1.0, step=1e-4,
+                               decimals=6)
+        self.rotation_prior = option_field(cfg, "rotation_prior", "rotation prior σ (rad, 0 = uniform)",
+                                           maximum=100.0)
+        self.seed = option_field(cfg, "seed")
+        self.device = option_field(cfg, "device", choices=DEVICES)
+        self.threads = option_field(cfg, "threads", "threads (0 = all)", maximum=256,
+                                    tooltip="CPU threads for training; 1 keeps napari responsive on small machines")
+        self.threads.value = 1  # the GUI's own choice: the event loop must keep a core
+        self._config_fields = [self.latent, self.shift, self.epochs, self.batch, self.lr, self.rotation_prior,
+                               self.seed, self.device, self.threads]
+        self.maps_every = SpinBox(label="maps every N epochs (0 = end)", value=0, min=0, max=100_000)
+        self.correlate = CheckBox(label="latent–COM correlation", value=True)
+        self.start_button = PushButton(text="Start")
+        self.stop_button = PushButton(text="Stop")
+        self.resume_button = PushButton(text="Resume")
+        self.checkpoint_path = FileEdit(label="checkpoint", mode="w", filter="*.pt")
+        self.save_button = PushButton(text="Save checkpoint")
+        self.load_button = PushButton(text="Load checkpoint")
+        self.results_path = FileEdit(label="results file", mode="w", filter="*.h5")
+        self.save_results_button = PushButton(text="Save results")
+        self.status = LineEdit(value="")
+        self.status.enabled = False
+        self.extend([self.layer, self.region, self.label, self.count, self.study_preprocessing,
+                     self.latent, self.shift, self.epochs, self.batch, self.lr, self.rotation_prior,
+                     self.seed, self.device, self.threads, self.maps_every, self.correlate,
+                     self.start_button, self.stop_button, self.resume_button, self.status])
+        self.keep = Container(widgets=[self.checkpoint_path, self.save_button, self.load_button,
+                                       self.results_path, self.save_results_button], labels=True)
+        from .explore import ExplorePanel
+
+        self.progress = QProgressBar()
+        self.plot = LivePlot()
+        self.explore = ExplorePanel(napari_viewer, lambda: self.session)
+        self.tabs = QTabWidget()
+        self.tabs.addTab(self.plot.widget, "Training")
+        self.tabs.addTab(self.explore, "Explore")
+        self.tabs.addTab(self.keep.native, "Save / load")
+        self.tabs.setMinimumHeight(300)
+        self.native.layout().addWidget(self.progress)
+        self.native.layout().addWidget(self.tabs)
+        self.latency = LatencyProbe(parent=self.native)
+
+        self._parameters = [self.layer, self.region, self.label, self.study_preprocessing, self.latent,
+                            self.shift, self.epochs, self.batch, self.lr, self.rotation_prior, self.seed,
+                            self.device, self.threads, self.maps_every, self.correlate,
+                            self.start_button, self.resume_button, self.save_button, self.load_button,
+                            self.save_results_button]
+        self.stop_button.enabled = False
+        self.resume_button.enabled = False
+
+        self.session = None           # TrainingSession: model + data + history (kept after stop)
+        self.maps: dict[str, np.ndarray] | None = None
+        self.last_error: str | None = None
+        self._stop = threading.Event()
+
+        self.start_button.clicked.connect(self.start)
+        self.stop_button.clicked.connect(self.stop)
+        self.resume_button.clicked.connect(self.resume)
+        self.save_button.clicked.connect(self.save_checkpoint)
+        self.load_button.clicked.connect(self.load_checkpoint)
+        self.save_results_button.clicked.connect(self.save_results)
+        for widget in (self.region, self.label, self.layer):
+            widget.changed.connect(self.update_count)
+        for event in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
+            event.connect(self._layers_changed)
+        self._watched_region = None
+        # Closing the dock or the viewer deletes the Qt side of this widget: stop training
+        # from a closure that does not need the (possibly half-deleted) widget.
+        stop_event = self._stop
+        self.native.destroyed.connect(lambda *_: stop_event.set())
+        self.native.destroyed.connect(self._on_destroyed)
+        self.update_count()
+
+    # -- regions ------------------------------------------------------------------------
+    def _region_choices(self, _=None) -> list[str]:
+        return [layer.name for layer in self.viewer.layers if type(layer).__name__ in ("Shapes", "Labels")]
+
+    def _layers_changed(self, *_: Any) -> None:
+        current = self.region.value
+        self.region.reset_choices()
+        if current in self.region.choices:
+            self.region.value = current
+        self.update_count()
+
+    def region_mask(self) -> np.ndarray | None:
+        """Boolean (scan_y, scan_x) training mask from the chosen region (None: all positions)."""
+        from .regions import region_mask
+
+        if not self.region.value:
+            return None
+        _, ds = chosen_layer(self.viewer, self.layer)
+        layer = self.viewer.layers[self.region.value]
+        return region_mask(layer, ds, self.label.value or None)
+
+    def update_count(self, *_: Any) -> None:
+        """Live count of the selected probe positions (follows edits of the region layer)."""
+        if self.region.value and self.region.value in self.viewer.layers:
+            layer = self.viewer.layers[self.region.value]
+            if layer is not self._watched_region:
+                self._unwatch_region()
+                layer.events.data.connect(self.update_count)
+                if hasattr(layer.events, "paint"):
+                    layer.events.paint.connect(self.update_count)
+                self._watched_region = layer
+        try:
+            _, ds = chosen_layer(self.viewer, self.layer)
+        except ValueError:
+            self.count.value = "no data set"
+            return
+        total = ds.scan_shape[0] * ds.scan_shape[1]
+        try:
+            mask = self.region_mask()
+        except ValueError as exc:
+            self.count.value = str(exc)
+            return
+        chosen = total if mask is None else int(mask.sum())
+        self.count.value = f"{chosen} of {total} probe positions for training"
+
+    def _unwatch_region(self) -> None:
+        layer = self._watched_region
+        if layer is None:
+            return
+        for name in ("data", "paint"):
+            try:
+                getattr(layer.events, name).disconnect(self.update_count)
+            except Exception:
+                pass
+        self._watched_region = None
+
+    # -- training -------------------------------------------------------------------------
+    def config(self) -> RVAEConfig:
+        """The :class:`RVAEConfig` the form describes."""
+        return options_from(RVAEConfig, self._config_fields)
+
+    def _set_running(self, running: bool) -> None:
+        for widget in self._parameters:
+            widget.enabled = not running
+        self.stop_button.enabled = running
+        self.resume_button.enabled = (not running) and self.session is not None and self.session.can_resume
+
+    def start(self):
+        """Start a new training from the current parameters.
+
+        The region is checked here (instant feedback); preparing the data, the COM maps and
+        the model happens in the worker, so the UI never waits for it.
+        """
+        from .training import TrainingSession
+
+        try:
+            source_layer, dataset = chosen_layer(self.viewer, self.layer)
+            mask = self.region_mask()
+            config = self.config()
+        except Exception as exc:
+            self._error(f"Training could not start: {friendly_error(exc)}")
+            return None
+        study, correlate = self.study_preprocessing.value, self.correlate.value
+        name = source_layer.name
+
+        def make_session():
+            return TrainingSession.create(dataset, config, train_mask=mask, study_preprocessing=study,
+                                          correlate=correlate, source_layer_name=name)
+
+        self.session = None
+        self.plot.clear()
+        return self._run(make_session)
+
+    def resume(self):
+        """Continue the stopped (or finished) training for the epochs still to do."""
+        if self.session is None:
+            self._error("Nothing to resume: start a training first.")
+            return None
+        try:
+            layer = self.viewer.layers[self.layer.value] if self.layer.value in self.viewer.layers else None
+            self.session.check_unchanged(find_dataset(layer))
+        except ValueError as exc:
+            self._error(str(exc))
+            return None
+        return self._run()
+
+    def _run(self, make_session=None):
+        session = self.session
+        stop = self._stop
+        stop.clear()
+        self.last_error = None
+        every = self.maps_every.value
+        self.progress.setRange(0, self.epochs.value if session is None else session.total_epochs)
+        self.progress.setValue(0 if session is None else session.epochs_done)
+
+        def work():
+            current = session
+            if current is None:
+                try:
+                    current = make_session()
+                except Exception as exc:
+                    # not a RuntimeError: superqt treats those as "worker deleted" and ends silently
+                    raise TrainingFailed(f"could not start: {friendly_error(exc)}") from exc
+                yield {"kind": "session", "session": current}
+            try:
+                yield from current.run(stop, maps_every=every)
+            except RuntimeError as exc:  # torch raises RuntimeError (e.g. device out of memory)
+                raise TrainingFailed.failed(exc) from exc
+
+        self._set_running(True)
+        self.latency.start()
+        self.status.value = ("preparing data and model …" if session is None
+                             else f"training on {session.n_train} positions …")
+        return self.run_worker(work, on_yielded=self._on_event, on_error=self._on_worker_error,
+                               on_finished=self._on_finished)
+
+    def stop(self) -> None:
+        """Ask the worker to stop; it returns within one optimisation step."""
+        self._stop.set()
+        self.status.value = "stopping …"
+
+    def _on_event(self, event: Any) -> None:
+        try:
+            self._handle_event(event)
+        except RuntimeError:  # Qt side deleted while events were in flight (viewer closed)
+            self._stop.set()
+
+    def _handle_event(self, event: Any) -> None:
+        kind = event.get("kind")
+        if kind == "session":
+            self.session = event["session"]
+            self.progress.setRange(0, self.session.total_epochs)
+            self.status.value = f"training on {self.session.n_train} positions …"
+        elif kind == "epoch":
+            self.progress.setValue(int(event["epoch"]))
+            self.plot.add_epoch(event["epoch"], event["train_loss"], event.get("test_loss"))
+            if event.get("max_abs_r") is not None:
+                self.plot.add_correlation(event["epoch"], event["max_abs_r"])
+            self.status.value = (f"epoch {event['epoch']}/{self.session.total_epochs}: loss {event['train_loss']:.4g}"
+                                 + (f", max |r| {event['max_abs_r']:.3f}" if event.get("max_abs_r") is not None else ""))
+        elif kind == "maps":
+            self.show_maps(event["maps"], event["epoch"])
+        elif kind == "info":
+            notify_info(event["message"])
+
+    def _on_finished(self) -> None:
+        try:
+            self.latency.stop()
+        except RuntimeError:  # the widget is being deleted (viewer closed)
+            return
+        session = self.session
+        self._set_running(False)
+        lat = self.latency.summary()
+        state = "stopped" if self._stop.is_set() else "finished"
+        if session is not None:
+            self.status.value = (f"{state} at epoch {session.epochs_done}/{session.total_epochs}; "
+                                 f"UI latency median {lat['median_ms']:.0f} ms, p95 {lat['p95_ms']:.0f} ms")
+        self._stop.clear()
+
+    def _on_worker_error(self, exc: BaseException) -> None:
+        text = str(exc) if isinstance(exc, TrainingFailed) else friendly_error(exc)
+        self._error(f"Training {text}" if text.startswith("could not start") else f"Training stopped: {text}")
+
+    def _error(self, message: str) -> None:
+        self.last_error = message
+        self.status.value = message
+        notify_error(message)
+
+    # -- maps -------------------------------------------------------------------------------
+    def show_maps(self, maps: dict[str, np.ndarray], epoch: int) -> list:
+        """Add or update the angle, latent (and shift) layers, aligned with the ADF image and
+        named ``"<data set> rVAE angle"``, ``"<data set> rVAE latent 1"`` …"""
+        from ..schema import MAPS
+
+        session = self.session
+        ds = session.display_dataset
+        extra = {"epoch": int(epoch), "parameters": {k: str(v) for k, v in session.config.items()},
+                 "source": session.source_layer_name}
+        self.maps = maps
+        layers = [upsert_layer(self.viewer, map_layer_data(
+            "angle", maps["angle"], ds, extra=extra, layer_name=f"{session.source_layer_name} {MAPS['angle'].title}"))]
+        for name in ("latents", "shift"):
+            spec = MAPS[name]
+            for i, plane in enumerate(maps.get(name, ())):
+                info = dict(extra, plane=i, r_com_magnitude=(session.correlations or {}).get(i)
+                            if name == "latents" else None)
+                title = spec.plane_title(i)
+                layers.append(upsert_layer(self.viewer, map_layer_data(
+                    spec, plane, ds, extra=info, title=title, layer_name=f"{session.source_layer_name} {title}")))
+        self.explore.set_maps(maps)
+        return layers
+
+    # -- keep the work ----------------------------------------------------------------------
+    def save_checkpoint(self) -> str | None:
+        if self.session is None:
+            self._error("No model to save: train one first.")
+            return None
+        path = str(self.checkpoint_path.value)
+        if not path or path == ".":
+            self._error("Choose a checkpoint file first.")
+            return None
+        try:
+            self.session.save(path)
+        except Exception as exc:
+            self._error(f"Saving the checkpoint failed: {exc}")
+            return None
+        self.status.value = f"checkpoint saved: {path}"
+        return path
+
+    def load_checkpoint(self):
+        from .training import TrainingSession
+
+        path = str(self.checkpoint_path.value)
+        try:
+            _, dataset = chosen_layer(self.viewer, self.layer)
+            self.session = TrainingSession.load(path, dataset, source_layer_name=self.layer.value)
+        except Exception as exc:
+            self._error(f"Loading the checkpoint failed: {exc}")
+            return None
+        self.resume_button.enabled = self.session.can_resume
+        self.status.value = f"loaded {path} (epoch {self.session.epochs_done}); computing maps …"
+        self._stop.clear()
+        return self._run_maps_only()
+
+    def _run_maps_only(self):
+        session = self.session
+        self._set_running(True)
+        return self.run_worker(session.maps, on_returned=lambda maps: self.show_maps(maps, session.epochs_done),
+                               on_error=lambda exc: self._error(f"Computing maps failed: {friendly_error(exc)}"),
+                               on_finished=self._on_finished)
+
+    def save_results(self) -> str | None:
+        if self.session is None or self.maps is None:
+            self._error("No maps to save: train a model first.")
+            return None
+        path = str(self.results_path.value)
+        try:
+            self.session.write_results(path)
+        except Exception as exc:
+            self._error(f"Saving the results failed: {exc}")
+            return None
+        self.status.value = f"results saved: {path}"
+        return path
+
+    # -- lifetime ---------------------------------------------------------------------------
+    def _on_destroyed(self, *_: Any) -> None:
+        self.shutdown()
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Stop a running training and wait for its thread (closing the viewer or the dock)."""
+        self._stop.set()
+        stop_worker(self.worker, timeout)
+        self._unwatch_region()
+        for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
+            try:
+                event.disconnect(self._layers_changed)
+            except Exception:
+                pass

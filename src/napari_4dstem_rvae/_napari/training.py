@@ -1,0 +1,153 @@
+"""A training session as the napari widget sees it (no Qt here): the data set, the data
+prepared for the rVAE, the COM maps used for the correlation, and the engine's Trainer.
+
+The widget runs :meth:`TrainingSession.run` in a thread worker and turns its plain-dict
+events into plot points and layers; everything computed here can be computed headless.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import numpy as np
+
+from ..dataset import Dataset4D
+
+
+class TrainingSession:
+    """Everything one training needs, kept after a stop so that Resume can continue."""
+
+    def __init__(self, dataset: Dataset4D, train_data: Dataset4D, trainer: Any, *,
+                 source_layer_name: str, com: Any = None):
+        self.dataset = dataset              # the data set the maps are drawn over
+        self.train_data = train_data        # prepared for the rVAE (binned, mean subtracted)
+        self.trainer = trainer
+        self.source_layer_name = source_layer_name
+        self.com = com
+
+    # -- construction ---------------------------------------------------------------------
+    @classmethod
+    def create(cls, dataset: Dataset4D, config: Any, *, train_mask: Any = None,
+               study_preprocessing: bool = True, correlate: bool = True,
+               source_layer_name: str = "") -> TrainingSession:
+        """Prepare the data (as in the study: detector binned to 64 px and the mean pattern
+        subtracted, unless ``study_preprocessing`` is off), the COM maps (``correlate``: the
+        latent–COM |r| is computed every epoch, plotted live, and drives the epoch selection)
+        and the trainer. ``config``: an :class:`RVAEConfig` or a dict of its fields."""
+        from ..processing import compute_com
+        from ..processing.chain import RVAE_DETECTOR_PIXELS, prepare_for_rvae
+        from ..rvae import RVAEConfig, Trainer
+
+        train_data = prepare_for_rvae(dataset, RVAE_DETECTOR_PIXELS if study_preprocessing else None,
+                                      subtract_mean=study_preprocessing)
+        com = compute_com(dataset) if correlate else None
+        if isinstance(config, dict):
+            config = RVAEConfig.from_dict(config)
+        config = config.replace(correlate_every=1 if correlate else 0)
+        trainer = Trainer(train_data, config, roi_mask=train_mask,
+                          com_magnitude=None if com is None else com.magnitude,
+                          com_angle=None if com is None else com.angle)
+        return cls(dataset, train_data, trainer, source_layer_name=source_layer_name, com=com)
+
+    @classmethod
+    def load(cls, path: str, dataset: Dataset4D, *, source_layer_name: str = "") -> TrainingSession:
+        """Reopen a checkpoint over ``dataset`` (prepared the way the checkpoint says)."""
+        from ..processing.chain import RVAE_DETECTOR_PIXELS, prepare_for_rvae
+        from ..rvae import Trainer, read_checkpoint
+
+        state = read_checkpoint(path)
+        steps = [p.get("step") for p in state.get("provenance", []) if isinstance(p, dict)]
+        study = "subtract_mean_pattern" in steps and "subtract_mean_pattern" not in \
+            [p.get("step") for p in dataset.provenance]
+        train_data = prepare_for_rvae(dataset, RVAE_DETECTOR_PIXELS if study else None, subtract_mean=study)
+        if tuple(train_data.scan_shape) != tuple(state.get("scan_shape", train_data.scan_shape)):
+            raise ValueError(f"checkpoint {path} was trained on a scan of {tuple(state['scan_shape'])} "
+                             f"positions; this data set has {train_data.scan_shape}")
+        trainer = Trainer.from_state(state, train_data)
+        return cls(dataset, train_data, trainer, source_layer_name=source_layer_name)
+
+    # -- state ----------------------------------------------------------------------------
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.trainer.config.to_dict()
+
+    @property
+    def total_epochs(self) -> int:
+        return int(self.trainer.total_epochs)
+
+    @property
+    def epochs_done(self) -> int:
+        return int(self.trainer.epoch)
+
+    @property
+    def n_train(self) -> int:
+        return int(self.trainer.n_train)
+
+    @property
+    def can_resume(self) -> bool:
+        return self.trainer.patterns is not None and self.epochs_done < self.total_epochs
+
+    @property
+    def display_dataset(self) -> Dataset4D:
+        return self.dataset
+
+    @property
+    def correlations(self) -> dict[int, float]:
+        if not self.trainer.diagnostics:
+            return {}
+        return {i: float(r) for i, r in enumerate(self.trainer.diagnostics[-1].latent_r)}
+
+    def check_unchanged(self, dataset: Dataset4D | None = None) -> None:
+        """Raise if the data set behind the widget is not the one this session trained on."""
+        if dataset is not None and dataset is not self.dataset:
+            raise ValueError("The data set changed since this training started (another layer or new "
+                             "data): start a new training instead of resuming.")
+
+    # -- work -----------------------------------------------------------------------------
+    def run(self, stop: Any, maps_every: int = 0) -> Iterator[dict[str, Any]]:
+        """Train, yielding ``{"kind": "epoch", ...}`` after each epoch and
+        ``{"kind": "maps", "maps": ..., "epoch": n}`` every ``maps_every`` epochs and at the end.
+        When training finishes, the epoch-selection rule (the same as the CLI's) picks the
+        model that gives the final maps."""
+        finished = False
+        for event in self.trainer.run(stop=stop):
+            if event.kind == "epoch":
+                values = event.to_dict()
+                yield values
+                if maps_every and event.epoch % maps_every == 0 and event.epoch < self.total_epochs:
+                    yield {"kind": "maps", "maps": self.maps(), "epoch": event.epoch}
+            elif event.kind in ("stopped", "finished") and event.message:
+                finished = event.kind == "finished"
+                yield {"kind": "info", "message": event.message}
+        epoch = self.trainer.finish() if finished else self.epochs_done
+        yield {"kind": "maps", "maps": self.maps(), "epoch": epoch}
+
+    def maps(self) -> dict[str, np.ndarray]:
+        """The rVAE maps of every probe position by schema name: ``angle`` (rad), ``angle_std``,
+        ``latents`` (k, ny, nx), ``latents_std`` and, when learned, ``shift``/``shift_std`` (2, ny, nx)."""
+        maps = self.trainer.maps()
+        return {name: getattr(maps, name) for name in ("angle", "angle_std", "latents", "latents_std",
+                                                       "shift", "shift_std")
+                if getattr(maps, name) is not None}
+
+    def reconstruct(self, y: int, x: int) -> tuple[np.ndarray, np.ndarray]:
+        """The prepared pattern at ``(y, x)`` and its reconstruction with the inferred pose."""
+        from ..rvae import reconstruct_positions
+
+        pattern = self.train_data.pattern(y, x)
+        recon = reconstruct_positions(self.trainer.model, self.train_data, [(y, x)])[0]
+        return pattern, recon
+
+    def save(self, path: str) -> str:
+        return self.trainer.save(path)
+
+    def write_results(self, path: str) -> str:
+        """A results file of the model as it is now: rVAE maps, parameters, history and (when
+        computed) the COM maps, with the data set's calibration."""
+        from ..results import write_results
+        from ..rvae import RVAEResult
+
+        ds = self.dataset
+        return write_results(path, calibration=ds.calibration, scan_shape=ds.scan_shape, source=ds.source,
+                             provenance=ds.provenance, com=self.com,
+                             rvae=RVAEResult.from_trainer(self.trainer))

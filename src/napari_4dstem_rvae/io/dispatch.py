@@ -1,0 +1,82 @@
+"""The public entry point: :func:`read` opens any supported file lazily; :func:`list_datasets`
+lists the 4D datasets of an HDF5 file or zarr store."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from ..dataset import Calibration, Dataset4D
+from .arrays import read_npy, read_zarr, zarr_datasets
+from .common import ReadError
+from .detect import SUPPORTED_EXTENSIONS, detect_format
+from .detectors import read_rsciio
+from .hdf5 import hdf5_datasets, read_hdf5
+from .raw import read_raw
+
+
+def read(path: str | os.PathLike, **options: Any) -> Dataset4D:
+    """Open a 4D-STEM file lazily.
+
+    Parameters
+    ----------
+    path
+        File or directory (zarr store).
+    dataset
+        HDF5/zarr: path of the 4D dataset inside the file (default: the EMD/py4DSTEM
+        datacube, else the largest 4D dataset; a warning lists the others).
+    scan_shape
+        ``(scan_y, scan_x)``: required for raw files; for other formats, reshapes a flat
+        stack of patterns ``(n, det_y, det_x)`` (e.g. a Merlin file without scan size).
+    det_shape, dtype, file_header_bytes, frame_header_bytes, frame_footer_bytes, byteorder
+        Raw binary layout (see :func:`read_raw`).
+    chunks
+        Dask chunks of the returned array (default: whole patterns, ~64 MB chunks).
+    calibration
+        A :class:`Calibration` or a dict of its fields overriding what the file says.
+
+    Raises
+    ------
+    ReadError
+        One sentence naming the file and why it cannot be read.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise ReadError(f"{path}: no such file or directory")
+    fmt = detect_format(path, **options)
+    if fmt is None:
+        raise ReadError(
+            f"{path}: unknown file type {Path(path).suffix or '(no extension)'!r}; expected one of "
+            f"{', '.join(sorted(set(SUPPORTED_EXTENSIONS)))} or a zarr directory "
+            "(for raw binary give scan_shape, det_shape and dtype)"
+        )
+    override = options.pop("calibration", None)
+    options.pop("format", None)
+    if fmt == "hdf5":
+        ds = read_hdf5(path, **options)
+    elif fmt == "npy":
+        ds = read_npy(path, **options)
+    elif fmt == "zarr":
+        ds = read_zarr(path, **options)
+    elif fmt == "raw":
+        ds = read_raw(path, **options)
+    elif fmt.startswith("rsciio:"):
+        ds = read_rsciio(path, plugin=fmt.split(":", 1)[1], **options)
+    else:
+        raise ReadError(f"{path}: unknown format {fmt!r}")
+    if override is not None:
+        import dataclasses
+
+        fields = dataclasses.asdict(override) if isinstance(override, Calibration) else dict(override)
+        ds.calibration = ds.calibration.replace(**{k: v for k, v in fields.items() if v is not None})
+    return ds
+
+
+def list_datasets(path: str | os.PathLike, ndim: int | tuple[int, ...] = 4) -> list[tuple[str, tuple]]:
+    """``(name, shape)`` of the datasets with ``ndim`` axes in an HDF5 file or zarr store."""
+    path = os.fspath(path)
+    wanted = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+    if detect_format(path) == "zarr":
+        return zarr_datasets(path, wanted)
+    return hdf5_datasets(path, wanted)

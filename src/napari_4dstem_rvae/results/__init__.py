@@ -1,0 +1,36 @@
+"""Results: the one owner of files of maps and of figures.
+
+- :mod:`.files` — the results-file layout (HDF5): :func:`write_results` (images, COM maps,
+  rVAE maps with their parameters and history), :func:`write_layer_maps` (maps saved from
+  napari layers), :func:`read_results` (this format and those of version 0.1); atomic writes.
+- :mod:`.figures` — PNG figures styled from the map schema.
+- :mod:`.tiff` — ImageJ TIFF stacks.
+
+Every map is declared once in :mod:`napari_4dstem_rvae.schema` (re-exported here): name,
+unit, kind, colormap, description. The computations name their outputs with its keys; this
+package writes, reads and draws them by those keys.
+"""
+
+from __future__ import annotations
+
+from ..schema import KINDS, MAPS, MapSpec, resolve_unit, spec_for
+from .figures import com_figure, image_figure, overview_figure
+from .files import (
+    FORMAT_VERSION,
+    RESULTS_MARK,
+    ResultsFile,
+    StoredMap,
+    atomic_path,
+    is_results_file,
+    read_results,
+    versions,
+    write_layer_maps,
+    write_results,
+)
+from .tiff import write_tiff
+
+__all__ = [
+    "FORMAT_VERSION", "KINDS", "MAPS", "MapSpec", "RESULTS_MARK", "ResultsFile", "StoredMap", "atomic_path",
+    "com_figure", "image_figure", "is_results_file", "overview_figure", "read_results", "resolve_unit",
+    "spec_for", "versions", "write_layer_maps", "write_results", "write_tiff",
+]

@@ -1,0 +1,128 @@
+"""One call for the headless pipeline: train, then map the whole scan."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import RVAEConfig
+from .diagnostics import Diagnostics, correlate
+from .infer import LatentMaps
+from .model import RVAE
+from .train import Trainer, TrainEvent
+
+
+@dataclass
+class RVAEResult:
+    """What :func:`fit` returns.
+
+    Attributes
+    ----------
+    model
+        The trained :class:`~napari_4dstem_rvae.rvae.model.RVAE`, in the state the
+        ``epoch_selection`` rule chose (:mod:`.selection`).
+    maps
+        :class:`~napari_4dstem_rvae.rvae.infer.LatentMaps` of every probe position.
+    history
+        One dict per epoch: ``epoch``, ``train_loss``, ``train_recon``, ``train_kl_z``,
+        ``train_kl_angle``, ``train_kl_shift``, the same for ``test_``, ``kl_weight``,
+        ``noise_std``, ``elapsed`` (s) and, where computed, ``max_abs_r``/``angle_rho``.
+    diagnostics
+        :class:`Diagnostics` over epochs (with map snapshots), the last one for ``maps``.
+    config
+        The :class:`RVAEConfig` used.
+    trainer
+        The :class:`Trainer` (to continue, save a checkpoint, …).
+    best_epoch
+        The epoch whose state ``model`` holds.
+    stopped
+        True when training was stopped before ``config.epochs``.
+    """
+
+    model: RVAE
+    maps: LatentMaps
+    history: list[dict[str, Any]]
+    diagnostics: list[Diagnostics]
+    config: RVAEConfig
+    trainer: Trainer
+    best_epoch: int
+    stopped: bool = False
+    final: Diagnostics | None = field(default=None)
+
+    @classmethod
+    def from_trainer(cls, trainer: Trainer, stopped: bool = False, maps: LatentMaps | None = None) -> RVAEResult:
+        """The result of a trainer driven step by step (e.g. by the Train widget): its model in
+        the state the selection rule chose (call :meth:`Trainer.finish` first), the maps of the
+        whole scan and their correlations with the COM maps, when given."""
+        epoch = trainer.selected_epoch if trainer.selected_epoch is not None else trainer.epoch
+        maps = trainer.maps() if maps is None else maps
+        final = correlate(maps, trainer.com_magnitude, trainer.com_angle, epoch=epoch)
+        return cls(model=trainer.model, maps=maps, history=list(trainer.history),
+                   diagnostics=list(trainer.diagnostics), config=trainer.config, trainer=trainer,
+                   best_epoch=int(epoch), stopped=stopped, final=final)
+
+    @property
+    def latent_r(self) -> tuple[float, ...]:
+        return () if self.final is None else self.final.latent_r
+
+    @property
+    def max_abs_r(self) -> float:
+        return float("nan") if self.final is None else self.final.max_abs_r
+
+    @property
+    def angle_rho(self) -> float:
+        return float("nan") if self.final is None else self.final.angle_rho
+
+
+def fit(data: Any, config: RVAEConfig | dict[str, Any] | None = None, *, roi_mask: Any = None,
+        det_mask: Any = None, com_magnitude: Any = None, com_angle: Any = None,
+        epochs: int | None = None, stop: threading.Event | None = None,
+        callback: Callable[[TrainEvent], Any] | None = None, checkpoint_path: Any = None,
+        checkpoint_every: int = 0, **changes: Any) -> RVAEResult:
+    """Train an rVAE on ``data`` and map every probe position.
+
+    Parameters
+    ----------
+    data
+        :class:`~napari_4dstem_rvae.dataset.Dataset4D`, numpy or dask array
+        ``(scan_y, scan_x, det_y, det_x)``; the pipeline passes it binned to 64 × 64 with the
+        mean pattern subtracted (as in the study). Scaling is done inside.
+    config
+        :class:`RVAEConfig` or dict; ``changes`` override single fields
+        (``fit(ds, latent_dim=3, epochs=200)``).
+    roi_mask
+        Boolean ``(scan_y, scan_x)``: positions to train on; maps cover the whole scan.
+    det_mask
+        Boolean ``(det_y, det_x)``: detector pixels to use.
+    com_magnitude, com_angle
+        COM maps ``(scan_y, scan_x)`` for the diagnostics (every ``config.correlate_every``
+        epochs, and always at the end) and the ``"com_correlation"`` epoch selection.
+    epochs
+        Overrides ``config.epochs``.
+    stop
+        A ``threading.Event``; when set, training stops within one step and the maps are
+        made from the model as it is.
+    callback
+        Called with every :class:`TrainEvent` (e.g. to print progress).
+    checkpoint_path, checkpoint_every
+        Write a checkpoint every N epochs and at the end.
+    """
+    if config is None:
+        config = RVAEConfig()
+    elif isinstance(config, dict):
+        config = RVAEConfig.from_dict(config)
+    if epochs is not None:
+        changes["epochs"] = int(epochs)
+    if changes:
+        config = config.replace(**changes)
+    trainer = Trainer(data, config, roi_mask=roi_mask, det_mask=det_mask,
+                      com_magnitude=com_magnitude, com_angle=com_angle)
+    stopped = False
+    for event in trainer.run(stop=stop, checkpoint_path=checkpoint_path, checkpoint_every=checkpoint_every):
+        if callback is not None:
+            callback(event)
+        stopped = event.kind == "stopped"
+    trainer.finish()
+    return RVAEResult.from_trainer(trainer, stopped=stopped)

@@ -1,0 +1,135 @@
+"""Preprocess, COM and virtual-detector widgets: results as layers aligned with the ADF image."""
+
+import numpy as np
+import pytest
+
+from napari_4dstem_rvae import Calibration, Dataset4D
+from napari_4dstem_rvae._napari.layers import find_dataset
+from napari_4dstem_rvae._napari.reader import layer_data_for
+
+
+def _shifted_disks(ny=8, nx=9, k=32, seed=0):
+    """Disks whose centre moves with a known field: dy = 0.3·sin, dx = 0.2·cos over the scan."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:k, 0:k]
+    sy, sx = np.mgrid[0:ny, 0:nx]
+    dy = 0.8 * np.sin(sy / 2.0)
+    dx = 0.6 * np.cos(sx / 3.0)
+    data = np.empty((ny, nx, k, k), np.float32)
+    for i in range(ny):
+        for j in range(nx):
+            r = np.hypot(yy - (k - 1) / 2 - dy[i, j], xx - (k - 1) / 2 - dx[i, j])
+            data[i, j] = np.clip(6.0 - r, 0, 1) + 0.01 * rng.random((k, k))
+    return data
+
+
+@pytest.fixture
+def viewer_with_data(make_napari_viewer):
+    viewer = make_napari_viewer()
+    cal = Calibration(scan_step=0.5, scan_unit="Å", det_pixel_size=2.0, det_unit="mrad",
+                      energy_kev=60, semiangle_mrad=10.0, det_origin=(15.5, 15.5), scan_origin=(1.0, 2.0))
+    ds = Dataset4D(_shifted_disks(), cal, metadata={"name": "disks"})
+    data, kwargs, _ = layer_data_for(ds)[0]
+    layer = viewer.add_image(data, **kwargs)
+    return viewer, layer, ds
+
+
+def _wait(qtbot, widget):
+    qtbot.waitUntil(lambda: widget.worker is not None and widget.worker.done, timeout=60000)
+    qtbot.wait(50)
+
+
+def test_com_widget_layers_match_compute_com(viewer_with_data, qtbot):
+    from napari_4dstem_rvae._napari.com_widget import COMWidget
+    from napari_4dstem_rvae.processing import compute_com
+
+    viewer, adf, ds = viewer_with_data
+    widget = COMWidget(viewer)
+    assert widget.layer.value == adf.name
+    widget.auto_rotation.value = False
+    widget.rotation.value = 0.0
+    widget.flip.value = "no"
+    widget.run()
+    _wait(qtbot, widget)
+    expected = compute_com(ds, rotation=0.0, flip=False)
+    names = [f"disks COM {n}" for n in ("x", "y", "magnitude", "angle", "divergence", "curl", "colour wheel")]
+    for name in names:
+        layer = viewer.layers[name]
+        assert layer.data.shape[:2] == ds.scan_shape
+        np.testing.assert_allclose(layer.scale, adf.scale)
+        np.testing.assert_allclose(layer.translate, adf.translate)
+    np.testing.assert_allclose(viewer.layers["disks COM x"].data, expected.x_mrad, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(viewer.layers["disks COM angle"].data, np.degrees(expected.angle), rtol=1e-5, atol=1e-4)
+    assert viewer.layers["disks COM angle"].colormap.name == "twilight_shifted"
+    assert viewer.layers["disks COM colour wheel"].rgb
+    # re-running updates by name: no copies pile up
+    n_layers = len(viewer.layers)
+    widget.run()
+    _wait(qtbot, widget)
+    assert len(viewer.layers) == n_layers
+    assert all(w.enabled for w in widget._controls)
+
+
+def test_com_widget_bad_mask_is_a_notification(viewer_with_data, qtbot, monkeypatch):
+    from napari_4dstem_rvae._napari.com_widget import COMWidget
+
+    messages = []
+    monkeypatch.setattr("napari_4dstem_rvae._napari.com_widget.notify_error", messages.append)
+    viewer, adf, ds = viewer_with_data
+    widget = COMWidget(viewer)
+    widget.mask.value = "annulus"
+    widget.unit.value = "px"
+    widget.inner.value, widget.outer.value = 500.0, 600.0  # outside the 32-px detector
+    n_layers = len(viewer.layers)
+    widget.run()
+    _wait(qtbot, widget)
+    assert len(messages) == 1 and "COM of 'disks' failed" in messages[0]
+    assert len(viewer.layers) == n_layers
+    assert all(w.enabled for w in widget._controls)  # re-enabled after the error
+
+
+def test_preprocess_widget_adds_processed_dataset(viewer_with_data, qtbot):
+    from napari_4dstem_rvae._napari.preprocess_widget import PreprocessWidget
+
+    viewer, adf, ds = viewer_with_data
+    widget = PreprocessWidget(viewer)
+    widget.bin_detector.value = 2
+    widget.subtract_mean.value = True
+    raw, processed = widget.preview()
+    assert raw.shape == (32, 32) and processed.shape == (16, 16)
+    widget.apply()
+    _wait(qtbot, widget)
+    layer = viewer.layers[f"{adf.name} processed"]
+    result = find_dataset(layer)
+    assert result.shape == (8, 9, 16, 16)
+    binned = ds.data.reshape(8, 9, 16, 2, 16, 2).sum(axis=(3, 5))
+    np.testing.assert_allclose(result.data, binned - binned.mean(axis=(0, 1)), rtol=1e-4, atol=1e-4)
+    assert [p["step"] for p in result.provenance] == ["bin", "subtract_mean_pattern"]
+    assert result.calibration.det_pixel_size == pytest.approx(4.0)
+    np.testing.assert_allclose(layer.scale, adf.scale)
+    assert np.isfinite(layer.data).all()
+
+
+def test_virtual_detector_widget_matches_masked_sum(viewer_with_data, qtbot):
+    from napari_4dstem_rvae._napari.browser import DiffractionBrowser
+    from napari_4dstem_rvae._napari.virtual_widget import VirtualDetectorWidget
+
+    viewer, adf, ds = viewer_with_data
+    widget = VirtualDetectorWidget(viewer)
+    widget.unit.value = "px"
+    widget.inner.value, widget.outer.value = 7.0, 14.0
+    widget.run()
+    _wait(qtbot, widget)
+    layer = viewer.layers["disks virtual detector"]
+    centre, inner, outer = widget.radii_px(ds)
+    yy, xx = np.mgrid[0:32, 0:32]
+    r = np.hypot(yy - centre[0], xx - centre[1])
+    mask = (r >= inner) & (r < outer)
+    np.testing.assert_allclose(layer.data, (ds.data * mask).sum(axis=(2, 3)), rtol=1e-4)
+    np.testing.assert_allclose(layer.scale, adf.scale)
+    browser = DiffractionBrowser(viewer)
+    qtbot.addWidget(browser)
+    browser.show_position(1, 1, adf)
+    browser.set_annulus(centre, inner, outer)
+    assert browser.annulus_px == (7.0, 14.0)
+    browser.close()

@@ -1,0 +1,225 @@
+"""End-to-end: sample → rectangle → background training → angle/latent layers over the ADF."""
+
+import time
+
+import numpy as np
+import pytest
+
+from napari_4dstem_rvae._napari.layers import find_dataset
+from napari_4dstem_rvae._napari.regions import region_mask
+
+PLUGIN = "napari-4dstem-rvae"
+
+
+@pytest.fixture
+def trained_setup(make_napari_viewer, monkeypatch):
+    import napari_4dstem_rvae._napari.train_widget as tw
+
+    messages = []
+    monkeypatch.setattr(tw, "notify_error", messages.append)
+    viewer = make_napari_viewer()
+    adf = viewer.open_sample(PLUGIN, "graphene_vacancy")[0]
+    ds = find_dataset(adf)
+    sy, sx = ds.calibration.scan_step_yx
+    # rectangle over scan rows 4..15 and cols 6..19, in world coordinates (Å)
+    rect = np.array([[4 * sy, 6 * sx], [4 * sy, 19 * sx], [15 * sy, 19 * sx], [15 * sy, 6 * sx]])
+    shapes = viewer.add_shapes([rect], shape_type="rectangle", name="region")
+    widget = tw.TrainWidget(viewer)
+    widget.layer.value = adf.name
+    widget.region.value = "region"
+    widget.epochs.value = 3
+    widget.batch.value = 32
+    widget.correlate.value = False
+    widget.threads.value = 1
+    return viewer, adf, ds, shapes, widget, messages
+
+
+def _wait_done(qtbot, widget, timeout=120000):
+    qtbot.waitUntil(lambda: widget.worker is not None and widget.worker.done, timeout=timeout)
+    qtbot.wait(20)
+
+
+def test_training_in_region_gives_aligned_maps(trained_setup, qtbot):
+    viewer, adf, ds, shapes, widget, messages = trained_setup
+    mask = region_mask(shapes, ds)
+    assert mask.sum() == 12 * 14
+    assert widget.count.value.startswith(f"{12 * 14} of {32 * 32}")
+    widget.start()
+    assert not widget.start_button.enabled and widget.stop_button.enabled  # parameters locked while running
+    _wait_done(qtbot, widget)
+    assert not messages, messages
+    names = [f"{adf.name} rVAE angle", f"{adf.name} rVAE latent 1", f"{adf.name} rVAE latent 2"]
+    for name in names:
+        layer = viewer.layers[name]
+        assert layer.data.shape == ds.scan_shape
+        np.testing.assert_allclose(layer.scale, adf.scale)
+        np.testing.assert_allclose(layer.translate, adf.translate)
+        assert np.isfinite(layer.data).all()
+    assert viewer.layers[names[0]].colormap.name == "twilight_shifted"
+    assert np.abs(viewer.layers[names[0]].data).max() <= 180.0 + 1e-3  # degrees
+    # only positions inside the rectangle were used (train and test split)
+    trainer = widget.session.trainer
+    used = set(trainer.train_index.tolist()) | set(trainer.test_index.tolist())
+    assert used == set(np.flatnonzero(mask.ravel()).tolist())
+    assert widget.session.epochs_done == 3
+    assert widget.start_button.enabled and not widget.stop_button.enabled
+    assert viewer.layers[names[1]].metadata["napari_4dstem_rvae"]["epoch"] == 3
+
+
+def test_stop_mid_training_then_resume(trained_setup, qtbot):
+    viewer, adf, ds, shapes, widget, messages = trained_setup
+    widget.epochs.value = 500
+    widget.start()
+    qtbot.waitUntil(lambda: widget.session is not None and widget.session.epochs_done >= 1, timeout=60000)
+    t0 = time.perf_counter()
+    widget.stop()
+    _wait_done(qtbot, widget, timeout=15000)
+    stop_seconds = time.perf_counter() - t0
+    assert stop_seconds < 10.0
+    done = widget.session.epochs_done
+    assert 1 <= done < 500
+    assert widget.resume_button.enabled and widget.start_button.enabled
+    assert f"{adf.name} rVAE angle" in viewer.layers  # the partial model's maps are shown
+    state = {k: v.clone() for k, v in widget.session.trainer.model.state_dict().items()}
+    widget.resume()
+    qtbot.waitUntil(lambda: widget.session.epochs_done >= done + 1, timeout=60000)
+    widget.stop()
+    _wait_done(qtbot, widget, timeout=15000)
+    assert widget.session.epochs_done > done
+    changed = any(not np.array_equal(v.numpy(), widget.session.trainer.model.state_dict()[k].numpy())
+                  for k, v in state.items())
+    assert changed  # resume continued the same model
+    assert not messages
+
+
+def test_closing_viewer_during_training_stops_the_thread(trained_setup, qtbot):
+    from qtpy.QtCore import QThreadPool
+
+    viewer, adf, ds, shapes, widget, messages = trained_setup
+    widget.epochs.value = 500
+    viewer.window.add_dock_widget(widget, name="Train rVAE")
+    widget.start()
+    qtbot.waitUntil(lambda: widget.session is not None and widget.session.trainer.step >= 1, timeout=60000)
+    worker = widget.worker
+    viewer.close()
+    qtbot.waitUntil(lambda: worker.done, timeout=15000)
+    qtbot.waitUntil(lambda: QThreadPool.globalInstance().activeThreadCount() == 0, timeout=15000)
+
+
+def test_errors_are_notifications_and_keep_layers(trained_setup, qtbot, monkeypatch):
+    viewer, adf, ds, shapes, widget, messages = trained_setup
+    n_layers = len(viewer.layers)
+    # an empty region: outside the scan
+    far = np.array([[100.0, 100.0], [100.0, 101.0], [101.0, 101.0], [101.0, 100.0]])
+    viewer.add_shapes([far], shape_type="rectangle", name="far away")
+    widget.region.value = "far away"
+    assert "covers no probe position" in widget.count.value
+    widget.start()
+    assert len(messages) == 1 and "covers no probe position" in messages[-1]
+    # a Labels layer of another shape
+    viewer.add_labels(np.ones((5, 5), int), name="other labels")
+    widget.region.value = "other labels"
+    widget.start()
+    assert "other labels" in messages[-1] and "32×32" in messages[-1]
+    # running out of memory
+    import napari_4dstem_rvae._napari.training as training
+
+    def out_of_memory(*args, **kwargs):
+        raise MemoryError()
+
+    monkeypatch.setattr(training.TrainingSession, "create", classmethod(lambda cls, *a, **k: out_of_memory()))
+    widget.region.value = "region"
+    widget.start()
+    _wait_done(qtbot, widget)
+    assert "ran out of memory" in messages[-1] and "could not start" in messages[-1]
+    assert len(viewer.layers) == n_layers + 2  # only the two region layers added by this test
+    assert all(w.enabled for w in widget._parameters if w is not widget.resume_button)
+
+
+def test_resume_refuses_a_changed_dataset(trained_setup, qtbot):
+    viewer, adf, ds, shapes, widget, messages = trained_setup
+    widget.epochs.value = 500
+    widget.start()
+    qtbot.waitUntil(lambda: widget.session is not None and widget.session.epochs_done >= 1, timeout=60000)
+    widget.stop()
+    _wait_done(qtbot, widget, timeout=15000)
+    # the layer now holds another data set (e.g. re-opened or reprocessed under the widget)
+    from dataclasses import replace
+
+    adf.metadata["dataset4d"] = replace(ds, data=ds.data * 2)
+    widget.resume()
+    assert "data set changed" in messages[-1]
+
+
+def test_checkpoint_and_results_roundtrip(trained_setup, qtbot, tmp_path):
+    import h5py
+
+    viewer, adf, ds, shapes, widget, messages = trained_setup
+    widget.epochs.value = 2
+    widget.start()
+    _wait_done(qtbot, widget)
+    widget.checkpoint_path.value = str(tmp_path / "model.pt")
+    assert widget.save_checkpoint() == str(tmp_path / "model.pt")
+    widget.results_path.value = str(tmp_path / "results.h5")
+    assert widget.save_results() == str(tmp_path / "results.h5")
+    with h5py.File(tmp_path / "results.h5", "r") as f:
+        assert f["angle"].shape == ds.scan_shape and f["latents"].shape == (2,) + ds.scan_shape
+    angle_before = viewer.layers[f"{adf.name} rVAE angle"].data.copy()
+    viewer.layers.remove(f"{adf.name} rVAE angle")
+    widget.load_checkpoint()
+    _wait_done(qtbot, widget)
+    np.testing.assert_allclose(viewer.layers[f"{adf.name} rVAE angle"].data, angle_before, atol=1e-3)
+    # the results file reopens as layers aligned with the ADF image
+    layers = viewer.open(str(tmp_path / "results.h5"), plugin=PLUGIN)
+    angle = [layer for layer in layers if layer.name == "results rVAE angle"][0]
+    np.testing.assert_allclose(angle.scale, adf.scale)
+    np.testing.assert_allclose(angle.data, angle_before, atol=1e-3)
+    assert not messages
+
+
+def test_explore_click_reconstruction_and_lasso_selection(trained_setup, qtbot):
+    from types import SimpleNamespace
+
+    from napari_4dstem_rvae._napari.explore import SELECTION_LAYER
+
+    viewer, adf, ds, shapes, widget, messages = trained_setup
+    widget.epochs.value = 2
+    widget.start()
+    _wait_done(qtbot, widget)
+    panel = widget.explore
+    sy, sx = ds.calibration.scan_step_yx
+    panel._on_click(viewer, SimpleNamespace(type="mouse_press", position=(10 * sy, 7 * sx)))
+    assert panel.current == (10, 7)
+    pattern, recon = panel.show_position(10, 7)
+    np.testing.assert_allclose(pattern, widget.session.train_data.pattern(10, 7))
+    assert recon.shape == pattern.shape and np.isfinite(recon).all()
+    # the reconstruction is closer to its own pattern than to a distant one
+    other = widget.session.train_data.pattern(0, 0)
+    assert np.abs(recon - pattern).mean() <= np.abs(recon - other).mean() + 1e-6
+    assert "angle" in panel.info.text() and "latents" in panel.info.text()
+    # lasso selection in latent space -> highlighted probe positions on the canvas
+    latents = widget.maps["latents"]
+    inside = np.flatnonzero(latents[0].ravel() > np.median(latents[0]))
+    panel.select(inside)
+    points = viewer.layers[SELECTION_LAYER]
+    assert len(points.data) == inside.size
+    np.testing.assert_allclose(points.data[:, 0] * 32 + points.data[:, 1], inside)
+    np.testing.assert_allclose(points.scale, adf.scale)
+    grid = panel.show_traversal(n=3)
+    assert grid.shape == (3, 3) + widget.session.train_data.det_shape
+
+
+def test_widget_keeps_the_epoch_the_shared_selection_rule_picks(trained_setup, qtbot):
+    """The Train widget, the CLI and the API choose the maps' epoch by one rule (rvae.selection)."""
+    viewer, adf, ds, shapes, widget, messages = trained_setup
+    widget.epochs.value = 4
+    widget.correlate.value = True
+    widget.start()
+    _wait_done(qtbot, widget)
+    trainer = widget.session.trainer
+    assert trainer.config.epoch_selection == "com_correlation"
+    best = max(trainer.diagnostics, key=lambda d: d.max_abs_r)
+    assert trainer.selected_epoch == best.epoch
+    layer = viewer.layers[f"{adf.name} rVAE latent 1"]
+    assert layer.metadata["napari_4dstem_rvae"]["epoch"] == best.epoch
+    assert not messages

@@ -29,14 +29,16 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-#: Display rules per kind: colormap, symmetric limits, display conversion.
+#: Display rules per kind: colormap, symmetric limits, and how a map overlays the ADF image
+#: (opacity and blending: maps are translucent so the atoms stay visible underneath; images of
+#: virtual detectors are opaque; masks add light where they are 1).
 KINDS: dict[str, dict] = {
-    "angle": {"colormap": "twilight_shifted", "limits": (-180.0, 180.0)},
-    "diverging": {"colormap": "coolwarm", "symmetric": True},
-    "sequential": {"colormap": "viridis"},
-    "spread": {"colormap": "magma"},
-    "image": {"colormap": "gray"},
-    "mask": {"colormap": "gray", "limits": (0.0, 1.0)},
+    "angle": {"colormap": "twilight_shifted", "limits": (-180.0, 180.0), "opacity": 0.7, "blending": "translucent"},
+    "diverging": {"colormap": "coolwarm", "symmetric": True, "opacity": 0.7, "blending": "translucent"},
+    "sequential": {"colormap": "viridis", "opacity": 0.7, "blending": "translucent"},
+    "spread": {"colormap": "magma", "opacity": 0.7, "blending": "translucent"},
+    "image": {"colormap": "gray", "opacity": 1.0, "blending": "translucent_no_depth"},
+    "mask": {"colormap": "gray", "limits": (0.0, 1.0), "opacity": 0.4, "blending": "additive"},
 }
 
 

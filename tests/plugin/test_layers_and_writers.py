@@ -57,8 +57,10 @@ def test_hdf5_writer_roundtrip_through_napari(make_napari_viewer, dataset, tmp_p
     assert saved == [path]
     originals = {layer.name: (layer.data.copy(), tuple(layer.scale), tuple(layer.translate)) for layer in viewer.layers}
     viewer.layers.clear()
-    layers = viewer.open(path, plugin=PLUGIN)
-    assert {layer.name for layer in layers} == set(originals)
+    viewer.open(path, plugin=PLUGIN)  # added (or updated) by name in the viewer
+    viewer.open(path, plugin=PLUGIN)
+    layers = list(viewer.layers)
+    assert sorted(layer.name for layer in layers) == sorted(originals)
     for layer in layers:
         data, scale, translate = originals[layer.name]
         np.testing.assert_allclose(layer.data, data)

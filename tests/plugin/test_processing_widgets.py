@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from qtpy.QtCore import Qt
 
 from napari_4dstem_rvae import Calibration, Dataset4D
 from napari_4dstem_rvae._napari.layers import find_dataset
@@ -34,22 +35,33 @@ def viewer_with_data(make_napari_viewer):
     return viewer, layer, ds
 
 
+PLUGIN = "napari-4dstem-rvae"
+
+
+def _dock(viewer):
+    """The analysis dock as a user opens it: Plugins > 4D-STEM rVAE > 4D-STEM analysis."""
+    return viewer.window.add_plugin_dock_widget(PLUGIN, "4D-STEM analysis")[1]
+
+
+def _click(qtbot, button):
+    qtbot.mouseClick(button.native, Qt.MouseButton.LeftButton)
+
+
 def _wait(qtbot, widget):
     qtbot.waitUntil(lambda: widget.worker is not None and widget.worker.done, timeout=60000)
     qtbot.wait(50)
 
 
 def test_com_widget_layers_match_compute_com(viewer_with_data, qtbot):
-    from napari_4dstem_rvae._napari.com_widget import COMWidget
     from napari_4dstem_rvae.processing import compute_com
 
     viewer, adf, ds = viewer_with_data
-    widget = COMWidget(viewer)
+    widget = _dock(viewer).com
     assert widget.layer.value == adf.name
     widget.auto_rotation.value = False
     widget.rotation.value = 0.0
     widget.flip.value = "no"
-    widget.run()
+    _click(qtbot, widget.run_button)
     _wait(qtbot, widget)
     expected = compute_com(ds, rotation=0.0, flip=False)
     names = [f"disks COM {n}" for n in ("x", "y", "magnitude", "angle", "divergence", "curl", "colour wheel")]
@@ -64,24 +76,23 @@ def test_com_widget_layers_match_compute_com(viewer_with_data, qtbot):
     assert viewer.layers["disks COM colour wheel"].rgb
     # re-running updates by name: no copies pile up
     n_layers = len(viewer.layers)
-    widget.run()
+    _click(qtbot, widget.run_button)
     _wait(qtbot, widget)
     assert len(viewer.layers) == n_layers
     assert all(w.enabled for w in widget._controls)
 
 
 def test_com_widget_bad_mask_is_a_notification(viewer_with_data, qtbot, monkeypatch):
-    from napari_4dstem_rvae._napari.com_widget import COMWidget
 
     messages = []
     monkeypatch.setattr("napari_4dstem_rvae._napari.com_widget.notify_error", messages.append)
     viewer, adf, ds = viewer_with_data
-    widget = COMWidget(viewer)
+    widget = _dock(viewer).com
     widget.mask.value = "annulus"
     widget.unit.value = "px"
     widget.inner.value, widget.outer.value = 500.0, 600.0  # outside the 32-px detector
     n_layers = len(viewer.layers)
-    widget.run()
+    _click(qtbot, widget.run_button)
     _wait(qtbot, widget)
     assert len(messages) == 1 and "COM of 'disks' failed" in messages[0]
     assert len(viewer.layers) == n_layers
@@ -89,15 +100,14 @@ def test_com_widget_bad_mask_is_a_notification(viewer_with_data, qtbot, monkeypa
 
 
 def test_preprocess_widget_adds_processed_dataset(viewer_with_data, qtbot):
-    from napari_4dstem_rvae._napari.preprocess_widget import PreprocessWidget
 
     viewer, adf, ds = viewer_with_data
-    widget = PreprocessWidget(viewer)
+    widget = _dock(viewer).preprocess
     widget.bin_detector.value = 2
     widget.subtract_mean.value = True
     raw, processed = widget.preview()
     assert raw.shape == (32, 32) and processed.shape == (16, 16)
-    widget.apply()
+    _click(qtbot, widget.apply_button)
     _wait(qtbot, widget)
     layer = viewer.layers[f"{adf.name} processed"]
     result = find_dataset(layer)
@@ -111,14 +121,12 @@ def test_preprocess_widget_adds_processed_dataset(viewer_with_data, qtbot):
 
 
 def test_virtual_detector_widget_matches_masked_sum(viewer_with_data, qtbot):
-    from napari_4dstem_rvae._napari.browser import DiffractionBrowser
-    from napari_4dstem_rvae._napari.virtual_widget import VirtualDetectorWidget
 
     viewer, adf, ds = viewer_with_data
-    widget = VirtualDetectorWidget(viewer)
+    widget = _dock(viewer).virtual
     widget.unit.value = "px"
     widget.inner.value, widget.outer.value = 7.0, 14.0
-    widget.run()
+    _click(qtbot, widget.run_button)
     _wait(qtbot, widget)
     layer = viewer.layers["disks virtual detector"]
     centre, inner, outer = widget.radii_px(ds)
@@ -127,9 +135,7 @@ def test_virtual_detector_widget_matches_masked_sum(viewer_with_data, qtbot):
     mask = (r >= inner) & (r < outer)
     np.testing.assert_allclose(layer.data, (ds.data * mask).sum(axis=(2, 3)), rtol=1e-4)
     np.testing.assert_allclose(layer.scale, adf.scale)
-    browser = DiffractionBrowser(viewer)
-    qtbot.addWidget(browser)
+    browser = widget.browser  # the analysis dock's own browser shows the detector
     browser.show_position(1, 1, adf)
-    browser.set_annulus(centre, inner, outer)
-    assert browser.annulus_px == (7.0, 14.0)
-    browser.close()
+    widget.inner.value = 6.0  # changing a radius redraws the annulus on the pattern
+    assert browser.annulus_px[0] == pytest.approx(6.0) and browser.annulus_px[1] == pytest.approx(14.0)

@@ -11,6 +11,12 @@ from napari_4dstem_rvae._napari.regions import region_mask
 PLUGIN = "napari-4dstem-rvae"
 
 
+def _click(qtbot, button):
+    from qtpy.QtCore import Qt
+
+    qtbot.mouseClick(button.native, Qt.MouseButton.LeftButton)
+
+
 @pytest.fixture
 def trained_setup(make_napari_viewer, monkeypatch):
     import napari_4dstem_rvae._napari.train_widget as tw
@@ -24,7 +30,7 @@ def trained_setup(make_napari_viewer, monkeypatch):
     # rectangle over scan rows 4..15 and cols 6..19, in world coordinates (Å)
     rect = np.array([[4 * sy, 6 * sx], [4 * sy, 19 * sx], [15 * sy, 19 * sx], [15 * sy, 6 * sx]])
     shapes = viewer.add_shapes([rect], shape_type="rectangle", name="region")
-    widget = tw.TrainWidget(viewer)
+    widget = viewer.window.add_plugin_dock_widget(PLUGIN, "4D-STEM analysis")[1].train
     widget.layer.value = adf.name
     widget.region.value = "region"
     widget.epochs.value = 3
@@ -44,7 +50,7 @@ def test_training_in_region_gives_aligned_maps(trained_setup, qtbot):
     mask = region_mask(shapes, ds)
     assert mask.sum() == 12 * 14
     assert widget.count.value.startswith(f"{12 * 14} of {32 * 32}")
-    widget.start()
+    _click(qtbot, widget.start_button)
     assert not widget.start_button.enabled and widget.stop_button.enabled  # parameters locked while running
     _wait_done(qtbot, widget)
     assert not messages, messages
@@ -69,10 +75,10 @@ def test_training_in_region_gives_aligned_maps(trained_setup, qtbot):
 def test_stop_mid_training_then_resume(trained_setup, qtbot):
     viewer, adf, ds, shapes, widget, messages = trained_setup
     widget.epochs.value = 500
-    widget.start()
+    _click(qtbot, widget.start_button)
     qtbot.waitUntil(lambda: widget.session is not None and widget.session.epochs_done >= 1, timeout=60000)
     t0 = time.perf_counter()
-    widget.stop()
+    _click(qtbot, widget.stop_button)
     _wait_done(qtbot, widget, timeout=15000)
     stop_seconds = time.perf_counter() - t0
     assert stop_seconds < 10.0
@@ -81,9 +87,9 @@ def test_stop_mid_training_then_resume(trained_setup, qtbot):
     assert widget.resume_button.enabled and widget.start_button.enabled
     assert f"{adf.name} rVAE angle" in viewer.layers  # the partial model's maps are shown
     state = {k: v.clone() for k, v in widget.session.trainer.model.state_dict().items()}
-    widget.resume()
+    _click(qtbot, widget.resume_button)
     qtbot.waitUntil(lambda: widget.session.epochs_done >= done + 1, timeout=60000)
-    widget.stop()
+    _click(qtbot, widget.stop_button)
     _wait_done(qtbot, widget, timeout=15000)
     assert widget.session.epochs_done > done
     changed = any(not np.array_equal(v.numpy(), widget.session.trainer.model.state_dict()[k].numpy())
@@ -98,7 +104,7 @@ def test_closing_viewer_during_training_stops_the_thread(trained_setup, qtbot):
     viewer, adf, ds, shapes, widget, messages = trained_setup
     widget.epochs.value = 500
     viewer.window.add_dock_widget(widget, name="Train rVAE")
-    widget.start()
+    _click(qtbot, widget.start_button)
     qtbot.waitUntil(lambda: widget.session is not None and widget.session.trainer.step >= 1, timeout=60000)
     worker = widget.worker
     viewer.close()
@@ -114,12 +120,12 @@ def test_errors_are_notifications_and_keep_layers(trained_setup, qtbot, monkeypa
     viewer.add_shapes([far], shape_type="rectangle", name="far away")
     widget.region.value = "far away"
     assert "covers no probe position" in widget.count.value
-    widget.start()
+    _click(qtbot, widget.start_button)
     assert len(messages) == 1 and "covers no probe position" in messages[-1]
     # a Labels layer of another shape
     viewer.add_labels(np.ones((5, 5), int), name="other labels")
     widget.region.value = "other labels"
-    widget.start()
+    _click(qtbot, widget.start_button)
     assert "other labels" in messages[-1] and "32×32" in messages[-1]
     # running out of memory
     import napari_4dstem_rvae._napari.training as training
@@ -129,7 +135,7 @@ def test_errors_are_notifications_and_keep_layers(trained_setup, qtbot, monkeypa
 
     monkeypatch.setattr(training.TrainingSession, "create", classmethod(lambda cls, *a, **k: out_of_memory()))
     widget.region.value = "region"
-    widget.start()
+    _click(qtbot, widget.start_button)
     _wait_done(qtbot, widget)
     assert "ran out of memory" in messages[-1] and "could not start" in messages[-1]
     assert len(viewer.layers) == n_layers + 2  # only the two region layers added by this test
@@ -139,15 +145,15 @@ def test_errors_are_notifications_and_keep_layers(trained_setup, qtbot, monkeypa
 def test_resume_refuses_a_changed_dataset(trained_setup, qtbot):
     viewer, adf, ds, shapes, widget, messages = trained_setup
     widget.epochs.value = 500
-    widget.start()
+    _click(qtbot, widget.start_button)
     qtbot.waitUntil(lambda: widget.session is not None and widget.session.epochs_done >= 1, timeout=60000)
-    widget.stop()
+    _click(qtbot, widget.stop_button)
     _wait_done(qtbot, widget, timeout=15000)
     # the layer now holds another data set (e.g. re-opened or reprocessed under the widget)
     from dataclasses import replace
 
     adf.metadata["dataset4d"] = replace(ds, data=ds.data * 2)
-    widget.resume()
+    _click(qtbot, widget.resume_button)
     assert "data set changed" in messages[-1]
 
 
@@ -156,7 +162,7 @@ def test_checkpoint_and_results_roundtrip(trained_setup, qtbot, tmp_path):
 
     viewer, adf, ds, shapes, widget, messages = trained_setup
     widget.epochs.value = 2
-    widget.start()
+    _click(qtbot, widget.start_button)
     _wait_done(qtbot, widget)
     widget.checkpoint_path.value = str(tmp_path / "model.pt")
     assert widget.save_checkpoint() == str(tmp_path / "model.pt")
@@ -171,7 +177,8 @@ def test_checkpoint_and_results_roundtrip(trained_setup, qtbot, tmp_path):
     np.testing.assert_allclose(viewer.layers[f"{adf.name} rVAE angle"].data, angle_before, atol=1e-3)
     # the results file reopens as layers aligned with the ADF image
     layers = viewer.open(str(tmp_path / "results.h5"), plugin=PLUGIN)
-    angle = [layer for layer in layers if layer.name == "results rVAE angle"][0]
+    assert layers == []  # added to the viewer by name, in place
+    angle = viewer.layers["results rVAE angle"]
     np.testing.assert_allclose(angle.scale, adf.scale)
     np.testing.assert_allclose(angle.data, angle_before, atol=1e-3)
     assert not messages
@@ -184,7 +191,7 @@ def test_explore_click_reconstruction_and_lasso_selection(trained_setup, qtbot):
 
     viewer, adf, ds, shapes, widget, messages = trained_setup
     widget.epochs.value = 2
-    widget.start()
+    _click(qtbot, widget.start_button)
     _wait_done(qtbot, widget)
     panel = widget.explore
     sy, sx = ds.calibration.scan_step_yx
@@ -214,7 +221,7 @@ def test_widget_keeps_the_epoch_the_shared_selection_rule_picks(trained_setup, q
     viewer, adf, ds, shapes, widget, messages = trained_setup
     widget.epochs.value = 4
     widget.correlate.value = True
-    widget.start()
+    _click(qtbot, widget.start_button)
     _wait_done(qtbot, widget)
     trainer = widget.session.trainer
     assert trainer.config.epoch_selection == "com_correlation"

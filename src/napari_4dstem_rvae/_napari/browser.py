@@ -16,6 +16,7 @@ from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QVBoxLayout, QWidget
 
 from .layers import dataset_layers, find_dataset
+from .proxies import unwrap
 
 MARKER_LAYER = "probe position"
 
@@ -28,19 +29,23 @@ class DiffractionBrowser(QWidget):
         from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
         from matplotlib.figure import Figure
 
-        self.viewer = napari_viewer
+        self.viewer = napari_viewer = unwrap(napari_viewer)
         self.current_position: tuple[int, int] | None = None
         self.current_pattern: np.ndarray | None = None
         self._current_layer = None
         self._pending: tuple | None = None
 
-        self.figure = Figure(figsize=(3.2, 3.2), tight_layout=True)
+        self.figure = Figure(figsize=(3.4, 2.9), layout="constrained")
         self.canvas = FigureCanvasQTAgg(self.figure)
+        self.canvas.setMinimumSize(220, 200)
         self.axes = self.figure.add_subplot(111)
         self.axes.set_xticks([])
         self.axes.set_yticks([])
+        self.axes.set_title("pattern under the cursor", fontsize=8)
         self._image = None
+        self._colorbar = None
         self._overlays: list = []
+        self._geometry = None  # (origin row, origin col, unit per pixel, unit) of the shown pattern
 
         self.info = QLabel("Point at the real-space image to see its diffraction pattern.")
         self.info.setWordWrap(True)
@@ -65,7 +70,9 @@ class DiffractionBrowser(QWidget):
 
         self.viewer.mouse_move_callbacks.append(self._on_move)
         self.viewer.mouse_drag_callbacks.append(self._on_click)
+        self.viewer.layers.events.inserted.connect(self._on_inserted)
         self.destroyed.connect(self._disconnect)
+        self._show_first()
 
     # -- viewer callbacks -------------------------------------------------------------
     def _disconnect(self, *_: Any) -> None:
@@ -73,6 +80,21 @@ class DiffractionBrowser(QWidget):
                                 (self.viewer.mouse_drag_callbacks, self._on_click)):
             if func in callbacks:
                 callbacks.remove(func)
+        try:
+            self.viewer.layers.events.inserted.disconnect(self._on_inserted)
+        except Exception:
+            pass
+
+    def _on_inserted(self, event: Any) -> None:
+        if self.current_pattern is None and find_dataset(event.value) is not None:
+            self._show_first()
+
+    def _show_first(self) -> None:
+        """The pattern at the centre of the scan, until the user points somewhere."""
+        layer = self._target_layer()
+        ds = find_dataset(layer)
+        if ds is not None and self.current_pattern is None:
+            self.show_position(ds.scan_shape[0] // 2, ds.scan_shape[1] // 2, layer=layer)
 
     def close(self) -> bool:
         self._disconnect()
@@ -141,27 +163,62 @@ class DiffractionBrowser(QWidget):
         self._redraw()
         return pattern
 
+    def _axes_geometry(self, ds) -> tuple[float, float, float, str | None]:
+        """(origin row, origin col, unit per detector pixel, unit) of the pattern's axes: mrad (or
+        1/Å) about the direct beam when the detector is calibrated, else pixels."""
+        cal = ds.calibration
+        ky, kx = ds.det_shape
+        oy, ox = cal.det_origin if cal.det_origin is not None else ((ky - 1) / 2, (kx - 1) / 2)
+        if cal.det_pixel_size is not None and cal.det_unit in ("mrad", "1/Å"):
+            return float(oy), float(ox), float(cal.det_pixel_size), cal.det_unit
+        return float(oy), float(ox), 1.0, None
+
+    def _to_axes(self, row: float, col: float) -> tuple[float, float]:
+        """Detector (row, col) in pixels -> (x, y) on the drawn axes."""
+        oy, ox, step, _ = self._geometry
+        return (col - ox) * step, (row - oy) * step
+
     def _redraw(self) -> None:
         pattern, layer = self.current_pattern, self._current_layer
         ds = find_dataset(layer)
         if pattern is None or ds is None:
             return
         shown = np.asarray(pattern, np.float64)
-        if self.log_scale.isChecked():
+        log = self.log_scale.isChecked()
+        if log:
             # log with a floor 5 decades below the peak: shows weak dark-field scattering
             # for both counts and fractional intensities
             shown = np.clip(shown - min(0.0, float(np.nanmin(shown))), 0, None)
             peak = float(np.nanmax(shown)) if np.isfinite(shown).any() else 0.0
             shown = np.log10(shown + (peak * 1e-5 if peak > 0 else 1.0))
-        if self._image is None or self._image.get_array().shape != shown.shape:
+        geometry = self._axes_geometry(ds)
+        if self._image is None or self._image.get_array().shape != shown.shape or geometry != self._geometry:
+            self._geometry = geometry
+            oy, ox, step, unit = geometry
+            ky, kx = shown.shape
+            extent = ((-0.5 - ox) * step, (kx - 0.5 - ox) * step, (ky - 0.5 - oy) * step, (-0.5 - oy) * step)
             self.axes.clear()
             self._annulus = []
-            self._image = self.axes.imshow(shown, cmap="inferno", interpolation="nearest")
-            self.axes.set_xticks([])
-            self.axes.set_yticks([])
+            self._image = self.axes.imshow(shown, cmap="inferno", interpolation="nearest", extent=extent)
+            if unit is None:
+                self.axes.set_xlabel("detector x (px)", fontsize=8)
+                self.axes.set_ylabel("detector y (px)", fontsize=8)
+            else:
+                name = "θ" if unit == "mrad" else "k"
+                self.axes.set_xlabel(f"{name}x ({unit})", fontsize=8)
+                self.axes.set_ylabel(f"{name}y ({unit})", fontsize=8)
+            self.axes.tick_params(labelsize=7)
+            self.axes.locator_params(nbins=5)
+            if self._colorbar is None:
+                self._colorbar = self.figure.colorbar(self._image, ax=self.axes, shrink=0.9, pad=0.02)
+            else:
+                self._colorbar.update_normal(self._image)
+            self._colorbar.ax.tick_params(labelsize=7)
             self._draw_geometry(ds)
         else:
             self._image.set_data(shown)
+        if self._colorbar is not None:
+            self._colorbar.set_label("log₁₀ intensity" if log else "intensity", fontsize=8)
         finite = shown[np.isfinite(shown)]
         if finite.size:
             low, high = float(finite.min()), float(finite.max())
@@ -172,8 +229,9 @@ class DiffractionBrowser(QWidget):
         if cal.scan_step is not None and cal.scan_unit:
             sy, sx = cal.scan_step_yx
             where += f" = ({y * sy + cal.scan_origin[0]:.3g}, {x * sx + cal.scan_origin[1]:.3g}) {cal.scan_unit}"
+        self.axes.set_title(where, fontsize=8)
         scale = f"{cal.det_pixel_size:.3g} {cal.det_unit}/px" if cal.det_pixel_size else "uncalibrated detector"
-        self.info.setText(f"{ds.name}: {where}; total {float(np.nansum(pattern)):.4g}; {scale}")
+        self.info.setText(f"{ds.name}: total {float(np.nansum(pattern)):.4g}; {scale}")
         self.canvas.draw_idle()
 
     def _draw_geometry(self, ds) -> None:
@@ -185,43 +243,48 @@ class DiffractionBrowser(QWidget):
             default_image_detector,
         )
 
-        ky, kx = ds.det_shape
+        _, _, step, _ = self._geometry
         disk = calibrated_disk(ds.calibration, ds.det_shape)
-        cy, cx = disk.center if disk is not None else (
-            ds.calibration.det_origin if ds.calibration.det_origin is not None else ((ky - 1) / 2, (kx - 1) / 2))
+        cx, cy = self._to_axes(*(disk.center if disk is not None else (self._geometry[0], self._geometry[1])))
         self._overlays = []
         if disk is not None:
             self._overlays.append(self.axes.add_patch(
-                Circle((cx, cy), disk.radius, fill=False, color="cyan", lw=1, ls="--", label="BF disk")))
+                Circle((cx, cy), disk.radius * step, fill=False, color="cyan", lw=1, ls="--", label="BF disk")))
             name, _ = default_image_detector(ds.calibration, ds.det_shape)
             if name == "adf":
                 self._overlays.append(self.axes.add_patch(
-                    Circle((cx, cy), ADF_INNER_BF * disk.radius, fill=False, color="lime", lw=1,
+                    Circle((cx, cy), ADF_INNER_BF * disk.radius * step, fill=False, color="lime", lw=1,
                            label="ADF inner")))
         self.axes.plot([cx], [cy], "+", color="white", ms=6)
 
     def set_annulus(self, centre: tuple[float, float], inner_px: float, outer_px: float) -> None:
-        """Draw a virtual detector (two circles, pixels) on the pattern; replaces the last one."""
+        """Draw a virtual detector (two circles, radii in pixels about ``centre`` (row, col)) on
+        the pattern; replaces the last one."""
         from matplotlib.patches import Circle
 
         for patch in getattr(self, "_annulus", []):
             patch.remove()
-        cy, cx = centre
-        self._annulus = [self.axes.add_patch(Circle((cx, cy), r, fill=False, color="magenta", lw=1.5))
-                         for r in (inner_px, outer_px) if r > 0 and np.isfinite(r)]
         self.annulus_px = (float(inner_px), float(outer_px))
+        self._annulus = []
+        if self._geometry is None:
+            return
+        step = self._geometry[2]
+        cx, cy = self._to_axes(*centre)
+        self._annulus = [self.axes.add_patch(Circle((cx, cy), r * step, fill=False, color="magenta", lw=1.5))
+                         for r in (inner_px, outer_px) if r > 0 and np.isfinite(r)]
         self.canvas.draw_idle()
 
     def _mark(self, layer, position) -> None:
-        """A point marker at the pinned probe position, in the layer's real-space frame."""
+        """A cross at the pinned probe position, two probe steps wide, in the layer's frame."""
         coords = np.array([position], float)
+        geometry = {"scale": tuple(layer.scale[-2:]), "translate": tuple(layer.translate[-2:]),
+                    "units": tuple(layer.units[-2:])}
         if MARKER_LAYER in self.viewer.layers:
             marker = self.viewer.layers[MARKER_LAYER]
             marker.data = coords
-            marker.scale, marker.translate = layer.scale[-2:], layer.translate[-2:]
-            marker.units = layer.units[-2:]
+            for key, value in geometry.items():
+                setattr(marker, key, value)
         else:
-            self.viewer.add_points(coords, name=MARKER_LAYER, scale=layer.scale[-2:],
-                                   translate=layer.translate[-2:], units=layer.units[-2:],
-                                   size=1.0, face_color="red", border_color="white", symbol="cross")
+            self.viewer.add_points(coords, name=MARKER_LAYER, size=2.0, face_color="red", border_color="white",
+                                   border_width=0.15, symbol="cross", **geometry)
         self.viewer.layers.selection.active = layer

@@ -26,19 +26,49 @@ from ..schema import MAPS, resolve_unit
 from .common import chosen_layer, dataset_combo
 from .fields import option_field, options_from
 from .layers import ROLE_KEY, map_layer_data, scan_geometry, upsert_layer
+from .proxies import unwrap
 from .workers import WorkerMixin, friendly_error, notify_error
 
 
-def colour_wheel(angle: np.ndarray, magnitude: np.ndarray) -> np.ndarray:
-    """RGB (scan_y, scan_x, 3) in [0, 1]: hue = direction, value = magnitude / its 99th percentile."""
+def colour_wheel(angle: np.ndarray, magnitude: np.ndarray, top: float | None = None) -> np.ndarray:
+    """RGB (scan_y, scan_x, 3) in [0, 1]: hue = direction, value = magnitude / ``top`` (default:
+    its 99th percentile)."""
     from matplotlib.colors import hsv_to_rgb
 
     hue = (np.mod(angle, 2 * np.pi)) / (2 * np.pi)
-    finite = magnitude[np.isfinite(magnitude)]
-    top = float(np.percentile(finite, 99)) if finite.size else 1.0
+    if top is None:
+        top = wheel_top(magnitude)
     value = np.clip(magnitude / (top if top > 0 else 1.0), 0, 1)
     hsv = np.stack([hue, np.ones_like(hue), value], axis=-1)
     return hsv_to_rgb(np.nan_to_num(hsv)).astype(np.float32)
+
+
+def wheel_top(magnitude: np.ndarray) -> float:
+    """The magnitude shown at full brightness: the 99th percentile (one hot pixel does not
+    darken the whole map)."""
+    finite = magnitude[np.isfinite(magnitude)]
+    return float(np.percentile(finite, 99)) if finite.size else 1.0
+
+
+def draw_wheel_legend(figure: Any, top: float, unit: str) -> None:
+    """The colour-wheel key: direction as hue (x to the right, y down, as on the canvas),
+    magnitude as brightness from 0 to ``top`` ``unit``."""
+    figure.clear()
+    ax = figure.add_subplot(111)
+    n = 128
+    yy, xx = np.mgrid[-1:1:n * 1j, -1:1:n * 1j]
+    radius = np.hypot(xx, yy)
+    rgb = colour_wheel(np.arctan2(yy, xx), radius, top=1.0)
+    rgba = np.concatenate([rgb, (radius <= 1)[..., None].astype(np.float32)], axis=-1)
+    ax.imshow(rgba, extent=(-1, 1, 1, -1), interpolation="bilinear")
+    ax.annotate("", xy=(1.25, 0), xytext=(0, 0), arrowprops={"arrowstyle": "->", "color": "0.6"})
+    ax.annotate("", xy=(0, 1.25), xytext=(0, 0), arrowprops={"arrowstyle": "->", "color": "0.6"})
+    ax.text(1.3, 0, "+x", va="center", fontsize=8, color="0.6")
+    ax.text(0, 1.35, "+y", ha="center", va="top", fontsize=8, color="0.6")
+    ax.set_xlim(-1.5, 1.6)
+    ax.set_ylim(1.5, -1.3)
+    ax.set_axis_off()
+    ax.set_title(f"colour wheel: hue = direction,\nbrightness = magnitude 0–{top:.3g} {unit}", fontsize=8)
 
 
 def com_layer_data(com: Any, dataset: Any, extra: dict | None = None) -> list[tuple]:
@@ -53,18 +83,22 @@ def com_layer_data(com: Any, dataset: Any, extra: dict | None = None) -> list[tu
         spec = MAPS[name]
         layers.append(map_layer_data(spec, maps[name], dataset, unit=resolve_unit(spec.unit, com.map_unit, scan),
                                      extra=info, layer_name=f"{dataset.name} {spec.title}"))
-    rgb = colour_wheel(maps["com_angle"], maps["com_magnitude"])
+    for _, kwargs, _ in layers:
+        kwargs["visible"] = False  # one map at a time over the ADF image: the colour wheel first
+    top = wheel_top(maps["com_magnitude"])
+    rgb = colour_wheel(maps["com_angle"], maps["com_magnitude"], top)
     meta = dict(layers[0][1]["metadata"])
-    meta[ROLE_KEY] = {**meta[ROLE_KEY], "map": "com_colour_wheel", "map_kind": "rgb"}
+    meta[ROLE_KEY] = {**meta[ROLE_KEY], "map": "com_colour_wheel", "map_kind": "rgb", "wheel_top": top,
+                      "title": "COM colour wheel"}
     layers.append((rgb, {"name": f"{dataset.name} COM colour wheel", "rgb": True, "metadata": meta,
-                         **scan_geometry(dataset)}, "image"))
+                         "opacity": 0.8, "blending": "translucent", **scan_geometry(dataset)}, "image"))
     return layers
 
 
 class COMWidget(WorkerMixin, Container):
     def __init__(self, napari_viewer: Any):
         super().__init__(labels=True)
-        self.viewer = napari_viewer
+        self.viewer = napari_viewer = unwrap(napari_viewer)
         self.layer = dataset_combo(napari_viewer)
         self.mask = option_field(COMOptions, "mask", choices=MASKS)
         self.unit = option_field(COMOptions, "unit", "radius unit", choices=RADIUS_UNITS,
@@ -72,7 +106,7 @@ class COMWidget(WorkerMixin, Container):
         self.radius = option_field(COMOptions, "radius", "disk radius (0 = 1.2 bf)", minimum=0.0, maximum=1e4)
         self.inner = option_field(COMOptions, "inner", "annulus inner (0 = 1.25 bf)", minimum=0.0, maximum=1e4)
         self.outer = option_field(COMOptions, "outer", "annulus outer (0 = edge)", minimum=0.0, maximum=1e4)
-        self.threshold = option_field(COMOptions, "threshold", "threshold (fraction of max)", minimum=0.0,
+        self.threshold = option_field(COMOptions, "threshold", "threshold (× max)", minimum=0.0,
                                       maximum=0.99, step=0.05)
         self.reference = option_field(COMOptions, "reference", choices=REFERENCES)
         self.auto_rotation = CheckBox(label="auto rotation (min curl)", value=COMOptions.rotation == "auto")
@@ -80,6 +114,7 @@ class COMWidget(WorkerMixin, Container):
         self.flip = ComboBox(label="flip", choices=["auto", "no", "yes"], value="auto")
         self.run_button = PushButton(text="Compute COM")
         self.status = Label(value="")
+        self.status.native.setWordWrap(True)
         self._option_fields = [self.mask, self.unit, self.radius, self.inner, self.outer, self.threshold,
                                self.reference]
         self.extend([self.layer, *self._option_fields, self.auto_rotation, self.rotation, self.flip,
@@ -90,6 +125,14 @@ class COMWidget(WorkerMixin, Container):
         self.run_button.clicked.connect(self.run)
         self._update_visibility()
         self.last_result = None
+        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+        from matplotlib.figure import Figure
+
+        self.legend_figure = Figure(figsize=(2.6, 2.2), layout="constrained")
+        self.legend_canvas = FigureCanvasQTAgg(self.legend_figure)
+        self.legend_canvas.setFixedHeight(200)
+        self.legend_canvas.setVisible(False)
+        self.native.layout().addWidget(self.legend_canvas)
 
     def _update_visibility(self, *_: Any) -> None:
         self.radius.visible = self.mask.value == "disk"
@@ -118,6 +161,9 @@ class COMWidget(WorkerMixin, Container):
             self.last_result = com
             for item in com_layer_data(com, dataset, {"options": options.describe()}):
                 upsert_layer(self.viewer, item)
+            draw_wheel_legend(self.legend_figure, wheel_top(com.maps()["com_magnitude"]), com.map_unit)
+            self.legend_canvas.setVisible(True)
+            self.legend_canvas.draw_idle()
             how = "calibrated" if com.rotation is not None else "given"
             self.status.value = (f"rotation {com.rotation_deg:.2f}° ({how}), flip {'yes' if com.flip else 'no'}, "
                                  f"reference {com.reference}")

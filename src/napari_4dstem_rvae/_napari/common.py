@@ -51,3 +51,19 @@ def chosen_layer(viewer: Any, combo: ComboBox):
     if dataset is None:
         raise ValueError(f"Layer '{name}' has no 4D data set behind it.")
     return layer, dataset
+
+
+def find_browser(viewer: Any, browser: Any = None) -> Any:
+    """The diffraction browser a widget works with: the one it was given (the analysis dock's),
+    else a docked one, else ``None``."""
+    if browser is not None:
+        return browser
+    window = getattr(viewer, "window", None)
+    if window is None:
+        return None
+    docks = window.dock_widgets
+    for name in ("4D-STEM analysis (napari-4dstem-rvae)", "Diffraction browser (napari-4dstem-rvae)"):
+        widget = docks.get(name)
+        if widget is not None:
+            return getattr(widget, "browser", widget)
+    return None

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..dataset import Calibration, Dataset4D
 from ..schema import (
+    KINDS,
     MapSpec,
     contrast_limits,
     display_unit,
@@ -22,6 +23,7 @@ from ..schema import (
     spec_for,
 )
 from ..units import napari_unit
+from .proxies import layer_kind, unwrap
 
 #: Key of the Dataset4D in a layer's metadata.
 DATASET_KEY = "dataset4d"
@@ -116,8 +118,9 @@ def map_layer_data(name: str | MapSpec, values: np.ndarray, source: Dataset4D | 
     cal = _calibration(source)
     stored_unit = unit or resolve_unit(spec.unit, None, cal.scan_unit if cal.scan_step else None)
     shown = display_values(spec, values).astype(np.float32)
+    style = KINDS[spec.kind]
     kwargs: dict[str, Any] = {"name": layer_name or title or spec.title, "colormap": spec.cmap,
-                              **scan_geometry(source)}
+                              "opacity": style["opacity"], "blending": style["blending"], **scan_geometry(source)}
     limits = contrast_limits(spec, shown)
     if limits is not None:
         kwargs["contrast_limits"] = limits
@@ -156,15 +159,32 @@ def stored_map_layers(results: Any, prefix: str = "") -> list[tuple]:
             if stored.units is not None:
                 data[1]["units"] = stored.units
             layers.append(data)
+    _first_visible(layers)
     return layers
+
+
+def _first_visible(layers: list[tuple]) -> None:
+    """Of many maps opened at once, show the first real-space image (the base) and one map over
+    it — the first content latent, else the COM magnitude, else the first map — and hide the
+    others (all stay in the layer list)."""
+    def role(item):
+        return item[1].get("metadata", {}).get(ROLE_KEY, {})
+
+    base = next((i for i, item in enumerate(layers) if spec_for(role(item).get("map", "")).kind == "image"), None)
+    order = ("latents", "com_magnitude")
+    top = next((i for name in order for i, item in enumerate(layers) if role(item).get("map") == name), None)
+    if top is None:
+        top = next((i for i in range(len(layers)) if i != base), None)
+    for i, (_, kwargs, _) in enumerate(layers):
+        kwargs["visible"] = i in (base, top)
 
 
 def upsert_layer(viewer: Any, layer_data: tuple):
     """Add a layer, or update the layer of the same name in place (no piling up of copies)."""
     data, kwargs, layer_type = layer_data
     name = kwargs["name"]
-    if name in viewer.layers and type(viewer.layers[name]).__name__.lower() == layer_type:
-        layer = viewer.layers[name]
+    if name in viewer.layers and layer_kind(viewer.layers[name]) == layer_type:
+        layer = unwrap(viewer.layers[name])
         layer.data = data
         for key in ("scale", "translate", "units", "colormap", "contrast_limits"):
             if key in kwargs:

@@ -11,13 +11,15 @@ from typing import Any
 
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton, SpinBox
 
+from .proxies import unwrap
+
 DTYPES = ["uint8", "uint16", "uint32", "int8", "int16", "int32", "float32", "float64"]
 
 
 class OpenWidget(Container):
     def __init__(self, napari_viewer: Any):
         super().__init__(labels=True)
-        self.viewer = napari_viewer
+        self.viewer = napari_viewer = unwrap(napari_viewer)
         self.path = FileEdit(label="file", mode="r", filter="*")
         self.dataset = ComboBox(label="dataset", choices=[], nullable=True)
         self.scan_y = SpinBox(label="scan rows", min=0, max=1_000_000, value=0)

@@ -11,16 +11,38 @@ from qtpy.QtCore import QObject, QTimer
 
 
 class LivePlot:
-    """Train/test loss per epoch (left axis, log) and |r| latent–COM (right axis)."""
+    """Train/test loss per epoch (left axis) and the largest latent–COM |r| (right axis), both
+    labelled, the legend below the axes; lines are updated in place and redrawn at most
+    every ``min_interval_ms`` (a redraw costs tens of ms in the GUI thread)."""
 
-    def __init__(self, height: float = 2.4):
+    def __init__(self, height: float = 2.3, min_interval_ms: int = 400):
         from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
         from matplotlib.figure import Figure
+        from matplotlib.ticker import MaxNLocator
 
-        self.figure = Figure(figsize=(4, height), tight_layout=True)
+        self.figure = Figure(figsize=(4, height), layout="constrained")
         self.canvas = FigureCanvasQTAgg(self.figure)
+        self.canvas.setMinimumHeight(190)
         self.axes = self.figure.add_subplot(111)
         self.twin = self.axes.twinx()
+        self.axes.set_xlabel("epoch", fontsize=8)
+        self.axes.set_ylabel("loss (nats / pattern)", fontsize=8)
+        self.twin.set_ylabel("max |r| latent–COM", fontsize=8, color="tab:green")
+        self.twin.set_ylim(0, 1)
+        for ax in (self.axes, self.twin):
+            ax.tick_params(labelsize=7)
+        self.axes.xaxis.set_major_locator(MaxNLocator(5, integer=True))
+        self.axes.yaxis.set_major_locator(MaxNLocator(4))
+        self.twin.tick_params(axis="y", colors="tab:green")
+        (self.train_line,) = self.axes.plot([], [], "-", color="tab:blue", label="train loss")
+        (self.test_line,) = self.axes.plot([], [], "--", color="tab:orange", label="test loss")
+        (self.r_line,) = self.twin.plot([], [], "o-", color="tab:green", ms=3, label="max |r| latent–COM")
+        self.figure.legend(handles=[self.train_line, self.test_line, self.r_line], loc="outside lower center",
+                           ncols=3, fontsize=7, frameon=False)
+        self._timer = QTimer()
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(min_interval_ms)
+        self._timer.timeout.connect(self._draw)
         self.clear()
 
     @property
@@ -39,36 +61,35 @@ class LivePlot:
         self.epochs.append(float(epoch))
         self.train.append(float(train_loss))
         self.test.append(float("nan") if test_loss is None else float(test_loss))
-        self._draw()
+        self._schedule()
 
     def add_correlation(self, epoch: float, r: float) -> None:
         self.r_epochs.append(float(epoch))
         self.r_values.append(float(r))
-        self._draw()
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if not self._timer.isActive():
+            self._timer.start()
 
     def _draw(self) -> None:
-        ax, twin = self.axes, self.twin
-        ax.clear()
-        twin.clear()
-        if self.epochs:
-            ax.plot(self.epochs, self.train, "-", color="tab:blue", label="train loss")
-            if np.isfinite(self.test).any():
-                ax.plot(self.epochs, self.test, "--", color="tab:orange", label="test loss")
-            positive = [v for v in self.train + self.test if np.isfinite(v) and v > 0]
-            if positive and len(positive) == len([v for v in self.train + self.test if np.isfinite(v)]):
-                ax.set_yscale("log")
-            ax.legend(loc="upper right", fontsize=7)
-        if self.r_epochs:
-            twin.plot(self.r_epochs, self.r_values, "o-", color="tab:green", ms=3, label="max |r| latent–COM")
-            twin.set_ylim(0, 1)
-            twin.set_ylabel("|r|", fontsize=8, color="tab:green")
-            twin.legend(loc="lower right", fontsize=7)
-        else:
-            twin.set_yticks([])
-        ax.set_xlabel("epoch", fontsize=8)
-        ax.set_ylabel("loss", fontsize=8)
-        ax.tick_params(labelsize=7)
-        twin.tick_params(labelsize=7)
+        from matplotlib.ticker import ScalarFormatter
+
+        self.train_line.set_data(self.epochs, self.train)
+        self.test_line.set_data(self.epochs, self.test)
+        self.r_line.set_data(self.r_epochs, self.r_values)
+        values = np.array([v for v in self.train + self.test if np.isfinite(v)])
+        if values.size:
+            low, high = float(values.min()), float(values.max())
+            log = low > 0 and high / low > 20
+            self.axes.set_yscale("log" if log else "linear")
+            if not log:
+                formatter = ScalarFormatter(useOffset=False)
+                formatter.set_powerlimits((-3, 4))
+                self.axes.yaxis.set_major_formatter(formatter)
+            pad = 0.05 * (high - low) if high > low else max(abs(high) * 0.05, 1e-9)
+            self.axes.set_ylim(low / 1.2 if log else low - pad, high * 1.2 if log else high + pad)
+            self.axes.set_xlim(0, max(self.epochs[-1], 1) * 1.02 + 0.5)
         self.canvas.draw_idle()
 
 

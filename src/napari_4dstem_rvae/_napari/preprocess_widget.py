@@ -16,9 +16,10 @@ from ..processing.chain import (
     TRANSFORMS,
     PreprocessOptions,
 )
-from .common import chosen_layer, dataset_combo
+from .common import chosen_layer, dataset_combo, find_browser
 from .fields import option_field, options_from
 from .layers import upsert_layer
+from .proxies import unwrap
 from .workers import WorkerMixin, friendly_error, notify_error
 
 
@@ -27,9 +28,10 @@ def _spin(label: str, value: int = 0, minimum: int = 0, maximum: int = 1_000_000
 
 
 class PreprocessWidget(WorkerMixin, Container):
-    def __init__(self, napari_viewer: Any):
+    def __init__(self, napari_viewer: Any, browser: Any = None):
         super().__init__(labels=True)
-        self.viewer = napari_viewer
+        self.viewer = napari_viewer = unwrap(napari_viewer)
+        self.browser = browser  # the diffraction browser whose probe position the preview uses
         self.layer = dataset_combo(napari_viewer)
         self.do_crop = CheckBox(label="crop", value=False)
         self.scan_y0, self.scan_y1 = _spin("scan rows from"), _spin("scan rows to")
@@ -41,7 +43,7 @@ class PreprocessWidget(WorkerMixin, Container):
         self.bin_detector = option_field(opts, "bin_detector", "bin detector ×", minimum=1, maximum=64)
         self.bin_method = option_field(opts, "bin_method", choices=BIN_METHODS)
         self.repair = option_field(opts, "repair_bad_pixels", "repair hot/dead pixels")
-        self.center = option_field(opts, "center", "centre direct beam (descan plane)")
+        self.center = option_field(opts, "center", "centre the direct beam")
         self.transform = option_field(opts, "transform", choices=(None, *TRANSFORMS))
         self.normalize = option_field(opts, "normalize", "normalise", choices=(None, *NORMALISATIONS))
         self.subtract_mean = option_field(opts, "subtract_mean", "subtract mean pattern")
@@ -88,9 +90,7 @@ class PreprocessWidget(WorkerMixin, Container):
 
     # -- preview ------------------------------------------------------------------------
     def _current_position(self, ds) -> tuple[int, int]:
-        browser = self.viewer.window.dock_widgets.get("Diffraction browser (napari-4dstem-rvae)") \
-            if getattr(self.viewer, "window", None) is not None else None
-        position = getattr(browser, "current_position", None)
+        position = getattr(find_browser(self.viewer, self.browser), "current_position", None)
         if position is None:
             position = (ds.scan_shape[0] // 2, ds.scan_shape[1] // 2)
         return position

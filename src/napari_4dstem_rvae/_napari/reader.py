@@ -51,17 +51,36 @@ def _reader(path: str | list[str]) -> list:
     return layer_data_for(dataset)
 
 
-def results_layers(path: str) -> list:
-    """The maps of a results file as layers named ``"<file stem> <map title>"``."""
+def results_layers(path: str, viewer=None) -> list:
+    """The maps of a results file as layers named ``"<file stem> <map title>"``.
+
+    With a viewer at hand (the current one), the layers are added or updated in place by name
+    there — opening the same file twice does not pile up copies — and napari is told there is
+    nothing more to add."""
     from ..results import read_results
-    from .layers import stored_map_layers
+    from .layers import stored_map_layers, upsert_layer
 
     try:
         results = read_results(path)
     except ValueError as exc:
         _notify_error(str(exc))
         return _NOTHING
-    return stored_map_layers(results, prefix=os.path.splitext(os.path.basename(path))[0]) or _NOTHING
+    layers = stored_map_layers(results, prefix=os.path.splitext(os.path.basename(path))[0])
+    if not layers:
+        _notify_error(f"{path}: the results file holds no map over the scan")
+        return _NOTHING
+    if viewer is None:
+        try:
+            import napari
+
+            viewer = napari.current_viewer()
+        except Exception:
+            viewer = None
+    if viewer is None:
+        return layers
+    for item in layers:
+        upsert_layer(viewer, item)
+    return _NOTHING
 
 
 def layer_data_for(dataset, viewer=None) -> list:
@@ -128,7 +147,8 @@ def _start_background_image(dataset, mask, viewer=None) -> Any:
 
 
 def _dock_browser_later(viewer=None) -> None:
-    """Dock the diffraction browser (once) after napari has added the new layers."""
+    """Dock the analysis widget (diffraction browser and stages; once) after napari has added
+    the new layers."""
     try:
         from qtpy.QtCore import QTimer
     except Exception:
@@ -141,9 +161,9 @@ def _dock_browser_later(viewer=None) -> None:
         if v is None or getattr(v, "window", None) is None:
             return
         try:
-            v.window.add_plugin_dock_widget("napari-4dstem-rvae", "Diffraction browser")
+            v.window.add_plugin_dock_widget("napari-4dstem-rvae", "4D-STEM analysis")
         except Exception:
-            pass  # the browser is optional for reading
+            pass  # the dock is optional for reading
 
     QTimer.singleShot(0, dock)
 

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..dataset import Dataset4D
+from .proxies import layer_kind, unwrap
 
 
 class RegionError(ValueError):
@@ -121,15 +122,17 @@ def region_mask(layer: Any, dataset: Dataset4D, label: int | None = None) -> np.
 
     Raises :class:`RegionError` when the layer selects no position of this scan.
     """
-    kind = type(layer).__name__
-    if kind == "Shapes":
+    layer = unwrap(layer)
+    kind = layer_kind(layer)
+    if kind == "shapes":
         if len(layer.data) == 0:
             raise RegionError(f"Shapes layer '{layer.name}' has no shapes: draw a region over the scan first")
         mask = shapes_mask(layer, dataset)
-    elif kind == "Labels":
+    elif kind == "labels":
         mask = labels_mask(layer, dataset, label)
     else:
-        raise RegionError(f"Layer '{layer.name}' is a {kind} layer; a region must be a Shapes or Labels layer")
+        raise RegionError(f"Layer '{layer.name}' is a {kind} layer; a region must be a Shapes or Labels layer "
+                          "drawn over the real-space image")
     if not mask.any():
         which = "" if label is None else f" with label {label}"
         raise RegionError(

@@ -20,17 +20,17 @@ from magicgui.widgets import (
     Container,
     FileEdit,
     Label,
-    LineEdit,
     PushButton,
     SpinBox,
 )
-from qtpy.QtWidgets import QProgressBar, QTabWidget
+from qtpy.QtWidgets import QProgressBar
 
 from ..rvae.config import DEVICES, RVAEConfig
 from .common import chosen_layer, dataset_combo
 from .fields import option_field, options_from
-from .layers import find_dataset, map_layer_data, upsert_layer
+from .layers import find_dataset, map_layer_data, scan_geometry, upsert_layer
 from .plots import LatencyProbe, LivePlot
+from .proxies import layer_kind, unwrap
 from .workers import (
     WorkerMixin,
     friendly_error,
@@ -52,12 +52,12 @@ class TrainingFailed(Exception):
 class TrainWidget(WorkerMixin, Container):
     def __init__(self, napari_viewer: Any):
         super().__init__(labels=True)
-        self.viewer = napari_viewer
+        self.viewer = napari_viewer = unwrap(napari_viewer)
         self.layer = dataset_combo(napari_viewer)
         self.region = ComboBox(label="region", choices=self._region_choices, nullable=True,
                                tooltip="Shapes or Labels layer over the scan: positions used for training")
         self.label = SpinBox(label="label (0 = any)", value=0, min=0, max=2**31 - 1)
-        self.count = Label(value="")
+        self.count = Label(value="", label="positions")
         self.study_preprocessing = CheckBox(label="bin to 64 px + subtract mean", value=True,
                                             tooltip="As in the published study; off for data you preprocessed")
         cfg = RVAEConfig
@@ -68,8 +68,8 @@ class TrainWidget(WorkerMixin, Container):
         self.batch = option_field(cfg, "batch_size", "batch size", minimum=1, maximum=65_536)
         self.lr = option_field(cfg, "learning_rate", "learning rate", minimum=1e-6, maximum=1.0, step=1e-4,
                                decimals=6)
-        self.rotation_prior = option_field(cfg, "rotation_prior", "rotation prior σ (rad, 0 = uniform)",
-                                           maximum=100.0)
+        self.rotation_prior = option_field(cfg, "rotation_prior", "rotation prior σ (rad)", maximum=100.0,
+                                           tooltip="Standard deviation of the angle's prior; 0: uniform")
         self.seed = option_field(cfg, "seed")
         self.device = option_field(cfg, "device", choices=DEVICES)
         self.threads = option_field(cfg, "threads", "threads (0 = all)", maximum=256,
@@ -77,8 +77,13 @@ class TrainWidget(WorkerMixin, Container):
         self.threads.value = 1  # the GUI's own choice: the event loop must keep a core
         self._config_fields = [self.latent, self.shift, self.epochs, self.batch, self.lr, self.rotation_prior,
                                self.seed, self.device, self.threads]
-        self.maps_every = SpinBox(label="maps every N epochs (0 = end)", value=0, min=0, max=100_000)
-        self.correlate = CheckBox(label="latent–COM correlation", value=True)
+        self.maps_every = SpinBox(label="maps every (epochs)", value=0, min=0, max=100_000,
+                                  tooltip="Update the map layers every N epochs while training; 0: at the end only")
+        self.correlate = CheckBox(label="latent–COM correlation", value=True,
+                                  tooltip="|r| of each latent map with the COM magnitude, every epoch (plotted); "
+                                          "the maps of the best epoch are kept (the study's rule)")
+        self.new_region_button = PushButton(text="New region", tooltip="A Shapes layer over the scan, in "
+                                            "rectangle mode, with the scan's scale and units")
         self.start_button = PushButton(text="Start")
         self.stop_button = PushButton(text="Stop")
         self.resume_button = PushButton(text="Resume")
@@ -87,31 +92,43 @@ class TrainWidget(WorkerMixin, Container):
         self.load_button = PushButton(text="Load checkpoint")
         self.results_path = FileEdit(label="results file", mode="w", filter="*.h5")
         self.save_results_button = PushButton(text="Save results")
-        self.status = LineEdit(value="")
-        self.status.enabled = False
-        self.extend([self.layer, self.region, self.label, self.count, self.study_preprocessing,
-                     self.latent, self.shift, self.epochs, self.batch, self.lr, self.rotation_prior,
-                     self.seed, self.device, self.threads, self.maps_every, self.correlate,
-                     self.start_button, self.stop_button, self.resume_button, self.status])
+        self.status = Label(value="")
+        buttons = Container(widgets=[self.start_button, self.stop_button, self.resume_button],
+                            layout="horizontal", labels=False)
+        buttons.margins = (0, 0, 0, 0)
+        self.extend([self.layer, self.region, self.new_region_button, self.label, self.count,
+                     self.latent, self.shift, self.epochs, self.correlate])
+        self.advanced = Container(widgets=[self.study_preprocessing, self.batch, self.lr, self.rotation_prior,
+                                           self.seed, self.device, self.threads, self.maps_every], labels=True)
         self.keep = Container(widgets=[self.checkpoint_path, self.save_button, self.load_button,
                                        self.results_path, self.save_results_button], labels=True)
+        from superqt import QCollapsible
+
+        self.advanced_section = QCollapsible("Advanced training options")
+        self.advanced_section.addWidget(self.advanced.native)
+        self.keep_section = QCollapsible("Save / load")
+        self.keep_section.addWidget(self.keep.native)
         from .explore import ExplorePanel
 
         self.progress = QProgressBar()
+        self.progress.setTextVisible(True)
         self.plot = LivePlot()
+        # the Explore panel is placed by the analysis dock (its own tab); it follows this session
         self.explore = ExplorePanel(napari_viewer, lambda: self.session)
-        self.tabs = QTabWidget()
-        self.tabs.addTab(self.plot.widget, "Training")
-        self.tabs.addTab(self.explore, "Explore")
-        self.tabs.addTab(self.keep.native, "Save / load")
-        self.tabs.setMinimumHeight(300)
-        self.native.layout().addWidget(self.progress)
-        self.native.layout().addWidget(self.tabs)
+        layout = self.native.layout()
+        layout.addWidget(self.advanced_section)
+        layout.addWidget(buttons.native)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.status.native)
+        layout.addWidget(self.plot.widget)
+        layout.addWidget(self.keep_section)
+        self.status.native.setWordWrap(True)
+        self.count.native.setWordWrap(True)
         self.latency = LatencyProbe(parent=self.native)
 
-        self._parameters = [self.layer, self.region, self.label, self.study_preprocessing, self.latent,
-                            self.shift, self.epochs, self.batch, self.lr, self.rotation_prior, self.seed,
-                            self.device, self.threads, self.maps_every, self.correlate,
+        self._parameters = [self.layer, self.region, self.new_region_button, self.label, self.study_preprocessing,
+                            self.latent, self.shift, self.epochs, self.batch, self.lr, self.rotation_prior,
+                            self.seed, self.device, self.threads, self.maps_every, self.correlate,
                             self.start_button, self.resume_button, self.save_button, self.load_button,
                             self.save_results_button]
         self.stop_button.enabled = False
@@ -122,6 +139,7 @@ class TrainWidget(WorkerMixin, Container):
         self.last_error: str | None = None
         self._stop = threading.Event()
 
+        self.new_region_button.clicked.connect(self.new_region)
         self.start_button.clicked.connect(self.start)
         self.stop_button.clicked.connect(self.stop)
         self.resume_button.clicked.connect(self.resume)
@@ -142,7 +160,28 @@ class TrainWidget(WorkerMixin, Container):
 
     # -- regions ------------------------------------------------------------------------
     def _region_choices(self, _=None) -> list[str]:
-        return [layer.name for layer in self.viewer.layers if type(layer).__name__ in ("Shapes", "Labels")]
+        return [layer.name for layer in self.viewer.layers if layer_kind(layer) in ("shapes", "labels")]
+
+    def new_region(self):
+        """A Shapes layer named "region" over the chosen data set, with its scan scale and units,
+        selected in rectangle mode: draw on the canvas to choose the training positions."""
+        try:
+            _, dataset = chosen_layer(self.viewer, self.layer)
+        except ValueError as exc:
+            self._error(str(exc))
+            return None
+        name = "region"
+        i = 1
+        while name in self.viewer.layers:
+            i += 1
+            name = f"region {i}"
+        geometry = scan_geometry(dataset)
+        shapes = self.viewer.add_shapes(name=name, ndim=2, edge_color="yellow", face_color="transparent",
+                                        edge_width=0.5 * min(geometry["scale"]), units=geometry.get("units"),
+                                        axis_labels=geometry["axis_labels"])
+        shapes.mode = "add_rectangle"
+        self.region.value = name
+        return shapes
 
     def _layers_changed(self, *_: Any) -> None:
         current = self.region.value
@@ -183,7 +222,7 @@ class TrainWidget(WorkerMixin, Container):
             self.count.value = str(exc)
             return
         chosen = total if mask is None else int(mask.sum())
-        self.count.value = f"{chosen} of {total} probe positions for training"
+        self.count.value = f"{chosen} of {total} for training"
 
     def _unwatch_region(self) -> None:
         layer = self._watched_region
@@ -339,16 +378,19 @@ class TrainWidget(WorkerMixin, Container):
         extra = {"epoch": int(epoch), "parameters": {k: str(v) for k, v in session.config.items()},
                  "source": session.source_layer_name}
         self.maps = maps
-        layers = [upsert_layer(self.viewer, map_layer_data(
-            "angle", maps["angle"], ds, extra=extra, layer_name=f"{session.source_layer_name} {MAPS['angle'].title}"))]
+        items = [map_layer_data("angle", maps["angle"], ds, extra=extra,
+                                layer_name=f"{session.source_layer_name} {MAPS['angle'].title}")]
         for name in ("latents", "shift"):
             spec = MAPS[name]
             for i, plane in enumerate(maps.get(name, ())):
                 info = dict(extra, plane=i, r_com_magnitude=(session.correlations or {}).get(i)
                             if name == "latents" else None)
                 title = spec.plane_title(i)
-                layers.append(upsert_layer(self.viewer, map_layer_data(
-                    spec, plane, ds, extra=info, title=title, layer_name=f"{session.source_layer_name} {title}")))
+                items.append(map_layer_data(spec, plane, ds, extra=info, title=title,
+                                            layer_name=f"{session.source_layer_name} {title}"))
+        for i, (_, kwargs, _) in enumerate(items):
+            kwargs["visible"] = i == 1  # new layers: latent 1 over the ADF image, the others hidden
+        layers = [upsert_layer(self.viewer, item) for item in items]
         self.explore.set_maps(maps)
         return layers
 

@@ -9,17 +9,17 @@ from typing import Any
 import numpy as np
 from magicgui.widgets import ComboBox, Container, FloatSpinBox, Label, PushButton
 
-from .common import chosen_layer, dataset_combo
+from .common import chosen_layer, dataset_combo, find_browser
 from .layers import map_layer_data, upsert_layer
+from .proxies import unwrap
 from .workers import WorkerMixin, friendly_error, notify_error
-
-BROWSER_NAME = "Diffraction browser (napari-4dstem-rvae)"
 
 
 class VirtualDetectorWidget(WorkerMixin, Container):
-    def __init__(self, napari_viewer: Any):
+    def __init__(self, napari_viewer: Any, browser: Any = None):
         super().__init__(labels=True)
-        self.viewer = napari_viewer
+        self.viewer = napari_viewer = unwrap(napari_viewer)
+        self.browser = browser  # where the detector is drawn
         self.layer = dataset_combo(napari_viewer)
         self.unit = ComboBox(label="unit", choices=["bf", "px", "mrad"], value="bf",
                              tooltip="bf: multiples of the bright-field disk radius")
@@ -53,7 +53,7 @@ class VirtualDetectorWidget(WorkerMixin, Container):
         return centre, inner, outer
 
     def _draw_on_browser(self, *_: Any) -> None:
-        browser = self.viewer.window.dock_widgets.get(BROWSER_NAME) if getattr(self.viewer, "window", None) else None
+        browser = find_browser(self.viewer, self.browser)
         if browser is None:
             return
         try:

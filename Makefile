@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 OUT ?= out
 
-.PHONY: demo test lint env system-deps bench clean
+.PHONY: demo test lint env system-deps bench screenshots clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,9 +32,15 @@ lint: env
 test: system-deps env lint
 	$(PY) -m pytest tests
 
+# Screenshots for the docs at two screen sizes (docs/screenshots/), the way a user clicks.
+screenshots: system-deps env
+	xvfb-run -a -s "-screen 0 1366x768x24" $(PY) docs/make_screenshots.py 1366x768
+	xvfb-run -a -s "-screen 0 1920x1080x24" $(PY) docs/make_screenshots.py 1920x1080
+
 bench: env
 	$(PY) benchmarks/bench_com.py
 	$(PY) benchmarks/bench_rvae.py
+	xvfb-run -a -s "-screen 0 1920x1080x24" $(PY) benchmarks/bench_ui_latency.py
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache

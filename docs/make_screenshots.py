@@ -1,6 +1,11 @@
-"""Screenshots for the docs, taken from a real napari window (run under Xvfb):
+"""Screenshots for the docs, taken the way a user works: napari maximised on a screen of the
+given size, the sample opened from File > Open Sample, the analysis dock from the Plugins menu
+(``add_plugin_dock_widget``), the real buttons clicked, a region drawn with the Shapes tool.
 
-    xvfb-run -a -s "-screen 0 1400x900x24" .venv/bin/python docs/make_screenshots.py
+    xvfb-run -a -s "-screen 0 1366x768x24" .venv/bin/python docs/make_screenshots.py 1366x768
+    xvfb-run -a -s "-screen 0 1920x1080x24" .venv/bin/python docs/make_screenshots.py 1920x1080
+
+(``make screenshots`` runs both.) Writes ``docs/screenshots/<size>_<step>.png``.
 """
 
 from __future__ import annotations
@@ -9,7 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-DOCS = Path(__file__).parent
+OUT = Path(__file__).parent / "screenshots"
+PLUGIN = "napari-4dstem-rvae"
 
 
 def settle(seconds: float = 0.5) -> None:
@@ -21,105 +27,99 @@ def settle(seconds: float = 0.5) -> None:
         time.sleep(0.02)
 
 
-def open_sample() -> None:
-    import napari
+def click(widget) -> None:
+    from qtpy.QtCore import Qt
+    from qtpy.QtTest import QTest
 
-    from napari_4dstem_rvae._napari.browser import DiffractionBrowser
-
-    viewer = napari.Viewer(show=True)
-    viewer.window.resize(1300, 760)
-    layer = viewer.open_sample("napari-4dstem-rvae", "graphene_vacancy")[0]
-    settle(1.0)
-    browser = viewer.window.dock_widgets.get("Diffraction browser (napari-4dstem-rvae)")
-    if browser is None:
-        browser = DiffractionBrowser(viewer)
-    browser.show_position(16, 20, layer)
-    browser._mark(layer, (16, 20))
-    settle(0.5)
-    viewer.reset_view()
-    settle(0.5)
-    viewer.screenshot(str(DOCS / "napari_open.png"), canvas_only=False)
-    viewer.close()
+    QTest.mouseClick(widget.native, Qt.MouseButton.LeftButton)
 
 
-def com_maps() -> None:
-    import napari
-
-    from napari_4dstem_rvae._napari.com_widget import COMWidget
-
-    viewer = napari.Viewer(show=True)
-    viewer.window.resize(1300, 760)
-    viewer.open_sample("napari-4dstem-rvae", "graphene_vacancy")
-    widget = COMWidget(viewer)
-    viewer.window.add_dock_widget(widget, name="Centre of mass (COM/DPC)", area="right")
-    worker = widget.run()
-    while not getattr(worker, "done", False):
+def wait_for(widget, timeout: float = 600.0) -> None:
+    end = time.time() + timeout
+    while not (widget.worker is not None and widget.worker.done) and time.time() < end:
         settle(0.2)
-    for layer in viewer.layers:
-        layer.visible = layer.name.endswith(("ADF", "colour wheel"))
-    wheel = [layer for layer in viewer.layers if layer.name.endswith("colour wheel")][0]
-    wheel.opacity = 0.75
-    settle(0.5)
-    viewer.reset_view()
-    settle(0.5)
-    viewer.screenshot(str(DOCS / "napari_com.png"), canvas_only=False)
-    viewer.close()
+    settle(0.3)
 
 
-def train(epochs: int = 60) -> None:
+def drag_rectangle(layer, start, end) -> None:
+    from napari.utils._test_utils import read_only_mouse_event
+    from napari.utils.interactions import (
+        mouse_move_callbacks,
+        mouse_press_callbacks,
+        mouse_release_callbacks,
+    )
+
+    layer.mode = "add_rectangle"
+    mouse_press_callbacks(layer, read_only_mouse_event(type="mouse_press", position=start))
+    mouse_move_callbacks(layer, read_only_mouse_event(type="mouse_move", is_dragging=True, position=end))
+    mouse_release_callbacks(layer, read_only_mouse_event(type="mouse_release", position=end))
+    layer.mode = "pan_zoom"
+
+
+def main(size: str, epochs: int = 60) -> list[Path]:
     import napari
-    import numpy as np
+    from napari.utils._test_utils import read_only_mouse_event
+    from napari.utils.interactions import mouse_press_callbacks
 
     from napari_4dstem_rvae._napari.layers import find_dataset
-    from napari_4dstem_rvae._napari.train_widget import TrainWidget
+
+    OUT.mkdir(exist_ok=True)
+    shots = []
+
+    def shot(name: str) -> None:
+        settle(0.6)
+        path = OUT / f"{size}_{name}.png"
+        viewer.screenshot(str(path), canvas_only=False)
+        shots.append(path)
+
+    from qtpy.QtWidgets import QApplication
 
     viewer = napari.Viewer(show=True)
-    viewer.window.resize(1400, 900)
-    adf = viewer.open_sample("napari-4dstem-rvae", "graphene_si")[0]
+    window = viewer.window._qt_window
+    window.setGeometry(QApplication.primaryScreen().availableGeometry())  # napari restores its last size
+    window.showMaximized()
+    settle(0.5)
+    geometry = window.geometry()
+    print(f"window {geometry.width()} × {geometry.height()}")
+    adf = viewer.open_sample(PLUGIN, "graphene_si")[0]
+    settle(0.5)
+    _, dock = viewer.window.add_plugin_dock_widget(PLUGIN, "4D-STEM analysis")
     ds = find_dataset(adf)
-    sy, sx = ds.calibration.scan_step_yx
     ny, nx = ds.scan_shape
-    # a region covering most of the scan, drawn as a rectangle on the ADF image
-    rect = np.array([[2 * sy, 2 * sx], [2 * sy, (nx - 3) * sx], [(ny - 3) * sy, (nx - 3) * sx], [(ny - 3) * sy, 2 * sx]])
-    viewer.add_shapes([rect], shape_type="rectangle", name="training region", edge_color="yellow",
-                      face_color="transparent", edge_width=0.1, units=adf.units)
-    browser = viewer.window.dock_widgets.get("Diffraction browser (napari-4dstem-rvae)")
-    if browser is not None:
-        viewer.window.remove_dock_widget(browser)
-    widget = TrainWidget(viewer)
-    viewer.window.add_dock_widget(widget, name="Train rVAE", area="right")
-    widget.layer.value = adf.name
-    widget.region.value = "training region"
-    widget.epochs.value = epochs
-    widget.maps_every.value = 10
-    widget.threads.value = 2
-    worker = widget.start()
-    while not getattr(worker, "done", False):
-        settle(0.3)
-    settle(0.5)
+    sy, sx = ds.calibration.scan_step_yx
     viewer.reset_view()
-    settle(0.5)
-    viewer.screenshot(str(DOCS / "napari_train.png"), canvas_only=False)
+    # a click pins a probe position: its pattern in the browser, a cross on the canvas
+    mouse_press_callbacks(viewer, read_only_mouse_event(type="mouse_press", position=(16 * sy, 20 * sx)))
+    dock.show_tab("Open")
+    shot("open")
+
+    dock.show_tab("COM")
+    click(dock.com.run_button)
+    wait_for(dock.com)
+    shot("com")
+
+    dock.show_tab("Train")
+    train = dock.train
+    click(train.new_region_button)
+    drag_rectangle(viewer.layers[train.region.value], (2 * sy, 2 * sx), ((ny - 3) * sy, (nx - 3) * sx))
+    train.layer.value = adf.name
+    train.epochs.value = epochs
+    train.maps_every.value = 10
+    train.threads.value = 2
+    click(train.start_button)
+    wait_for(train)
     for layer in viewer.layers:
-        layer.visible = layer is adf or layer.name.endswith("latent 1")
-    latent = [layer for layer in viewer.layers if layer.name.endswith("latent 1")][0]
-    latent.opacity = 0.7
-    latent.blending = "translucent"
-    settle(0.5)
-    viewer.screenshot(str(DOCS / "napari_maps.png"), canvas_only=False)
-    widget.tabs.setCurrentIndex(1)
-    widget.explore.show_position(ny // 2, nx // 2)
-    settle(0.5)
-    viewer.screenshot(str(DOCS / "napari_explore.png"), canvas_only=False)
-    print(widget.status.value)
+        layer.visible = layer is adf or layer.name.endswith(("rVAE latent 1", "region"))
+    shot("train")
+
+    dock.show_tab("Explore")
+    mouse_press_callbacks(viewer, read_only_mouse_event(type="mouse_press", position=(ny // 2 * sy, nx // 2 * sx)))
+    shot("explore")
+    print(train.status.value)
     viewer.close()
+    return shots
 
 
 if __name__ == "__main__":
-    targets = sys.argv[1:] or ["open", "com", "train"]
-    if "open" in targets:
-        open_sample()
-    if "com" in targets:
-        com_maps()
-    if "train" in targets:
-        train()
+    for path in main(sys.argv[1] if len(sys.argv) > 1 else "1920x1080"):
+        print(path)

@@ -67,3 +67,42 @@ def test_run_reads_a_flat_stack_with_scan_shape(tmp_path):
                  "--out", str(tmp_path / "r.h5")]) == 0
     with h5py.File(tmp_path / "r.h5", "r") as f:
         assert f["angle"].shape == (4, 6)
+
+
+def test_cli_calibration_flags_and_one_line_warnings(tmp_path, capsys):
+    data = np.random.default_rng(0).random((4, 5, 8, 8)).astype(np.float32)
+    path = tmp_path / "tiny.npy"
+    np.save(path, data)
+    assert main(["info", str(path), "--scan-step", "0.5", "0.4", "--scan-unit", "nm", "--det-pixel-size", "2",
+                 "--det-unit", "mrad", "--energy-kev", "300"]) == 0
+    out = capsys.readouterr().out
+    assert "scan_step:      [0.5, 0.4]" in out and "scan_unit:      nm" in out and "energy_kev:     300.0" in out
+    assert "5.1 KiB" in out or "5 KiB" in out  # sizes for people, not 4.47e-06 GiB
+    # a tiny, noise-only scan: the automatic rotation is refused in one line, and 0° is used
+    assert main(["com", str(path), "--out", str(tmp_path / "com"), "--det-pixel-size", "2", "--det-unit", "mrad"]) == 0
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("stem-rvae: warning: the automatic scan rotation is unreliable")
+    assert "0° without flip is used instead" in lines[0]
+    with h5py.File(tmp_path / "com" / "com.h5", "r") as f:
+        assert f["com"].attrs["rotation_deg"] == 0.0 and f["com"].attrs["rotation_problem"]
+        assert f["com/com_x"].attrs["unit"] == "mrad"
+        assert f["com/com_divergence"].attrs["unit"] == "mrad/probe step"
+
+
+def test_quick_demo_in_a_subprocess(tmp_path):
+    """``stem-rvae demo --quick``: the whole chain as a user runs it, in its own process."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = Path(sys.executable).with_name("stem-rvae")
+    done = subprocess.run([str(exe), "demo", "--quick", "--out", str(tmp_path / "out")], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    assert all(line.startswith("stem-rvae: warning:") for line in done.stderr.splitlines() if line.strip())
+    for name in ("graphene_4dstem.h5", "com.h5", "com.png", "images.h5", "adf.png", "results.h5", "overview.png"):
+        assert (tmp_path / "out" / name).stat().st_size > 1000, name
+    with h5py.File(tmp_path / "out" / "results.h5", "r") as f:
+        assert f["latents"].shape == (2, 16, 16)

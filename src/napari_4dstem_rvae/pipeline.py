@@ -91,7 +91,9 @@ def com(dataset: Dataset4D, out: str | os.PathLike, options: Any = None, log=pri
     result = compute_com(dataset, options, **changes)
     h5, png = _output_paths(out, "com")
     files = {"h5": write_results(h5, com=result, **_results_args(dataset)), "png": com_figure(png, result)}
-    how = "calibrated (min curl)" if result.rotation is not None else "given"
+    problem = result.rotation.problem if result.rotation is not None else None
+    how = ("given" if result.rotation is None else "calibrated (min curl)" if problem is None
+           else "used instead of an unreliable automatic value")
     log(f"COM: rotation {result.rotation_deg:.2f}° {how}, flip {result.flip}, reference {result.reference}")
     return result, files
 
@@ -174,17 +176,26 @@ def run(source: str | os.PathLike | Dataset4D, out: str | os.PathLike = "out", *
     return {"results": results_path, "overview": png, "result": result}
 
 
-def demo(out: str | os.PathLike = "out", defect: str | None = "vacancy", log=print,
+#: The quick demo: a 16 × 16 scan and a short training (under a minute on 2 cores).
+QUICK_DEMO = {"scan_shape": (16, 16), "steps": 600}
+
+
+def demo(out: str | os.PathLike = "out", defect: str | None = "vacancy", log=print, quick: bool = False,
          **rvae_changes: Any) -> dict[str, str]:
     """Simulate graphene → write it as HDF5 → open it lazily → virtual images → COM →
-    rVAE (the CLI's defaults) → PNGs and HDF5 results in ``out``."""
+    rVAE (the CLI's defaults) → PNGs and HDF5 results in ``out``.
+
+    ``quick``: a 16 × 16 scan and 600 optimisation steps instead of 32 × 32 and the default
+    ~2,400 (the maps are rougher; the chain is the same)."""
     from .io import read, save_dataset
     from .simulate import graphene
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     log(f"simulating graphene 4D-STEM (60 kV, 31 mrad, defect={defect}) ...")
-    simulated = graphene(defect=defect)
+    simulated = graphene(defect=defect, **({"scan_shape": QUICK_DEMO["scan_shape"]} if quick else {}))
+    if quick:
+        rvae_changes.setdefault("steps", QUICK_DEMO["steps"])
     data_path = save_dataset(simulated, out / "graphene_4dstem.h5")
     log(f"wrote {data_path} ({simulated.nbytes / 2**20:.1f} MiB, shape {simulated.shape})")
     dataset = read(data_path)

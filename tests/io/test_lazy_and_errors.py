@@ -323,3 +323,30 @@ def test_rsciio_failure_is_a_read_error(tmp_path):
     with pytest.raises(io.ReadError, match="broken.mib") as exc_info:
         io.read(path, scan_shape=(1, 1))
     assert_one_sentence(exc_info, path)
+
+
+def test_calibration_given_by_the_user_overrides_the_file_and_is_recorded(tmp_path):
+    """A file whose calibration is in no known layout (attributes such as ``scan_step_x_A``) is
+    calibrated by the user; what was given is kept in the provenance."""
+    import h5py
+
+    path = tmp_path / "custom.h5"
+    with h5py.File(path, "w") as f:
+        d = f.create_dataset("scan", data=np.ones((4, 5, 8, 8), np.float32))
+        d.attrs["scan_step_x_A"] = 0.3
+        d.attrs["det_pixel_mrad"] = 1.7
+    plain = io.read(path)
+    assert plain.calibration.scan_step is None and plain.provenance == ()
+    ds = io.read(path, scan_step=0.3, scan_unit="A", det_pixel_size=1.7, det_unit="mrad", semiangle_mrad=25,
+                 det_origin=(3.5, 3.5))
+    cal = ds.calibration
+    assert (cal.scan_step, cal.scan_unit, cal.det_pixel_size, cal.det_unit) == (0.3, "Å", 1.7, "mrad")
+    assert cal.semiangle_mrad == 25 and cal.det_origin == (3.5, 3.5)
+    assert ds.provenance[-1]["step"] == "calibration"
+    assert ds.provenance[-1]["overridden"] == ["det_origin", "det_pixel_size", "det_unit", "scan_step",
+                                               "scan_unit", "semiangle_mrad"]
+    assert io.read(path, calibration={"energy_kev": 200.0}).calibration.energy_kev == 200.0
+    with pytest.raises(ValueError, match=r"custom\.h5.*scan_step must be a positive number"):
+        io.read(path, scan_step=-1.0)
+    with pytest.raises(ValueError, match="det_unit must be one of"):
+        io.read(path, det_unit="furlong")

@@ -139,3 +139,41 @@ def test_virtual_detector_widget_matches_masked_sum(viewer_with_data, qtbot):
     browser.show_position(1, 1, adf)
     widget.inner.value = 6.0  # changing a radius redraws the annulus on the pattern
     assert browser.annulus_px[0] == pytest.approx(6.0) and browser.annulus_px[1] == pytest.approx(14.0)
+
+
+def test_calibration_by_hand_on_open_and_for_a_loaded_data_set(make_napari_viewer, qtbot, tmp_path):
+    """A file whose calibration the readers cannot find: calibrated in the Open tab when it is
+    opened, then corrected in the calibration panel — every layer over the data set follows."""
+    viewer = make_napari_viewer()
+    dock = _dock(viewer)
+    path = tmp_path / "uncalibrated.npy"
+    np.save(path, _shifted_disks())
+    dock.open.path.value = str(path)
+    fields = dock.open.calibration
+    fields.scan_step_y.value, fields.scan_unit.value = 0.5, "Å"
+    fields.det_pixel_size.value, fields.det_unit.value, fields.semiangle_mrad.value = 2.0, "mrad", 10.0
+    _click(qtbot, dock.open.open_button)
+    layer = viewer.layers[-1]
+    ds = find_dataset(layer)
+    assert ds.calibration.scan_step == 0.5 and ds.calibration.det_unit == "mrad"
+    assert ds.provenance[-1]["step"] == "calibration"
+    assert layer.name.endswith("ADF")  # the calibration given makes the ADF image possible
+    np.testing.assert_allclose(layer.scale, (0.5, 0.5))
+    _click(qtbot, dock.com.run_button)
+    _wait(qtbot, dock.com)
+    com_x = viewer.layers[f"{ds.name} COM x"]
+    panel = dock.calibration
+    panel.layer.value = layer.name
+    assert panel.fields.scan_step_y.value == 0.5
+    panel.fields.scan_step_y.value = panel.fields.scan_step_x.value = 0.25
+    panel.fields.scan_unit.value = "nm"
+    _click(qtbot, panel.apply_button)
+    new = find_dataset(layer)
+    assert new is not ds and new.calibration.scan_step == 0.25 and new.calibration.scan_unit == "nm"
+    assert new.provenance[-1]["before"]["scan_step"] == 0.5
+    for follower in (layer, com_x):
+        np.testing.assert_allclose(follower.scale, (0.25, 0.25))
+        assert str(follower.units[0]) == "nanometer"
+    panel.fields.semiangle_mrad.value = 0.0  # cleared: no longer known
+    _click(qtbot, panel.apply_button)
+    assert find_dataset(layer).calibration.semiangle_mrad is None

@@ -320,3 +320,15 @@ def test_bad_input_raises_clear_errors():
     with pytest.raises(ValueError, match="no pattern has a positive intensity"):
         compute_com(np.zeros((2, 2, 8, 8), np.float32), center=(4, 4), rotation=0.0)
     np.testing.assert_array_equal(data, before)
+
+
+def test_automatic_rotation_is_refused_when_unreliable():
+    """Too few positions or too little signal: a clear warning, and 0° is used instead."""
+    rng = np.random.default_rng(3)
+    noise = rng.poisson(2.0, (12, 12, 16, 16)).astype(np.float32)  # a nearly dark scan
+    with pytest.warns(UserWarning, match="too little signal.*0° without flip is used instead"):
+        result = compute_com(noise, rotation="auto")
+    assert result.rotation_deg == 0.0 and not result.flip and result.rotation.problem
+    assert result.attributes()["rotation_problem"]
+    with pytest.warns(UserWarning, match="only 9 probe positions"):
+        compute_com(noise[:3, :3], rotation="auto")

@@ -46,6 +46,7 @@ class AnalysisWidget(QWidget):
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None):
         super().__init__(parent)
         from .browser import DiffractionBrowser
+        from .calibration import CalibrationPanel
         from .com_widget import COMWidget
         from .open_widget import OpenWidget
         from .preprocess_widget import PreprocessWidget
@@ -60,16 +61,27 @@ class AnalysisWidget(QWidget):
         self.virtual = VirtualDetectorWidget(viewer, browser=self.browser)
         self.train = TrainWidget(viewer)
         self.explore = self.train.explore
+        self.calibration = CalibrationPanel(viewer)
+        opening = QWidget()
+        opening_layout = QVBoxLayout(opening)
+        opening_layout.setContentsMargins(0, 0, 0, 0)
+        opening_layout.addWidget(self.open.native)
+        from superqt import QCollapsible
+
+        self.calibration_section = QCollapsible("Calibration of a loaded data set")
+        self.calibration_section.addWidget(self.calibration.native)
+        opening_layout.addWidget(self.calibration_section)
         self.tabs = QTabWidget()
         self.tabs.setUsesScrollButtons(True)
-        for name, widget in zip(TAB_NAMES, (self.open.native, self.preprocess.native, self.com.native,
+        for name, widget in zip(TAB_NAMES, (opening, self.preprocess.native, self.com.native,
                                             self.virtual.native, self.train.native, self.explore)):
             self.tabs.addTab(_scrolled(widget), name)
         self.splitter = QSplitter(Qt.Orientation.Vertical)
         self.splitter.addWidget(self.browser)
         self.splitter.addWidget(self.tabs)
-        self.splitter.setStretchFactor(0, 2)
+        self.splitter.setStretchFactor(0, 1)
         self.splitter.setStretchFactor(1, 3)
+        self._sized = False
         self.splitter.setChildrenCollapsible(False)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
@@ -79,6 +91,14 @@ class AnalysisWidget(QWidget):
         # first: before napari draws the new layer (and warns of inconsistent units)
         viewer.layers.events.inserted.connect(self._give_units, position="first")
         self.destroyed.connect(lambda *_: _disconnect(viewer, self._give_units))
+
+    def showEvent(self, event):  # noqa: N802 - Qt's name
+        super().showEvent(event)
+        if not self._sized and self.height() > 0:
+            # the pattern gets at most a third of the height (≤ 330 px), the stages the rest
+            self._sized = True
+            top = int(min(330, max(240, 0.36 * self.height())))
+            self.splitter.setSizes([top, max(1, self.height() - top)])
 
     def sizeHint(self):  # noqa: N802 - Qt's name
         from qtpy.QtCore import QSize

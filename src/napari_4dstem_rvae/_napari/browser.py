@@ -37,7 +37,7 @@ class DiffractionBrowser(QWidget):
 
         self.figure = Figure(figsize=(3.4, 2.9), layout="constrained")
         self.canvas = FigureCanvasQTAgg(self.figure)
-        self.canvas.setMinimumSize(220, 200)
+        self.canvas.setMinimumSize(200, 160)
         self.axes = self.figure.add_subplot(111)
         self.axes.set_xticks([])
         self.axes.set_yticks([])
@@ -275,7 +275,7 @@ class DiffractionBrowser(QWidget):
         self.canvas.draw_idle()
 
     def _mark(self, layer, position) -> None:
-        """A cross at the pinned probe position, two probe steps wide, in the layer's frame."""
+        """A cross at the pinned probe position, one probe step wide, in the layer's frame."""
         coords = np.array([position], float)
         geometry = {"scale": tuple(layer.scale[-2:]), "translate": tuple(layer.translate[-2:]),
                     "units": tuple(layer.units[-2:])}
@@ -285,6 +285,6 @@ class DiffractionBrowser(QWidget):
             for key, value in geometry.items():
                 setattr(marker, key, value)
         else:
-            self.viewer.add_points(coords, name=MARKER_LAYER, size=2.0, face_color="red", border_color="white",
+            self.viewer.add_points(coords, name=MARKER_LAYER, size=1.0, face_color="red", border_color="white",
                                    border_width=0.15, symbol="cross", **geometry)
         self.viewer.layers.selection.active = layer

@@ -23,11 +23,11 @@ from magicgui.widgets import (
 from ..processing.com import MASKS, REFERENCES, COMOptions
 from ..processing.virtual import RADIUS_UNITS
 from ..schema import MAPS, resolve_unit
-from .common import chosen_layer, dataset_combo
+from .common import chosen_layer, dataset_combo, reveal
 from .fields import option_field, options_from
 from .layers import ROLE_KEY, map_layer_data, scan_geometry, upsert_layer
 from .proxies import unwrap
-from .workers import WorkerMixin, friendly_error, notify_error
+from .workers import WorkerMixin, friendly_error, notify_error, notify_warning
 
 
 def colour_wheel(angle: np.ndarray, magnitude: np.ndarray, top: float | None = None) -> np.ndarray:
@@ -118,7 +118,8 @@ class COMWidget(WorkerMixin, Container):
         self._option_fields = [self.mask, self.unit, self.radius, self.inner, self.outer, self.threshold,
                                self.reference]
         self.extend([self.layer, *self._option_fields, self.auto_rotation, self.rotation, self.flip,
-                     self.run_button, self.status])
+                     self.run_button])
+        self.native.layout().addWidget(self.status.native)  # full width, wrapped
         self._controls = [w for w in self if w is not self.status]
         self.mask.changed.connect(self._update_visibility)
         self.auto_rotation.changed.connect(self._update_visibility)
@@ -130,7 +131,7 @@ class COMWidget(WorkerMixin, Container):
 
         self.legend_figure = Figure(figsize=(2.6, 2.2), layout="constrained")
         self.legend_canvas = FigureCanvasQTAgg(self.legend_figure)
-        self.legend_canvas.setFixedHeight(200)
+        self.legend_canvas.setFixedHeight(215)
         self.legend_canvas.setVisible(False)
         self.native.layout().addWidget(self.legend_canvas)
 
@@ -164,9 +165,14 @@ class COMWidget(WorkerMixin, Container):
             draw_wheel_legend(self.legend_figure, wheel_top(com.maps()["com_magnitude"]), com.map_unit)
             self.legend_canvas.setVisible(True)
             self.legend_canvas.draw_idle()
-            how = "calibrated" if com.rotation is not None else "given"
+            reveal(self.legend_canvas)
+            problem = com.rotation.problem if com.rotation is not None else None
+            how = "given" if com.rotation is None else "calibrated" if problem is None else "fallback"
             self.status.value = (f"rotation {com.rotation_deg:.2f}° ({how}), flip {'yes' if com.flip else 'no'}, "
                                  f"reference {com.reference}")
+            if problem is not None:
+                notify_warning(f"COM of '{dataset.name}': the automatic scan rotation is unreliable "
+                               f"({problem}); 0° is used instead — set the rotation by hand if you know it.")
 
         def failed(exc):
             self.status.value = "failed"

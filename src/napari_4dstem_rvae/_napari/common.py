@@ -67,3 +67,16 @@ def find_browser(viewer: Any, browser: Any = None) -> Any:
         if widget is not None:
             return getattr(widget, "browser", widget)
     return None
+
+
+def reveal(widget: Any) -> None:
+    """Scroll the enclosing scroll area (a tab of the analysis dock) so that ``widget`` shows."""
+    from qtpy.QtWidgets import QScrollArea
+
+    parent = widget.parentWidget()
+    while parent is not None and not isinstance(parent, QScrollArea):
+        parent = parent.parentWidget()
+    if parent is not None:
+        from qtpy.QtCore import QTimer
+
+        QTimer.singleShot(0, lambda: parent.ensureWidgetVisible(widget, 0, 0))

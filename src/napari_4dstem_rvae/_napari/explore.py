@@ -32,12 +32,12 @@ class ExplorePanel(QWidget):
         self.selected = np.zeros(0, dtype=np.int64)
         self.current: tuple[int, int] | None = None
 
-        self.pattern_figure = Figure(figsize=(4, 1.6), tight_layout=True)
+        self.pattern_figure = Figure(figsize=(4, 1.3), layout="constrained")
         self.pattern_canvas = FigureCanvasQTAgg(self.pattern_figure)
-        self.latent_figure = Figure(figsize=(4, 3.0), tight_layout=True)
+        self.latent_figure = Figure(figsize=(4, 2.0), layout="constrained")
         self.latent_canvas = FigureCanvasQTAgg(self.latent_figure)
-        self.pattern_canvas.setMinimumHeight(170)
-        self.latent_canvas.setMinimumHeight(220)
+        self.pattern_canvas.setMinimumHeight(125)
+        self.latent_canvas.setMinimumHeight(175)
         self.colour_by = QComboBox()
         self.traverse_button = QPushButton("Decode traversal grid")
         self.info = QLabel("Train a model, then click a probe position.")
@@ -77,7 +77,16 @@ class ExplorePanel(QWidget):
         if current in choices:
             self.colour_by.setCurrentText(current)
         self.colour_by.blockSignals(False)
-        self.draw_scatter()
+        if self.isVisible():
+            self.draw_scatter()
+        else:  # drawn when the tab is shown: no scatter redraw in the GUI thread while hidden
+            self._stale = True
+
+    def showEvent(self, event):  # noqa: N802 - Qt's name
+        super().showEvent(event)
+        if getattr(self, "_stale", False) and self.maps is not None:
+            self._stale = False
+            self.draw_scatter()
 
     def _colour_values(self) -> np.ndarray:
         name = self.colour_by.currentText()

@@ -11,6 +11,7 @@ from typing import Any
 
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton, SpinBox
 
+from .calibration import CalibrationFields
 from .proxies import unwrap
 
 DTYPES = ["uint8", "uint16", "uint32", "int8", "int16", "int32", "float32", "float64"]
@@ -33,9 +34,22 @@ class OpenWidget(Container):
         self.frame_footer = SpinBox(label="frame footer bytes", min=0, max=2**31 - 1, value=0)
         self.open_button = PushButton(text="Open")
         self.status = Label(value="")
-        self.extend([self.path, self.dataset, self.scan_y, self.scan_x, self.det_y, self.det_x,
-                     self.dtype, self.byteorder, self.file_header, self.frame_header,
-                     self.frame_footer, self.open_button, self.status])
+        self.raw = Container(widgets=[self.det_y, self.det_x, self.dtype, self.byteorder, self.file_header,
+                                      self.frame_header, self.frame_footer], labels=True)
+        self.calibration = CalibrationFields()
+        self.extend([self.path, self.dataset, self.scan_y, self.scan_x])
+        from superqt import QCollapsible
+
+        self.raw_section = QCollapsible("Raw binary layout")
+        self.raw_section.addWidget(self.raw.native)
+        self.calibration_section = QCollapsible("Calibration (overrides the file)")
+        self.calibration_section.addWidget(self.calibration.native)
+        layout = self.native.layout()
+        layout.addWidget(self.raw_section)
+        layout.addWidget(self.calibration_section)
+        layout.addWidget(self.open_button.native)
+        layout.addWidget(self.status.native)
+        self.status.native.setWordWrap(True)
         self.path.changed.connect(self._path_changed)
         self.open_button.clicked.connect(self.open)
 
@@ -52,8 +66,10 @@ class OpenWidget(Container):
                 self.status.value = str(exc)
         self.dataset.choices = choices
         self.dataset.value = choices[0] if choices else None
-        self.status.value = {None: "Unknown type: give the raw layout below.",
-                             "raw": "Raw binary: give the layout below."}.get(fmt, f"Format: {fmt}")
+        self.status.value = {None: "Unknown type: give the raw binary layout.",
+                             "raw": "Raw binary: give its layout."}.get(fmt, f"Format: {fmt}")
+        if fmt in (None, "raw"):
+            self.raw_section.expand(animate=False)
 
     def options(self) -> dict[str, Any]:
         """Reader options from the form (zeros mean 'not given')."""
@@ -65,6 +81,7 @@ class OpenWidget(Container):
             options["dataset"] = self.dataset.value
         if self.scan_y.value and self.scan_x.value:
             options["scan_shape"] = (self.scan_y.value, self.scan_x.value)
+        options.update(self.calibration.given())
         if detect_format(path) in (None, "raw"):
             options.update(
                 format="raw", det_shape=(self.det_y.value, self.det_x.value), dtype=self.dtype.value,
@@ -77,10 +94,11 @@ class OpenWidget(Container):
         """Read the file with the chosen options and add its real-space layer."""
         from ..io import ReadError, read
         from .reader import layer_data_for
+        from .workers import warnings_as_notifications
 
         path = str(self.path.value)
         try:
-            dataset = read(path, **self.options())
+            dataset = warnings_as_notifications(read, path, **self.options())
         except ReadError as exc:
             self._error(str(exc))
             return []

@@ -83,9 +83,9 @@ class LivePlot:
             low, high = float(values.min()), float(values.max())
             log = low > 0 and high / low > 20
             self.axes.set_yscale("log" if log else "linear")
-            if not log:
+            if not log:  # plain numbers: no "1e4" multiplier nor offset above the axis
                 formatter = ScalarFormatter(useOffset=False)
-                formatter.set_powerlimits((-3, 4))
+                formatter.set_scientific(False)
                 self.axes.yaxis.set_major_formatter(formatter)
             pad = 0.05 * (high - low) if high > low else max(abs(high) * 0.05, 1e-9)
             self.axes.set_ylim(low / 1.2 if log else low - pad, high * 1.2 if log else high + pad)

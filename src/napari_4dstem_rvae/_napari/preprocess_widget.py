@@ -57,7 +57,9 @@ class PreprocessWidget(WorkerMixin, Container):
                              self.det_r0, self.det_r1, self.det_c0, self.det_c1]
         self.extend([self.layer, self.do_crop, *self._crop_fields, self.bin_scan, self.bin_detector,
                      self.bin_method, self.repair, self.center, self.transform, self.normalize,
-                     self.subtract_mean, self.pca, self.preview_button, self.apply_button, self.status])
+                     self.subtract_mean, self.pca, self.preview_button, self.apply_button])
+        self.native.layout().addWidget(self.status.native)  # full width, wrapped
+        self.status.native.setWordWrap(True)
         self._controls = [w for w in self if w is not self.status]
         self.do_crop.changed.connect(self._sync_crop)
         self.layer.changed.connect(self._fill_crop)

@@ -35,13 +35,14 @@ def napari_get_reader(path: str | list[str]) -> Callable | None:
 def _reader(path: str | list[str]) -> list:
     from ..io import ReadError, read
     from ..results import is_results_file
+    from .workers import warnings_as_notifications
 
     if isinstance(path, (list, tuple)):
         path = path[0]
     if str(path).lower().endswith((".h5", ".hdf5")) and is_results_file(path):
         return results_layers(path)  # maps saved by this plugin: restore them as layers
     try:
-        dataset = read(path)
+        dataset = warnings_as_notifications(read, path)
     except ReadError as exc:
         _notify_error(str(exc))
         return _NOTHING

@@ -35,7 +35,6 @@ from .workers import (
     WorkerMixin,
     friendly_error,
     notify_error,
-    notify_info,
     stop_worker,
 )
 
@@ -342,7 +341,7 @@ class TrainWidget(WorkerMixin, Container):
         elif kind == "maps":
             self.show_maps(event["maps"], event["epoch"])
         elif kind == "info":
-            notify_info(event["message"])
+            self.status.value = event["message"]  # the status line says it; no pop-up over the canvas
 
     def _on_finished(self) -> None:
         try:

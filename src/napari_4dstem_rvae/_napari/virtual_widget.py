@@ -27,7 +27,9 @@ class VirtualDetectorWidget(WorkerMixin, Container):
         self.outer = FloatSpinBox(label="outer radius", value=3.0, min=0.01, max=1e4, step=0.1)
         self.run_button = PushButton(text="Compute image")
         self.status = Label(value="")
-        self.extend([self.layer, self.unit, self.inner, self.outer, self.run_button, self.status])
+        self.extend([self.layer, self.unit, self.inner, self.outer, self.run_button])
+        self.native.layout().addWidget(self.status.native)  # full width, wrapped
+        self.status.native.setWordWrap(True)
         self._controls = [self.layer, self.unit, self.run_button]
         self.run_button.clicked.connect(self.run)
         for w in (self.inner, self.outer, self.unit):

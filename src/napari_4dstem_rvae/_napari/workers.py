@@ -30,6 +30,29 @@ def notify_error(message: str) -> None:
     show_error(message)
 
 
+def notify_warning(message: str) -> None:
+    from napari.utils.notifications import show_warning
+
+    show_warning(message)
+
+
+def warnings_as_notifications(function: Callable, *args: Any, **kwargs: Any) -> Any:
+    """Call ``function`` (in the GUI thread) and show every warning it raises as a napari
+    notification, one sentence each, instead of text on stderr."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = function(*args, **kwargs)
+    seen = set()
+    for item in caught:
+        text = " ".join(str(item.message).split())
+        if text not in seen and not issubclass(item.category, (DeprecationWarning, PendingDeprecationWarning)):
+            seen.add(text)
+            notify_warning(text)
+    return result
+
+
 def notify_info(message: str) -> None:
     from napari.utils.notifications import show_info
 

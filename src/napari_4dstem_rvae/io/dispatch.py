@@ -35,6 +35,9 @@ def read(path: str | os.PathLike, **options: Any) -> Dataset4D:
         Dask chunks of the returned array (default: whole patterns, ~64 MB chunks).
     calibration
         A :class:`Calibration` or a dict of its fields overriding what the file says.
+    scan_step, scan_unit, det_pixel_size, det_unit, energy_kev, semiangle_mrad, det_origin, scan_origin
+        Single calibration fields overriding the file's (e.g. for files whose calibration is in
+        no known layout); ``None`` keeps the file's value. Recorded in the provenance.
 
     Raises
     ------
@@ -51,7 +54,7 @@ def read(path: str | os.PathLike, **options: Any) -> Dataset4D:
             f"{', '.join(sorted(set(SUPPORTED_EXTENSIONS)))} or a zarr directory "
             "(for raw binary give scan_shape, det_shape and dtype)"
         )
-    override = options.pop("calibration", None)
+    override = _calibration_override(path, options)
     options.pop("format", None)
     if fmt == "hdf5":
         ds = read_hdf5(path, **options)
@@ -65,12 +68,43 @@ def read(path: str | os.PathLike, **options: Any) -> Dataset4D:
         ds = read_rsciio(path, plugin=fmt.split(":", 1)[1], **options)
     else:
         raise ReadError(f"{path}: unknown format {fmt!r}")
-    if override is not None:
-        import dataclasses
-
-        fields = dataclasses.asdict(override) if isinstance(override, Calibration) else dict(override)
-        ds.calibration = ds.calibration.replace(**{k: v for k, v in fields.items() if v is not None})
+    if override:
+        from_file = ds.calibration
+        try:
+            ds.calibration = from_file.replace(**override)
+        except ValueError as exc:
+            raise ValueError(f"{path}: the calibration given is not valid: {exc}") from None
+        ds.provenance = ds.provenance + ({"step": "calibration", "overridden": sorted(override),
+                                          "calibration": ds.calibration.to_dict(),
+                                          "from_file": from_file.to_dict()},)
     return ds
+
+
+def _calibration_override(path: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The calibration fields given to :func:`read` (``calibration=`` and single fields),
+    removed from ``options``; values that are ``None`` are not given."""
+    import dataclasses
+
+    given: dict[str, Any] = {}
+    whole = options.pop("calibration", None)
+    if whole is not None:
+        given.update(dataclasses.asdict(whole) if isinstance(whole, Calibration) else dict(whole))
+    for name in CALIBRATION_FIELDS:
+        if name in options:
+            given[name] = options.pop(name)
+    unknown = sorted(set(given) - set(CALIBRATION_FIELDS))
+    if unknown:
+        raise ValueError(f"{path}: unknown calibration fields {unknown}; known: {list(CALIBRATION_FIELDS)}")
+    given = {k: v for k, v in given.items() if v is not None}
+    for key in ("det_origin", "scan_origin", "scan_step"):
+        if key in given and not isinstance(given[key], (int, float)):
+            given[key] = tuple(float(v) for v in given[key])
+    return given
+
+
+#: Calibration fields that ``read`` accepts as keywords.
+CALIBRATION_FIELDS = ("scan_step", "scan_unit", "det_pixel_size", "det_unit", "energy_kev", "semiangle_mrad",
+                      "det_origin", "scan_origin")
 
 
 def list_datasets(path: str | os.PathLike, ndim: int | tuple[int, ...] = 4) -> list[tuple[str, tuple]]:

@@ -45,6 +45,7 @@ Conventions (read these before comparing with another program)
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -204,7 +205,9 @@ class COMResult:
         if self.rotation is not None:
             out.update(rotation_residual=float(self.rotation.residual),
                        rotation_residual_other_flip=float(self.rotation.residual_other_flip),
-                       polarity_from=self.rotation.polarity_from)
+                       polarity_from=self.rotation.polarity_from,
+                       rotation_found_deg=float(self.rotation.rotation_deg),
+                       rotation_problem=self.rotation.problem or "")
         return out
 
 
@@ -442,6 +445,15 @@ def compute_com(
         calibrated = calibrate_rotation(corr_y, corr_x, spacing=spacing, flip=flip,
                                         sign_from=image, valid=valid)
         rotation_deg, use_flip = calibrated.rotation_deg, calibrated.flip
+        problem = calibrated.problem
+        if problem is not None and not math.isnan(calibrated.residual):
+            fallback_flip = False if flip == "auto" else bool(flip)
+            warnings.warn(
+                f"the automatic scan rotation is unreliable here ({problem}); it found "
+                f"{rotation_deg:.1f}°{' with flip' if use_flip else ''}, but 0°"
+                f"{' with flip' if fallback_flip else ' without flip'} is used instead. Give the rotation "
+                "(and flip) measured on a larger scan or a calibration specimen.", stacklevel=2)
+            rotation_deg, use_flip = 0.0, fallback_flip
     else:
         rotation_deg, use_flip = float(rotation), bool(flip) if flip != "auto" else False
     vy, vx = rotate_field(corr_y, corr_x, rotation_deg, use_flip)

@@ -95,6 +95,8 @@ class RotationCalibration:
     polarity_from
         What settled the 180° ambiguity: ``"image"`` (ADF or the given image),
         ``"skewness"``, or ``"none"``.
+    n_positions
+        Probe positions whose derivatives entered the fit.
     """
 
     rotation_deg: float
@@ -102,6 +104,28 @@ class RotationCalibration:
     residual: float
     residual_other_flip: float
     polarity_from: str
+    n_positions: int = 0
+
+    @property
+    def problem(self) -> str | None:
+        """Why this calibration cannot be trusted, in words, or ``None``: fewer than
+        :data:`MIN_POSITIONS` positions inside the scan, or a field that stays far from
+        curl-free at its best rotation (residual ≥ :data:`MAX_RESIDUAL`; a field of pure noise
+        gives ≈ 0.5: too little signal)."""
+        if math.isnan(self.residual):
+            return "the COM field has no spatial variation"
+        if self.n_positions < MIN_POSITIONS:
+            return f"only {self.n_positions} probe positions inside the scan (at least {MIN_POSITIONS} needed)"
+        if self.residual >= MAX_RESIDUAL:
+            return (f"{100 * self.residual:.0f}% of the field's variation stays in the curl at the best "
+                    "rotation: too little signal over the noise")
+        return None
+
+
+#: Interior probe positions needed to trust an automatic rotation.
+MIN_POSITIONS = 36
+#: Curl fraction at the best rotation above which the automatic rotation is not trusted.
+MAX_RESIDUAL = 0.4
 
 
 def _eigen_rotation(dy: np.ndarray, dx: np.ndarray, spacing: tuple[float, float],
@@ -185,7 +209,7 @@ def calibrate_rotation(
             stacklevel=2,
         )
         chosen = bool(candidates[0])
-        return RotationCalibration(0.0, chosen, math.nan, math.nan, "none")
+        return RotationCalibration(0.0, chosen, math.nan, math.nan, "none", int((weights > 0).sum()))
     chosen = min(candidates, key=lambda f: (math.inf if math.isnan(fits[f][1]) else fits[f][1]))
     theta, residual = fits[chosen]
     other = fits[not chosen][1]
@@ -218,4 +242,4 @@ def calibrate_rotation(
     degrees = (degrees + 180.0) % 360.0 - 180.0
     if degrees <= -180.0:
         degrees += 360.0
-    return RotationCalibration(degrees, chosen, residual, other, polarity_from)
+    return RotationCalibration(degrees, chosen, residual, other, polarity_from, int(use.sum()))

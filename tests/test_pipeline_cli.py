@@ -35,14 +35,20 @@ def test_stem_rvae_errors_are_one_line(tmp_path, capsys):
     assert err.startswith("stem-rvae: error:") and str(bad) in err and "Traceback" not in err
 
 
-def test_run_keeps_the_epoch_with_the_best_latent_com_correlation(tmp_path):
-    """The study's stopping rule: maps from the epoch whose latent best follows the COM magnitude."""
+def test_run_keeps_the_epoch_the_rule_picks(tmp_path):
+    """The study's stopping rule on request (maps from the epoch whose latent best follows the COM
+    magnitude); by default the held-out rule, which looks at the data only."""
     import json
 
     from napari_4dstem_rvae.pipeline import run
 
     ds = graphene(scan_shape=(8, 8), det_shape=(32, 32))
-    out = run(ds, tmp_path / "best.h5", bin_to=16, epochs=8, latent_dim=1, log=lambda *_: None)
+    default = run(ds, tmp_path / "default.h5", bin_to=16, epochs=8, latent_dim=1, log=lambda *_: None)["result"]
+    assert default.config.epoch_selection == "held_out" and not default.diagnostics[:-1]  # no COM during training
+    losses = {r["epoch"]: r["test_loss"] for r in default.history}
+    assert default.best_epoch in (8, min(losses, key=losses.get))    # the last, unless clearly worse
+    out = run(ds, tmp_path / "best.h5", bin_to=16, epochs=8, latent_dim=1, epoch_selection="com_correlation",
+              log=lambda *_: None)
     result = out["result"]
     seen = {d.epoch: d.max_abs_r for d in result.diagnostics}
     assert sorted(seen) == list(range(1, 9))          # 8 epochs // 20 → checked every epoch

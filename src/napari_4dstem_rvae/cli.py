@@ -85,13 +85,14 @@ def cmd_run(args) -> int:
 
     selection = "last" if args.last_epoch else args.epoch_selection
     changes = {"latent_dim": args.latent, "epochs": args.epochs, "learn_shift": True if args.shift else None,
-               "seed": args.seed, "threads": args.threads, "device": args.device, "epoch_selection": selection}
-    run(args.file, args.out, read_options=_read_options(args), bin_to=args.bin,
-        subtract_mean=not args.no_subtract_mean, roi=args.roi, **changes)
+               "seed": args.seed, "threads": args.threads, "device": args.device, "epoch_selection": selection,
+               "likelihood": args.likelihood, "restarts": args.restarts, "angle_symmetry": args.symmetry}
+    run(args.file, args.out, read_options=_read_options(args), bin_to=args.bin, roi=args.roi, **changes)
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .rvae.config import LIKELIHOODS
     from .rvae.selection import EPOCH_SELECTIONS
 
     parser = argparse.ArgumentParser(prog="stem-rvae", description=__doc__)
@@ -147,13 +148,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="read → bin → subtract mean → COM → rVAE → results.h5 + overview PNG")
     add_file(p)
     p.add_argument("--bin", type=int, default=64, help="detector pixels after binning (default 64; 0: no binning)")
-    p.add_argument("--no-subtract-mean", action="store_true", help="keep the mean pattern")
     p.add_argument("--latent", type=int, default=None, help="content latents (default: the engine's)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: about 2,400 optimisation steps)")
     p.add_argument("--shift", action="store_true", help="also learn a shift of each pattern")
     p.add_argument("--epoch-selection", default=None, choices=list(EPOCH_SELECTIONS),
-                   help="which epoch's model gives the maps (default: com_correlation, the study's rule: "
-                        "the epoch whose latent map correlates best with the COM magnitude, checked ~20 times)")
+                   help="which epoch's model gives the maps (default: held_out, the lowest loss on the held-out "
+                        "positions; com_correlation: the study's rule, the epoch whose latent map correlates best "
+                        "with the COM magnitude)")
+    p.add_argument("--likelihood", default=None, choices=list(LIKELIHOODS),
+                   help="default auto: anscombe for counts (non-negative integers), gaussian otherwise")
+    p.add_argument("--restarts", type=int, default=None,
+                   help="models started, the one with the lowest held-out loss continues (default: the engine's)")
+    p.add_argument("--symmetry", type=int, default=None, metavar="N",
+                   help="also map the angle modulo 360°/N (the lattice's N-fold symmetry, e.g. 6 for graphene)")
     p.add_argument("--last-epoch", action="store_true", help="same as --epoch-selection last")
     p.add_argument("--roi", help="boolean .npy mask (scan_y, scan_x) of the training positions")
     p.add_argument("--seed", type=int, default=None)

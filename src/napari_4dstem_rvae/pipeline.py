@@ -115,11 +115,12 @@ def _load_roi(roi: Any, scan_shape: tuple[int, int]) -> np.ndarray | None:
 
 def run(source: str | os.PathLike | Dataset4D, out: str | os.PathLike = "out", *,
         read_options: dict[str, Any] | None = None, bin_to: int | None = RVAE_DETECTOR_PIXELS,
-        subtract_mean: bool = True, roi: Any = None, config: Any = None, log=print,
+        roi: Any = None, config: Any = None, log=print,
         com_result: Any = None, images: dict | None = None, **config_changes: Any) -> dict[str, Any]:
-    """The headless rVAE pipeline: read → preprocess (bin to ``bin_to`` px, subtract the mean
-    pattern) → COM → rVAE → ``out/results.h5`` and ``out/overview.png``; ``out`` may also be
-    the results file itself (``RESULTS.h5``: the PNG goes beside it, ``RESULTS_overview.png``).
+    """The headless rVAE pipeline: read → bin the detector to ``bin_to`` px → COM → rVAE (which
+    centres its input on the mean pattern, as the study did, and keeps counts counts for the
+    counting-noise likelihood) → ``out/results.h5`` and ``out/overview.png``; ``out`` may also
+    be the results file itself (``RESULTS.h5``: the PNG goes beside it, ``RESULTS_overview.png``).
 
     ``read_options``: for :func:`napari_4dstem_rvae.read` (``dataset``, ``scan_shape`` …).
     ``roi``: boolean (scan_y, scan_x) mask or a ``.npy`` file of one (training positions).
@@ -131,7 +132,8 @@ def run(source: str | os.PathLike | Dataset4D, out: str | os.PathLike = "out", *
     """
     from .processing import compute_com
     from .results import overview_figure, write_results
-    from .rvae import RVAEConfig, fit
+    from .rvae import RVAEConfig, fit, resolve_likelihood
+    from .rvae.data import as_patterns, looks_like_counts
     from .rvae.selection import describe
 
     results_file, png_file = _output_paths(out, "results")
@@ -145,13 +147,18 @@ def run(source: str | os.PathLike | Dataset4D, out: str | os.PathLike = "out", *
         com_result = compute_com(ds)
     log(f"COM: rotation {com_result.rotation_deg:.2f}°, flip {com_result.flip}")
     factor = detector_bin_factor(ds.det_shape, bin_to)
-    prepared = prepare_for_rvae(ds, bin_to, subtract_mean=subtract_mean)
-    log(f"rVAE input: {prepared.shape} (detector binned ×{factor}, mean pattern "
-        f"{'subtracted' if subtract_mean else 'kept'})")
+    prepared = prepare_for_rvae(ds, bin_to)
     cfg = config if config is not None else RVAEConfig()
     if isinstance(cfg, dict):
         cfg = RVAEConfig.from_dict(cfg)
     cfg = cfg.replace(**{k: v for k, v in config_changes.items() if v is not None})
+    likelihood = resolve_likelihood(cfg, prepared)
+    counts = looks_like_counts(as_patterns(prepared), np.arange(int(np.prod(prepared.scan_shape))))
+    log(f"rVAE input: {prepared.shape} (detector binned ×{factor}), {'counts' if counts else 'not counts'}; "
+        f"likelihood {likelihood}{' (auto)' if cfg.likelihood == 'auto' else ''}; novelty with "
+        f"{'Poisson' if counts else 'Gaussian'} noise; epoch selection: {describe(cfg, True)}"
+        + (f"; {cfg.restarts} restarts" if cfg.restarts > 1 else ""))
+    cfg = cfg.replace(likelihood=likelihood)
 
     def progress(event):
         total = event.epochs_total
@@ -161,11 +168,15 @@ def run(source: str | os.PathLike | Dataset4D, out: str | os.PathLike = "out", *
 
     result = fit(prepared, cfg, roi_mask=roi, com_magnitude=com_result.magnitude, com_angle=com_result.angle,
                  callback=progress)
-    parameters = {"bin_to": bin_to, "bin_factor": factor, "subtract_mean": subtract_mean,
+    parameters = {"bin_to": bin_to, "bin_factor": factor, "likelihood": result.config.likelihood,
                   "roi_positions": None if roi is None else int(roi.sum()),
-                  "epoch_selection": describe(result.config, True), "rvae": result.config.to_dict()}
+                  "epoch_selection": describe(result.config, True), "rvae": result.config.to_dict(),
+                  "restart_scores": getattr(result.trainer, "restart_scores", None)}
     if result.best_epoch != result.trainer.epoch:
         log(f"maps from epoch {result.best_epoch} of {result.trainer.epoch} ({describe(result.config, True)})")
+    if result.maps.novelty is not None:
+        top = float(result.maps.novelty.max())
+        log(f"novelty: highest {top:.1f} robust SD at probe {tuple(int(v) for v in np.unravel_index(result.maps.novelty.argmax(), result.maps.novelty.shape))}")
     results_path = write_results(results_file, images=overview, com=com_result, rvae=result,
                                  parameters=parameters, **_results_args(ds))
     adf = overview.get("adf", overview["sum"])

@@ -151,6 +151,17 @@ MAPS: dict[str, MapSpec] = {s.name: s for s in (
     _spec("shift_std", "rVAE shift spread", "px", "spread",
           "Posterior standard deviations of the shift.", "rvae",
           planes=("rVAE shift x spread", "rVAE shift y spread")),
+    _spec("angle_concentration", "rVAE angle certainty", "1", "sequential",
+          "Mean resultant length of the angle's posterior, 0–1: 1 where the pattern fixes its "
+          "rotation, 0 where it does not (e.g. a nearly round pattern).", "rvae"),
+    _spec("angle_symmetric", "rVAE angle mod symmetry", "rad", "angle",
+          "The angle modulo 2π/n, n the lattice's rotational symmetry: rotations by a symmetry "
+          "of the lattice look alike.", "rvae"),
+    _spec("novelty", "rVAE novelty", "robust SD", "sequential",
+          "How poorly the trained model explains each pattern: its deviance from the "
+          "reconstruction with the posterior means (counting noise accounted for), as robust "
+          "z-scores over the scan. High at what the rest of the scan does not show: defects, "
+          "dopants, contamination.", "rvae", colormap="inferno"),
     _spec("roi_mask", "rVAE training region", "1", "mask",
           "Probe positions the rVAE was trained on (train and test).", "rvae"),
 )}

@@ -224,9 +224,10 @@ def test_widget_keeps_the_epoch_the_shared_selection_rule_picks(trained_setup, q
     _click(qtbot, widget.start_button)
     _wait_done(qtbot, widget)
     trainer = widget.session.trainer
-    assert trainer.config.epoch_selection == "com_correlation"
-    best = max(trainer.diagnostics, key=lambda d: d.max_abs_r)
-    assert trainer.selected_epoch == best.epoch
+    assert trainer.config.epoch_selection == "held_out"  # the default, as in stem-rvae run
+    best = min(trainer.history, key=lambda record: record["test_loss"])
+    assert trainer.selected_epoch == best["epoch"]
     layer = viewer.layers[f"{adf.name} rVAE latent 1"]
-    assert layer.metadata["napari_4dstem_rvae"]["epoch"] == best.epoch
+    assert layer.metadata["napari_4dstem_rvae"]["epoch"] == best["epoch"]
+    assert viewer.layers[f"{adf.name} rVAE novelty"].data.shape == ds.scan_shape
     assert not messages

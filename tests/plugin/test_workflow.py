@@ -123,7 +123,7 @@ def test_whole_workflow_through_the_plugins_menu(make_napari_viewer, qtbot, tmp_
             _click(qtbot, train.start_button)
             _wait(qtbot, train)
             counts.append(len(viewer.layers))
-        assert counts[0] == counts[1] == n_before_regions + 3 + 3  # angle, latent 1, latent 2
+        assert counts[0] == counts[1] == n_before_regions + 3 + 5  # angle, certainty, novelty, latent 1, latent 2
         trainer = train.session.trainer
         used = set(trainer.train_index.tolist()) | set(trainer.test_index.tolist())
         assert used == set(np.flatnonzero(mask.ravel()).tolist())

@@ -54,7 +54,8 @@ def test_gaussian_nll_matches_hand_computation():
 
 
 def test_loss_parts_are_the_elbo_terms():
-    model = small_model(noise_std=0.7)
+    """The Gaussian angle of version 0.1 with its N(0, π²) prior (``angle_posterior="gaussian"``)."""
+    model = small_model(noise_std=0.7, angle_posterior="gaussian", rotation_prior=math.pi)
     x = model.flatten(torch.randn(3, 8, 8, generator=torch.Generator().manual_seed(1)))
     with torch.no_grad():
         total, parts = model.loss(x, sample=False, kl_weight=0.5)
@@ -165,7 +166,7 @@ def test_model_construction_leaves_global_rng_alone():
 @pytest.mark.parametrize("changes, name", [
     ({"latent_dim": 0}, "latent_dim"),
     ({"latent_dim": 100}, "latent_dim"),
-    ({"likelihood": "poisson"}, "likelihood"),
+    ({"likelihood": "laplace"}, "likelihood"),
     ({"rotation_prior": -1.0}, "rotation_prior"),
     ({"learning_rate": 0.0}, "learning_rate"),
     ({"test_fraction": 1.0}, "test_fraction"),
@@ -182,3 +183,58 @@ def test_config_round_trips_through_plain_dict():
     assert again == config
     with pytest.raises(ValueError, match="unknown"):
         RVAEConfig.from_dict({**config.to_dict(), "colour": 1})
+
+
+def test_projected_normal_kl_against_numerical_integration():
+    """KL(PN ‖ uniform) = ∫ p log(2π p) over the circle; against a fine grid and Monte Carlo."""
+    from napari_4dstem_rvae.rvae import circular
+
+    phi = torch.linspace(-math.pi, math.pi, 400_001, dtype=torch.float64)
+    for s in (0.0, 0.5, 2.0, 7.0, 40.0):
+        st = torch.tensor([s], dtype=torch.float64)
+        p = circular.density(phi, st)
+        assert float(torch.trapezoid(p, phi)) == pytest.approx(1.0, abs=1e-6)
+        kl_numeric = float(torch.trapezoid(p * torch.log((2 * math.pi * p).clamp_min(1e-300)), phi))
+        assert float(circular.kl_uniform(st)) == pytest.approx(kl_numeric, abs=2e-4)
+        draws = circular.sample(torch.tensor([[s, 0.0]], dtype=torch.float64).expand(200_000, 2),
+                                torch.Generator().manual_seed(0))
+        assert float(circular.mean_resultant_length(st)) == pytest.approx(float(torch.cos(draws).mean()), abs=5e-3)
+    # von Mises prior vM(0, κ): KL = ∫ p log(p / q)
+    kappa, mu, s = 3.0, 0.7, 2.5
+    theta = phi + mu
+    q = torch.exp(kappa * torch.cos(theta)) / (2 * math.pi * torch.special.i0(torch.tensor(kappa, dtype=torch.float64)))
+    p = circular.density(phi, torch.tensor([s], dtype=torch.float64))
+    numeric = float(torch.trapezoid(p * torch.log(p / q), phi))
+    got = float(circular.kl_von_mises(torch.tensor([s], dtype=torch.float64), torch.tensor([mu], dtype=torch.float64),
+                                      kappa))
+    assert got == pytest.approx(numeric, abs=2e-4)
+
+
+def test_poisson_nll_and_deviance_against_a_hand_calculation():
+    from napari_4dstem_rvae.rvae.likelihood import (
+        anscombe,
+        poisson_deviance,
+        poisson_nll,
+    )
+
+    y = torch.tensor([[0.0, 1.0, 4.0]], dtype=torch.float64)
+    rate = torch.tensor([[0.5, 2.0, 3.0]], dtype=torch.float64)
+    by_hand = sum(lam - k * math.log(lam) + math.lgamma(k + 1) for k, lam in ((0, 0.5), (1, 2.0), (4, 3.0)))
+    assert float(poisson_nll(y, torch.log(rate))) == pytest.approx(by_hand, rel=1e-12)
+    dev = 2 * (0.5 + (1 * math.log(1 / 2.0) - (1 - 2.0)) + (4 * math.log(4 / 3.0) - (4 - 3.0)))
+    assert float(poisson_deviance(y, torch.log(rate))) == pytest.approx(dev, rel=1e-12)
+    # the Anscombe transform makes Poisson counts unit-variance (for means above a few counts)
+    draws = torch.poisson(torch.full((200_000,), 20.0, dtype=torch.float64), generator=torch.Generator().manual_seed(0))
+    assert float(anscombe(draws).var()) == pytest.approx(1.0, abs=0.03)
+
+
+def test_model_with_count_likelihoods_reconstructs_counts():
+    counts = torch.poisson(torch.full((4, 8, 8), 5.0), generator=torch.Generator().manual_seed(2))
+    for likelihood in ("anscombe", "poisson"):
+        model = small_model(likelihood=likelihood)
+        x, target = model.prepare(counts)
+        assert torch.equal(target, counts.reshape(4, 64)) == (likelihood == "poisson")
+        total, parts = model.loss(x, target, sample=False)
+        assert torch.isfinite(total) and float(parts["recon"]) > 0
+        recon = model.unflatten(model.decode(torch.zeros(4, 2), torch.zeros(4)))
+        assert recon.shape == (4, 8, 8) and float(recon.min()) >= 0   # counts are never negative

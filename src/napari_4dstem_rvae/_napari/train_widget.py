@@ -25,7 +25,8 @@ from magicgui.widgets import (
 )
 from qtpy.QtWidgets import QProgressBar
 
-from ..rvae.config import DEVICES, RVAEConfig
+from ..rvae.config import DEVICES, LIKELIHOODS, RVAEConfig
+from ..rvae.selection import EPOCH_SELECTIONS
 from .common import chosen_layer, dataset_combo
 from .fields import option_field, options_from
 from .layers import find_dataset, map_layer_data, scan_geometry, upsert_layer
@@ -57,7 +58,7 @@ class TrainWidget(WorkerMixin, Container):
                                tooltip="Shapes or Labels layer over the scan: positions used for training")
         self.label = SpinBox(label="label (0 = any)", value=0, min=0, max=2**31 - 1)
         self.count = Label(value="", label="positions")
-        self.study_preprocessing = CheckBox(label="bin to 64 px + subtract mean", value=True,
+        self.study_preprocessing = CheckBox(label="bin the detector to 64 px", value=True,
                                             tooltip="As in the published study; off for data you preprocessed")
         cfg = RVAEConfig
         self.latent = option_field(cfg, "latent_dim", "content latents", minimum=1, maximum=16)
@@ -74,8 +75,14 @@ class TrainWidget(WorkerMixin, Container):
         self.threads = option_field(cfg, "threads", "threads (0 = all)", maximum=256,
                                     tooltip="CPU threads for training; 1 keeps napari responsive on small machines")
         self.threads.value = 1  # the GUI's own choice: the event loop must keep a core
+        self.likelihood = option_field(cfg, "likelihood", choices=LIKELIHOODS,
+                                       tooltip="auto: anscombe for counts (non-negative integers), gaussian otherwise")
+        self.epoch_selection = option_field(cfg, "epoch_selection", "keep the epoch by", choices=EPOCH_SELECTIONS)
+        self.restarts = option_field(cfg, "restarts", minimum=1, maximum=16,
+                                     tooltip="models started; the one with the lowest held-out loss continues")
         self._config_fields = [self.latent, self.shift, self.epochs, self.batch, self.lr, self.rotation_prior,
-                               self.seed, self.device, self.threads]
+                               self.seed, self.device, self.threads, self.likelihood, self.epoch_selection,
+                               self.restarts]
         self.maps_every = SpinBox(label="maps every (epochs)", value=0, min=0, max=100_000,
                                   tooltip="Update the map layers every N epochs while training; 0: at the end only")
         self.correlate = CheckBox(label="latent–COM correlation", value=True,
@@ -97,8 +104,9 @@ class TrainWidget(WorkerMixin, Container):
         buttons.margins = (0, 0, 0, 0)
         self.extend([self.layer, self.region, self.new_region_button, self.label, self.count,
                      self.latent, self.shift, self.epochs, self.correlate])
-        self.advanced = Container(widgets=[self.study_preprocessing, self.batch, self.lr, self.rotation_prior,
-                                           self.seed, self.device, self.threads, self.maps_every], labels=True)
+        self.advanced = Container(widgets=[self.study_preprocessing, self.likelihood, self.epoch_selection,
+                                           self.restarts, self.batch, self.lr, self.rotation_prior, self.seed,
+                                           self.device, self.threads, self.maps_every], labels=True)
         self.keep = Container(widgets=[self.checkpoint_path, self.save_button, self.load_button,
                                        self.results_path, self.save_results_button], labels=True)
         from superqt import QCollapsible
@@ -126,6 +134,7 @@ class TrainWidget(WorkerMixin, Container):
         self.latency = LatencyProbe(parent=self.native)
 
         self._parameters = [self.layer, self.region, self.new_region_button, self.label, self.study_preprocessing,
+                            self.likelihood, self.epoch_selection, self.restarts,
                             self.latent, self.shift, self.epochs, self.batch, self.lr, self.rotation_prior,
                             self.seed, self.device, self.threads, self.maps_every, self.correlate,
                             self.start_button, self.resume_button, self.save_button, self.load_button,
@@ -379,6 +388,10 @@ class TrainWidget(WorkerMixin, Container):
         self.maps = maps
         items = [map_layer_data("angle", maps["angle"], ds, extra=extra,
                                 layer_name=f"{session.source_layer_name} {MAPS['angle'].title}")]
+        for name in ("angle_concentration", "angle_symmetric", "novelty"):
+            if maps.get(name) is not None:
+                items.append(map_layer_data(name, maps[name], ds, extra=extra,
+                                            layer_name=f"{session.source_layer_name} {MAPS[name].title}"))
         for name in ("latents", "shift"):
             spec = MAPS[name]
             for i, plane in enumerate(maps.get(name, ())):
@@ -387,8 +400,8 @@ class TrainWidget(WorkerMixin, Container):
                 title = spec.plane_title(i)
                 items.append(map_layer_data(spec, plane, ds, extra=info, title=title,
                                             layer_name=f"{session.source_layer_name} {title}"))
-        for i, (_, kwargs, _) in enumerate(items):
-            kwargs["visible"] = i == 1  # new layers: latent 1 over the ADF image, the others hidden
+        for _, kwargs, _ in items:  # new layers: latent 1 over the ADF image, the others hidden
+            kwargs["visible"] = kwargs["metadata"]["napari_4dstem_rvae"].get("title") == MAPS["latents"].plane_title(0)
         layers = [upsert_layer(self.viewer, item) for item in items]
         self.explore.set_maps(maps)
         return layers

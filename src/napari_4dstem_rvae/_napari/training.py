@@ -36,17 +36,16 @@ class TrainingSession:
         and the trainer. ``config``: an :class:`RVAEConfig` or a dict of its fields."""
         from ..processing import compute_com
         from ..processing.chain import RVAE_DETECTOR_PIXELS, prepare_for_rvae
-        from ..rvae import RVAEConfig, Trainer
+        from ..rvae import RVAEConfig, start
 
-        train_data = prepare_for_rvae(dataset, RVAE_DETECTOR_PIXELS if study_preprocessing else None,
-                                      subtract_mean=study_preprocessing)
+        train_data = prepare_for_rvae(dataset, RVAE_DETECTOR_PIXELS if study_preprocessing else None)
         com = compute_com(dataset) if correlate else None
         if isinstance(config, dict):
             config = RVAEConfig.from_dict(config)
         config = config.replace(correlate_every=1 if correlate else 0)
-        trainer = Trainer(train_data, config, roi_mask=train_mask,
-                          com_magnitude=None if com is None else com.magnitude,
-                          com_angle=None if com is None else com.angle)
+        trainer = start(train_data, config, roi_mask=train_mask,
+                        com_magnitude=None if com is None else com.magnitude,
+                        com_angle=None if com is None else com.angle)
         return cls(dataset, train_data, trainer, source_layer_name=source_layer_name, com=com)
 
     @classmethod
@@ -120,15 +119,16 @@ class TrainingSession:
                 finished = event.kind == "finished"
                 yield {"kind": "info", "message": event.message}
         epoch = self.trainer.finish() if finished else self.epochs_done
-        yield {"kind": "maps", "maps": self.maps(), "epoch": epoch}
+        yield {"kind": "maps", "maps": self.maps(novelty=True), "epoch": epoch}
 
-    def maps(self) -> dict[str, np.ndarray]:
+    def maps(self, novelty: bool = False) -> dict[str, np.ndarray]:
         """The rVAE maps of every probe position by schema name: ``angle`` (rad), ``angle_std``,
-        ``latents`` (k, ny, nx), ``latents_std`` and, when learned, ``shift``/``shift_std`` (2, ny, nx)."""
-        maps = self.trainer.maps()
-        return {name: getattr(maps, name) for name in ("angle", "angle_std", "latents", "latents_std",
-                                                       "shift", "shift_std")
-                if getattr(maps, name) is not None}
+        ``angle_concentration``, ``latents`` (k, ny, nx), ``latents_std``, when learned
+        ``shift``/``shift_std`` (2, ny, nx), with ``novelty`` the novelty map."""
+        from ..results.files import RVAE_MAPS
+
+        maps = self.trainer.maps(novelty=novelty)
+        return {name: getattr(maps, name) for name in RVAE_MAPS if getattr(maps, name, None) is not None}
 
     def reconstruct(self, y: int, x: int) -> tuple[np.ndarray, np.ndarray]:
         """The prepared pattern at ``(y, x)`` and its reconstruction with the inferred pose."""

@@ -144,10 +144,12 @@ def in_memory(dataset: Dataset4D, limit: int = IN_MEMORY_LIMIT) -> Dataset4D:
 
 
 def prepare_for_rvae(dataset: Dataset4D, detector_pixels: int | None = RVAE_DETECTOR_PIXELS,
-                     subtract_mean: bool = True) -> Dataset4D:
+                     subtract_mean: bool = False) -> Dataset4D:
     """The data the rVAE trains on: as in the study, the detector binned to about
-    ``detector_pixels`` (``None``: as it is) and the mean pattern subtracted; computed into
-    memory when it fits, so that training does not re-read the file every epoch."""
+    ``detector_pixels`` (``None``: as it is; summed, so counts stay counts); computed into
+    memory when it fits, so that training does not re-read the file every epoch. The rVAE
+    centres its input on the mean pattern itself (``subtract_mean`` does it here, for models of
+    version 0.1)."""
     factor = detector_bin_factor(dataset.det_shape, detector_pixels)
     ds = preprocess(dataset, bin_detector=factor, subtract_mean=subtract_mean)
     return in_memory(ds)

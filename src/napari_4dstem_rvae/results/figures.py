@@ -136,6 +136,8 @@ def overview_figure(path: Any, result: Any, *, adf: Any = None, com: Any = None,
     if maps.shift is not None:
         for i in range(2):
             panels.append((MAPS["shift"], maps.shift[i], "px", MAPS["shift"].plane_title(i)))
+    if getattr(maps, "novelty", None) is not None:
+        panels.append((MAPS["novelty"], maps.novelty, "robust SD", None))
     history = full.history if full is not None else []
     n = len(panels) + (1 if history else 0)
     cols = min(n, 4)

@@ -41,6 +41,10 @@ from ..schema import LEGACY, MAPS, MapSpec, resolve_unit, spec_for
 RESULTS_MARK = "napari_4dstem_rvae_results"
 FORMAT_VERSION = 2
 
+#: The rVAE's maps, in the order they are written (``LatentMaps`` attributes of these names).
+RVAE_MAPS = ("angle", "angle_std", "angle_concentration", "angle_symmetric", "latents", "latents_std",
+             "shift", "shift_std", "novelty")
+
 RVAE_CONVENTIONS = ("angle: rotation of each pattern relative to the decoder's canonical pattern, "
                     "radians in (-pi, pi], counter-clockwise as seen on screen (detector rows drawn "
                     "downwards) about the direct beam; shift: (x right, y down) in detector pixels; "
@@ -155,7 +159,7 @@ def write_results(path: str | os.PathLike, *, calibration: Calibration | None, s
                 group.attrs[key] = value if not isinstance(value, (list, dict)) else _json(value)
         if rvae is not None:
             _write_rvae(f.create_group("rvae"), rvae, roi_mask)
-            for name in ("angle", "angle_std", "latents", "latents_std", "shift", "shift_std"):
+            for name in RVAE_MAPS:
                 if f"rvae/{name}" in f:
                     links[name] = f"/rvae/{name}"
         for name, target in links.items():
@@ -167,7 +171,7 @@ def write_results(path: str | os.PathLike, *, calibration: Calibration | None, s
 def _write_rvae(g: Any, result: Any, roi_mask: Any) -> None:
     maps = result.maps if hasattr(result, "maps") and not hasattr(result, "angle") else result
     full = result if maps is not result else None
-    for name in ("angle", "angle_std", "latents", "latents_std", "shift", "shift_std"):
+    for name in RVAE_MAPS:
         values = getattr(maps, name, None)
         if values is not None:
             spec = MAPS[name]
@@ -177,8 +181,9 @@ def _write_rvae(g: Any, result: Any, roi_mask: Any) -> None:
         trainer = full.trainer
         config = full.config.to_dict()
         g.attrs["config"] = _json(config)
-        for key in ("latent_dim", "learn_shift", "epochs", "batch_size", "learning_rate",
-                    "pixels_per_step", "kl_weight", "noise_std", "likelihood", "seed", "epoch_selection"):
+        for key in ("latent_dim", "learn_shift", "epochs", "batch_size", "learning_rate", "pixels_per_step",
+                    "kl_weight", "noise_std", "likelihood", "seed", "epoch_selection", "angle_posterior",
+                    "restarts", "angle_symmetry"):
             value = config.get(key)
             g.attrs[f"param_{key}"] = "None" if value is None else value
         g.attrs["param_rotation_prior"] = ("uniform" if config["rotation_prior"] is None

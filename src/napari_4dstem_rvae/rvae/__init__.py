@@ -33,13 +33,13 @@ _LAZY = {
     "RVAEConfig": ".config",
     "Diagnostics": ".diagnostics", "circular_correlation": ".diagnostics", "correlate": ".diagnostics",
     "pearson_r": ".diagnostics",
-    "RVAEResult": ".fitting", "fit": ".fitting",
+    "RVAEResult": ".fitting", "fit": ".fitting", "start": ".fitting",
     "LatentMaps": ".infer", "decode": ".infer", "encode": ".infer", "reconstruct": ".infer",
     "reconstruct_positions": ".infer", "traverse": ".infer",
     "RVAE": ".model",
     "EPOCH_SELECTIONS": ".selection",
     "TrainEvent": ".runtime", "TrainingDiverged": ".runtime", "resolve_device": ".runtime",
-    "Trainer": ".train", "load_checkpoint": ".train",
+    "Trainer": ".train", "load_checkpoint": ".train", "resolve_likelihood": ".train",
 }
 
 __all__ = sorted(_LAZY)

@@ -22,7 +22,8 @@ from .config import RVAEConfig
 from .model import RVAE
 
 FORMAT = "napari-4dstem-rvae checkpoint"
-VERSION = 1
+#: 2: projected-normal angle, likelihoods for counts, input offset (version 0.2).
+VERSION = 2
 #: Keys every checkpoint must hold.
 REQUIRED = ("config", "det_shape", "scan_shape", "model", "center", "data_scale")
 
@@ -63,8 +64,12 @@ def read_checkpoint(path: Any) -> dict[str, Any]:
 
 
 def config_of(state: dict[str, Any]) -> RVAEConfig:
-    """The :class:`RVAEConfig` stored in a checkpoint dictionary."""
-    return RVAEConfig.from_dict(state["config"], source=f"checkpoint {state.get('_path', '')!r}")
+    """The :class:`RVAEConfig` stored in a checkpoint dictionary (format-1 checkpoints: the
+    Gaussian angle of version 0.1)."""
+    values = dict(state["config"])
+    if state.get("version", 1) < 2:
+        values.setdefault("angle_posterior", "gaussian")
+    return RVAEConfig.from_dict(values, source=f"checkpoint {state.get('_path', '')!r}")
 
 
 def model_from_state(state: dict[str, Any], config: RVAEConfig | None = None) -> RVAE:
@@ -75,8 +80,11 @@ def model_from_state(state: dict[str, Any], config: RVAEConfig | None = None) ->
     model = RVAE(config, tuple(state["det_shape"]),
                  None if det_mask is None else det_mask.numpy(), tuple(state["center"]),
                  float(state["data_scale"]))
+    weights = dict(state["model"])
+    for name in ("offset", "log_mean", "count_data"):  # format 1: data were centred outside the model
+        weights.setdefault(name, getattr(model, name))
     try:
-        model.load_state_dict(state["model"])
+        model.load_state_dict(weights)
     except RuntimeError as exc:
         raise ValueError(f"the weights in {path!r} do not fit the model its configuration describes: {exc}") from exc
     return model

@@ -11,9 +11,16 @@ from ..dataset import plain_fields
 from .selection import DEFAULT as DEFAULT_SELECTION
 from .selection import EPOCH_SELECTIONS
 
-LIKELIHOODS = ("gaussian", "gaussian_learned")
+LIKELIHOODS = ("auto", "gaussian", "gaussian_learned", "anscombe", "poisson")
+ANGLE_POSTERIORS = ("projected_normal", "gaussian")
+#: What ``likelihood="auto"`` picks for counts (non-negative integers) — chosen by measurement
+#: (benchmarks/bench_rvae_quality.py, graphene at 10⁵ e⁻/pattern, latent–COM |r|): Gaussian on
+#: the counts 0.94, Poisson 0.82, Anscombe 0.67 — the count likelihoods weigh the dark-field
+#: pixels by their information, and the latents then follow the dark-field structure rather
+#: than the COM. Counts are still recognised: the novelty map uses their Poisson noise.
+COUNT_LIKELIHOOD = "gaussian"
 ACTIVATIONS = ("tanh", "relu", "gelu", "silu")
-NORMALISATIONS = ("signal", "std", "none")
+NORMALISATIONS = ("auto", "signal", "std", "none")
 LR_SCHEDULES = ("cosine", "constant")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 MAX_LATENT_DIM = 32
@@ -45,21 +52,35 @@ class RVAEConfig:
     activation
         ``"tanh"`` (study), ``"relu"``, ``"gelu"`` or ``"silu"``.
     likelihood
-        ``"gaussian"``: fixed noise standard deviation ``noise_std`` (in units of the
-        normalised data, i.e. of the training set's standard deviation).
-        ``"gaussian_learned"``: one noise standard deviation learned with the model (its
-        start value is ``noise_std``); the reconstruction then weighs itself against the
-        KL terms as the fit improves — useful for data whose noise level is unknown.
+        ``"auto"`` (default): :data:`COUNT_LIKELIHOOD` for counts (non-negative integers, as
+        detectors give them — measured best, see there), else ``"gaussian"``; the trainer
+        resolves it from the data and records the choice. ``"gaussian"``: fixed noise standard deviation ``noise_std`` (in
+        units of the normalised data). ``"gaussian_learned"``: one noise standard deviation
+        learned with the model (its start value is ``noise_std``). ``"anscombe"``: counts
+        through the variance-stabilising transform 2√(y + 3/8), whose noise is Gaussian with
+        unit variance; the likelihood's σ is ``noise_std`` but never below that known noise.
+        ``"poisson"``: the exact Poisson likelihood of the counts, the rate decoded as the
+        mean pattern × exp(decoder output). See :mod:`.likelihood`.
     noise_std
-        Noise standard deviation of the Gaussian likelihood in normalised units (see
-        ``normalise``). The default 4.5 treats the data as noisier than the signal, which
+        Noise standard deviation of the Gaussian likelihood, as a multiple of the RMS of the
+        signal (see ``normalise``); for ``"anscombe"`` never below the known Poisson noise (1
+        in Anscombe units). The default 4.5 treats the data as noisier than the signal, which
         makes one latent dominant and follow the physics (a β-VAE with β ≈ 20 in effect);
         chosen by measurement on simulated graphene (1 and 2 let several latents share the
         COM magnitude and the maps degrade with longer training; 3–6 reach latent–COM
         |r| ≈ 0.99 in 2,400 steps; see benchmarks/bench_rvae.py).
+    angle_posterior
+        ``"projected_normal"`` (default): the angle is the direction of a draw from a 2D
+        normal — a distribution on the circle with a proper KL to the prior and a
+        concentration mapped as the angle's uncertainty (:mod:`.circular`); ``"gaussian"``:
+        a Gaussian on the unwrapped angle (version 0.1, the study's).
     rotation_prior
-        Standard deviation (rad) of the Gaussian prior N(0, σ²) of the angle; ``None``
-        for a uniform prior over the circle (every orientation equally likely).
+        ``None`` (default): a uniform prior over the circle (every orientation equally
+        likely); else a concentrated prior about 0: von Mises of concentration 1/σ² for the
+        projected normal, Gaussian N(0, σ²) for the Gaussian angle (σ in rad).
+    angle_symmetry
+        n > 1 adds a map of the angle modulo 2π/n (the lattice's n-fold symmetry, e.g. 6
+        for graphene), in which rotations by a symmetry of the lattice look alike.
     shift_prior
         Standard deviation (detector pixels) of the Gaussian prior of each shift.
     kl_weight
@@ -94,12 +115,13 @@ class RVAEConfig:
     seed
         Seed of the run's own random generators (split, shuffling, sampling).
     normalise
-        How the data are scaled inside the engine (the scale is stored with the model and
-        outputs are returned in the original units): ``"signal"`` divides by the RMS of
-        the *signal* per pixel — the variance of the training patterns in their leading
-        principal components above the noise floor —, so that ``noise_std`` means the same
-        for clean and for noisy (low-dose) data; ``"std"`` divides by the standard deviation
-        of the training patterns; ``"none"`` leaves the data as they are.
+        How the encoder's inputs are scaled (the scale is stored with the model and outputs
+        are returned in the original units): ``"signal"`` divides by the RMS of the *signal*
+        per pixel — the variance of the training patterns in their leading principal
+        components above the noise floor; ``"std"`` divides by the standard deviation of the
+        training patterns (unit-variance inputs whatever the noise); ``"none"`` leaves the
+        data as they are; ``"auto"`` (default): ``"std"`` for counts, ``"signal"`` otherwise.
+        The likelihood's σ does not depend on it (``noise_std``).
     device
         ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda"`` or ``"mps"``.
     threads
@@ -111,9 +133,16 @@ class RVAEConfig:
         correlations with the COM maps when given, come with that epoch's event; 0: as the
         ``epoch_selection`` rule needs (see :mod:`.selection`).
     epoch_selection
-        Which epoch's model gives the maps (:mod:`.selection`): ``"com_correlation"`` (the
-        study's rule: the state whose latent follows the COM magnitude best, when COM maps
-        are given) or ``"last"``.
+        Which epoch's model gives the maps (:mod:`.selection`): ``"held_out"`` (default: the
+        lowest loss on the held-out positions), ``"com_correlation"`` (the study's rule: the
+        state whose latent follows the COM magnitude best, when COM maps are given) or
+        ``"last"``.
+    restarts
+        Start this many models (other initial weights, the same data split), train each for
+        ``restart_fraction`` of the training, and continue the one with the lowest held-out
+        loss (a guard against poor local optima).
+    restart_fraction
+        Fraction of the training the restarts compete for.
     """
 
     latent_dim: int = 2
@@ -123,9 +152,11 @@ class RVAEConfig:
     align_content: bool = True
     content_hidden: tuple[int, ...] | None = None
     activation: str = "tanh"
-    likelihood: str = "gaussian"
+    likelihood: str = "auto"
     noise_std: float = 4.5
-    rotation_prior: float | None = math.pi
+    angle_posterior: str = "projected_normal"
+    rotation_prior: float | None = None
+    angle_symmetry: int = 1
     shift_prior: float = 2.0
     kl_weight: float = 1.0
     kl_warmup_epochs: int = 0
@@ -139,12 +170,14 @@ class RVAEConfig:
     pixels_per_step: int | None = 256
     test_fraction: float = 0.25
     seed: int = 0
-    normalise: str = "signal"
+    normalise: str = "auto"
     device: str = "auto"
     threads: int | None = None
     bf16: bool = False
     correlate_every: int = 0
     epoch_selection: str = DEFAULT_SELECTION
+    restarts: int = 1
+    restart_fraction: float = 0.15
 
     def steps_per_epoch(self, n_train: int) -> int:
         """Optimisation steps of one epoch over ``n_train`` training positions."""
@@ -183,6 +216,11 @@ class RVAEConfig:
             fail("noise_std", "a positive number")
         if self.rotation_prior is not None and not (self.rotation_prior > 0 and math.isfinite(self.rotation_prior)):
             fail("rotation_prior", "a positive number of radians or None (uniform)")
+        if self.angle_posterior not in ANGLE_POSTERIORS:
+            fail("angle_posterior", f"one of {ANGLE_POSTERIORS}")
+        if isinstance(self.angle_symmetry, bool) or int(self.angle_symmetry) != self.angle_symmetry \
+                or not 1 <= self.angle_symmetry <= 12:
+            fail("angle_symmetry", "an integer from 1 (none) to 12")
         if not (self.shift_prior > 0 and math.isfinite(self.shift_prior)):
             fail("shift_prior", "a positive number of detector pixels")
         if not (self.kl_weight >= 0 and math.isfinite(self.kl_weight)):
@@ -221,6 +259,10 @@ class RVAEConfig:
             fail("correlate_every", "≥ 0")
         if self.epoch_selection not in EPOCH_SELECTIONS:
             fail("epoch_selection", f"one of {EPOCH_SELECTIONS}")
+        if isinstance(self.restarts, bool) or int(self.restarts) != self.restarts or not 1 <= self.restarts <= 16:
+            fail("restarts", "an integer from 1 to 16")
+        if not 0 < self.restart_fraction < 1:
+            fail("restart_fraction", "in (0, 1)")
 
     def replace(self, **changes: Any) -> RVAEConfig:
         return dataclasses.replace(self, **changes)
@@ -249,4 +291,4 @@ class RVAEConfig:
     # Parameters that change the network's shape: a checkpoint can only be loaded into a
     # model with the same values.
     ARCHITECTURE = ("latent_dim", "learn_shift", "encoder_hidden", "decoder_hidden", "align_content",
-                    "content_hidden", "activation", "likelihood")
+                    "content_hidden", "activation", "likelihood", "angle_posterior")

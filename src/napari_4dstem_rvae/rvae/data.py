@@ -224,10 +224,17 @@ class TrainingSource:
         return torch.from_numpy(out)
 
 
-def data_std(patterns: Patterns, index: np.ndarray, det_mask: np.ndarray | None) -> float:
-    """Standard deviation of the patterns at ``index`` (inside the detector mask), in one
-    streamed pass (lazy data block of scan rows by block); raises for NaN/Inf patterns."""
-    count, total, total_sq = 0, 0.0, 0.0
+def _transform(block: np.ndarray, counts: bool) -> np.ndarray:
+    return 2.0 * np.sqrt(np.clip(block, 0, None) + 0.375) if counts else block
+
+
+def input_statistics(patterns: Patterns, index: np.ndarray, det_mask: np.ndarray | None,
+                     counts: bool = False) -> dict[str, Any]:
+    """In one streamed pass over the patterns at ``index`` (lazy data block of scan rows by
+    block; raises for NaN/Inf patterns): per pixel inside the mask, the mean of the
+    encoder's values (``"offset"``: Anscombe-transformed for counts) and of the raw data
+    (``"raw_mean"``), and the standard deviation of the centred values over pixels and
+    patterns (``"std"``)."""
     nx = patterns.scan_shape[1]
     pixel = None if det_mask is None else np.flatnonzero(det_mask.ravel())
 
@@ -244,24 +251,44 @@ def data_std(patterns: Patterns, index: np.ndarray, det_mask: np.ndarray | None)
             if keep.any():
                 yield np.arange(first, stop)[keep], block[keep]
 
+    count, total, total_sq, raw = 0, 0.0, 0.0, 0.0
     for chunk, block in blocks():
         check_finite(block, 0, nx, chunk)
         if pixel is not None:
             block = block[:, pixel]
         block = block.astype(np.float64)
-        count += block.size
-        total += float(block.sum())
-        total_sq += float((block * block).sum())
+        values = _transform(block, counts)
+        count += block.shape[0]
+        total = total + values.sum(0)
+        total_sq = total_sq + (values * values).sum(0)
+        raw = raw + block.sum(0)
     mean = total / count
-    var = max(total_sq / count - mean * mean, 0.0)
-    return math.sqrt(var)
+    var = np.clip(total_sq / count - mean * mean, 0.0, None)
+    return {"offset": mean, "raw_mean": raw / count, "std": float(math.sqrt(var.mean()))}
+
+
+def looks_like_counts(patterns: Patterns, index: np.ndarray, n_sample: int = 256, seed: int = 0) -> bool:
+    """Whether the patterns are detector counts: non-negative integers (an integer dtype, or
+    floats that are all whole numbers) in a sample of patterns, with a mean below 10⁴ per
+    pixel (above that, Poisson noise no longer matters)."""
+    if np.dtype(patterns.array.dtype).kind == "b":
+        return False
+    rng = np.random.default_rng(seed)
+    sample = np.sort(rng.choice(index, size=min(n_sample, index.size), replace=False))
+    x = patterns.read(sample)
+    if not np.all(np.isfinite(x)) or x.min() < 0:
+        return False
+    if np.dtype(patterns.array.dtype).kind not in "ui" and not np.all(x == np.round(x)):
+        return False
+    return bool(x.mean() < 1e4)
 
 
 def signal_rms(patterns: Patterns, index: np.ndarray, det_mask: np.ndarray | None, seed: int,
-               fallback: float, n_sample: int = 1024, n_components: int = 16) -> float:
-    """RMS per pixel of the signal in the patterns at ``index``: the variance in the leading
-    ``n_components`` principal components above the noise floor (the median eigenvalue),
-    from a random sample of ``n_sample`` patterns. ``fallback`` when it cannot be told."""
+               fallback: float, n_sample: int = 1024, n_components: int = 16, counts: bool = False) -> float:
+    """RMS per pixel of the signal in the patterns at ``index`` (Anscombe-transformed for
+    ``counts``): the variance in the leading ``n_components`` principal components above the
+    noise floor (the median eigenvalue), from a random sample of ``n_sample`` patterns.
+    ``fallback`` when it cannot be told."""
     rng = np.random.default_rng(seed + 104729)
     if index.size < 2 * n_components:
         return fallback
@@ -269,6 +296,7 @@ def signal_rms(patterns: Patterns, index: np.ndarray, det_mask: np.ndarray | Non
     x = patterns.read(sample).astype(np.float64)
     if det_mask is not None:
         x = x[:, det_mask.ravel()]
+    x = _transform(x, counts)
     x -= x.mean(0)
     gram = x @ x.T                      # n × n: cheaper than the pixel covariance
     eig = np.sort(np.linalg.eigvalsh(gram))[::-1] / (len(x) - 1)

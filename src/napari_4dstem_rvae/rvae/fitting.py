@@ -57,7 +57,7 @@ class RVAEResult:
         the state the selection rule chose (call :meth:`Trainer.finish` first), the maps of the
         whole scan and their correlations with the COM maps, when given."""
         epoch = trainer.selected_epoch if trainer.selected_epoch is not None else trainer.epoch
-        maps = trainer.maps() if maps is None else maps
+        maps = trainer.maps(novelty=True) if maps is None else maps
         final = correlate(maps, trainer.com_magnitude, trainer.com_angle, epoch=epoch)
         return cls(model=trainer.model, maps=maps, history=list(trainer.history),
                    diagnostics=list(trainer.diagnostics), config=trainer.config, trainer=trainer,
@@ -108,6 +108,9 @@ def fit(data: Any, config: RVAEConfig | dict[str, Any] | None = None, *, roi_mas
         Called with every :class:`TrainEvent` (e.g. to print progress).
     checkpoint_path, checkpoint_every
         Write a checkpoint every N epochs and at the end.
+
+    With ``config.restarts`` > 1 the model that goes on is picked by held-out loss after a
+    short competition (:func:`start`).
     """
     if config is None:
         config = RVAEConfig()
@@ -117,8 +120,8 @@ def fit(data: Any, config: RVAEConfig | dict[str, Any] | None = None, *, roi_mas
         changes["epochs"] = int(epochs)
     if changes:
         config = config.replace(**changes)
-    trainer = Trainer(data, config, roi_mask=roi_mask, det_mask=det_mask,
-                      com_magnitude=com_magnitude, com_angle=com_angle)
+    trainer = start(data, config, roi_mask=roi_mask, det_mask=det_mask, com_magnitude=com_magnitude,
+                    com_angle=com_angle, stop=stop, callback=callback)
     stopped = False
     for event in trainer.run(stop=stop, checkpoint_path=checkpoint_path, checkpoint_every=checkpoint_every):
         if callback is not None:
@@ -126,3 +129,32 @@ def fit(data: Any, config: RVAEConfig | dict[str, Any] | None = None, *, roi_mas
         stopped = event.kind == "stopped"
     trainer.finish()
     return RVAEResult.from_trainer(trainer, stopped=stopped)
+
+
+def start(data: Any, config: RVAEConfig, *, roi_mask: Any = None, det_mask: Any = None,
+          com_magnitude: Any = None, com_angle: Any = None, stop: threading.Event | None = None,
+          callback: Callable[[TrainEvent], Any] | None = None) -> Trainer:
+    """A trainer ready to train: with ``config.restarts`` > 1, that many models (other initial
+    weights, the same data split) train for ``config.restart_fraction`` of the training, and
+    the one with the lowest held-out loss (train loss without test positions) is returned to
+    continue; the others are dropped. Events of the competition reach ``callback`` too."""
+    first = Trainer(data, config, roi_mask=roi_mask, det_mask=det_mask,
+                    com_magnitude=com_magnitude, com_angle=com_angle)
+    if config.restarts <= 1:
+        return first
+    pilot = max(1, round(first.total_epochs * config.restart_fraction))
+    contenders = [first] + [Trainer(data, config, roi_mask=roi_mask, det_mask=det_mask, com_magnitude=com_magnitude,
+                                    com_angle=com_angle, restart=i) for i in range(1, config.restarts)]
+    scores = []
+    for trainer in contenders:
+        for event in trainer.run(epochs=pilot, stop=stop):
+            if callback is not None:
+                callback(event)
+            if event.kind == "stopped":
+                return trainer
+        last = trainer.history[-1]
+        score = last["test_loss"] if last.get("test_loss") is not None else last["train_loss"]
+        scores.append(score if score == score else float("inf"))
+    best = contenders[min(range(len(contenders)), key=scores.__getitem__)]
+    best.restart_scores = scores
+    return best

@@ -50,12 +50,24 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from . import circular
 from .config import RVAEConfig
+from .likelihood import (
+    COUNT_LIKELIHOODS,
+    anscombe,
+    gaussian_nll,
+    inverse_anscombe,
+    poisson_nll,
+)
 
 _LOG_2PI = math.log(2 * math.pi)
 # The angle's posterior spread is kept below this (rad): a wider Gaussian on the circle
 # is no longer a Gaussian, and the uniform-prior KL formula assumes it is.
 MAX_ANGLE_STD = 1.0
+# The projected normal's concentration is kept above this (a circular spread ≤ ≈ 1 rad), as the
+# Gaussian angle's spread is kept below MAX_ANGLE_STD: with an angle free to become uniform, a
+# model of noisy patterns settles early on round templates that ignore the rotation.
+MIN_CONCENTRATION = 1.5
 
 
 def _activation(name: str) -> nn.Module:
@@ -86,13 +98,6 @@ def uniform_angle_kl(log_std: torch.Tensor) -> torch.Tensor:
     return _LOG_2PI - 0.5 * (_LOG_2PI + 1.0) - log_std
 
 
-def gaussian_nll(target: torch.Tensor, mean: torch.Tensor, log_noise: torch.Tensor) -> torch.Tensor:
-    """Negative log-likelihood summed over the last axis: ½Σ((t−m)/σ)² + n(log σ + ½ log 2π)."""
-    n = target.shape[-1]
-    sq = ((target - mean) ** 2).sum(-1)
-    return 0.5 * sq * torch.exp(-2 * log_noise) + n * (log_noise + 0.5 * _LOG_2PI)
-
-
 class RVAE(nn.Module):
     """rVAE for diffraction patterns of shape ``det_shape``.
 
@@ -111,9 +116,15 @@ class RVAE(nn.Module):
     """
 
     def __init__(self, config: RVAEConfig, det_shape: tuple[int, int], det_mask: Any = None,
-                 center: tuple[float, float] | None = None, data_scale: float = 1.0):
+                 center: tuple[float, float] | None = None, data_scale: float = 1.0,
+                 offset: Any = None, log_mean: Any = None, init_seed: int | None = None,
+                 noise: float | None = None, count_data: bool | None = None):
         super().__init__()
+        if config.likelihood == "auto":  # the trainer resolves it from the data; alone, no data: Gaussian
+            config = config.replace(likelihood="gaussian")
         self.config = config
+        self.likelihood = config.likelihood
+        self.counts = config.likelihood in COUNT_LIKELIHOODS
         self.det_shape = (int(det_shape[0]), int(det_shape[1]))
         if det_mask is None:
             det_mask = np.ones(self.det_shape, dtype=bool)
@@ -132,13 +143,23 @@ class RVAE(nn.Module):
         self.register_buffer("coords", torch.from_numpy(grid.astype(np.float32)))
         self.register_buffer("data_scale", torch.tensor(float(data_scale), dtype=torch.float32))
         self.n_pixels = int(det_mask.sum())
+        # the encoder's input: (T(pattern) − offset) / data_scale, T = Anscombe for counts
+        offset = np.zeros(self.n_pixels) if offset is None else np.asarray(offset, np.float64).ravel()
+        self.register_buffer("offset", torch.from_numpy(offset.astype(np.float32)))
+        log_mean = np.zeros(self.n_pixels) if log_mean is None else np.asarray(log_mean, np.float64).ravel()
+        self.register_buffer("log_mean", torch.from_numpy(log_mean.astype(np.float32)))  # Poisson: log mean counts
+        # whether the data are detector counts (the novelty score then uses the Poisson deviance,
+        # whatever likelihood trained the model)
+        self.register_buffer("count_data", torch.tensor(self.counts if count_data is None else bool(count_data)))
 
         # Layers are created with torch's global generator, which is saved and restored here;
         # the weights are then drawn from a local generator seeded with config.seed.
         with torch.random.fork_rng(devices=[]):
             k = config.latent_dim
             self.n_shift = 2 if config.learn_shift else 0
-            n_pose = 3 + 2 * self.n_shift   # angle vector (2), angle log-std, shift mean and log-std
+            # angle: a 2-vector (projected normal) or a 2-vector direction and a log-std (Gaussian)
+            self.circular = config.angle_posterior == "projected_normal"
+            n_pose = 3 + 2 * self.n_shift
             if config.align_content:
                 self.encoder = self._mlp(self.n_pixels, config.encoder_hidden, n_pose)
                 content_hidden = config.encoder_hidden if config.content_hidden is None else config.content_hidden
@@ -158,8 +179,9 @@ class RVAE(nn.Module):
             self.dec_hidden = nn.ModuleList(hidden_layers)
             self.dec_out = nn.Linear(width, 1)
             self.act = _activation(config.activation)
-        self.reset_parameters(torch.Generator().manual_seed(config.seed))
-        self.log_noise = nn.Parameter(torch.tensor(math.log(config.noise_std)),
+        self.reset_parameters(torch.Generator().manual_seed(config.seed if init_seed is None else init_seed))
+        noise = config.noise_std if noise is None else float(noise)  # σ in units of the scaled inputs
+        self.log_noise = nn.Parameter(torch.tensor(math.log(noise)),
                                       requires_grad=config.likelihood == "gaussian_learned")
 
         self.rotation_prior = config.rotation_prior
@@ -187,15 +209,28 @@ class RVAE(nn.Module):
                     layer.bias.uniform_(-bound, bound, generator=generator)
 
     # -- parts ---------------------------------------------------------------------
-    def flatten(self, patterns: torch.Tensor) -> torch.Tensor:
-        """``(B, det_y, det_x)`` or ``(B, det_y·det_x)`` → ``(B, n_pixels)`` scaled pixels inside the mask."""
+    def _pixels(self, patterns: torch.Tensor) -> torch.Tensor:
         patterns = patterns.reshape(patterns.shape[0], -1)
         if patterns.shape[1] != self.det_shape[0] * self.det_shape[1]:
             raise ValueError(f"patterns have {patterns.shape[1]} pixels, the model expects "
                              f"{self.det_shape[0]}×{self.det_shape[1]}")
         if self.n_pixels != patterns.shape[1]:
             patterns = patterns[:, self.pixel_index]
-        return patterns / self.data_scale
+        return patterns
+
+    def prepare(self, patterns: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(inputs, targets)`` of patterns ``(B, det_y, det_x)`` or ``(B, det_y·det_x)`` in data
+        units: the encoder's input (transformed, centred, scaled pixels inside the mask) and
+        what the likelihood compares the reconstruction with (the same, or the raw counts
+        for the Poisson likelihood)."""
+        raw = self._pixels(patterns)
+        values = anscombe(raw) if self.counts else raw
+        inputs = (values - self.offset) / self.data_scale
+        return inputs, (raw if self.likelihood == "poisson" else inputs)
+
+    def flatten(self, patterns: torch.Tensor) -> torch.Tensor:
+        """The encoder's input for patterns in data units (see :meth:`prepare`)."""
+        return self.prepare(patterns)[0]
 
     def encode(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Posterior parameters for flattened, scaled patterns ``(B, n_pixels)``.
@@ -206,10 +241,19 @@ class RVAE(nn.Module):
         out = self.encoder(x)
         k = self.config.latent_dim
         angle = torch.atan2(out[:, 1], out[:, 0])
-        # σ_θ = MAX·sigmoid(·) keeps the spread on the circle meaningful
-        angle_log_std = math.log(MAX_ANGLE_STD) + F.logsigmoid(out[:, 2])
-        post = {"angle": angle, "angle_log_std": angle_log_std}
-        i = 3
+        if self.circular:
+            # projected normal N(s·(cos μ, sin μ), I₂): direction from the first two outputs, the
+            # concentration s = 2·exp(·) from the third — s ≈ 2 (a spread of ≈ 0.6 rad) at the
+            # start, so that the decoder sees oriented patterns from the first step (from s ≈ 0 the
+            # angle would be uniform noise and the model would settle on round patterns)
+            s = MIN_CONCENTRATION + torch.exp(torch.clamp(out[:, 2], max=8.0))
+            vector = torch.stack([torch.cos(angle), torch.sin(angle)], -1) * s.unsqueeze(-1)
+            post = {"angle": angle, "angle_vector": vector, "angle_s": s}
+            i = 3
+        else:  # σ_θ = MAX·sigmoid(·) keeps the spread on the circle meaningful
+            angle_log_std = math.log(MAX_ANGLE_STD) + F.logsigmoid(out[:, 2])
+            post = {"angle": angle, "angle_log_std": angle_log_std}
+            i = 3
         if self.n_shift:
             post["shift"] = out[:, i:i + 2]
             post["shift_log_std"] = out[:, i + 2:i + 4]
@@ -268,7 +312,11 @@ class RVAE(nn.Module):
     def kl_terms(self, post: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Per-pattern KL terms ``kl_z``, ``kl_angle``, ``kl_shift`` (nats, shape ``(B,)``)."""
         kl_z = gaussian_kl(post["z"], post["z_log_std"]).sum(-1)
-        if self.rotation_prior is None:
+        if self.circular:
+            s = post["angle_s"]
+            kl_angle = (circular.kl_uniform(s) if self.rotation_prior is None else
+                        circular.kl_von_mises(s, post["angle"], 1.0 / self.rotation_prior**2))
+        elif self.rotation_prior is None:
             kl_angle = uniform_angle_kl(post["angle_log_std"])
         else:
             kl_angle = gaussian_kl(post["angle"], post["angle_log_std"], self.rotation_prior)
@@ -278,16 +326,18 @@ class RVAE(nn.Module):
             kl_shift = torch.zeros_like(kl_angle)
         return {"kl_z": kl_z, "kl_angle": kl_angle, "kl_shift": kl_shift}
 
-    def loss(self, x: torch.Tensor, generator: torch.Generator | None = None,
+    def loss(self, x: torch.Tensor, target: torch.Tensor | None = None, generator: torch.Generator | None = None,
              pixels: torch.Tensor | None = None, kl_weight: float = 1.0,
-             sample: bool = True) -> tuple[torch.Tensor, dict[str, float]]:
+             sample: bool = True, per_pattern: bool = False) -> tuple[torch.Tensor, dict[str, float]]:
         """Negative ELBO averaged over the batch, and its parts (per pattern, unweighted).
 
-        ``x``: flattened, scaled patterns ``(B, n_pixels)``. ``pixels``: optional indices
-        (into the mask pixels) to decode; the reconstruction term is then scaled by
-        ``n_pixels / len(pixels)`` (an unbiased estimate of the full sum). ``sample=False``
-        decodes the posterior means (no noise drawn).
+        ``x``: the encoder's inputs ``(B, n_pixels)``, ``target``: what the likelihood sees
+        (:meth:`prepare`; default ``x``). ``pixels``: optional indices (into the mask pixels)
+        to decode; the reconstruction term is then scaled by ``n_pixels / len(pixels)`` (an
+        unbiased estimate of the full sum). ``sample=False`` decodes the posterior means.
+        ``per_pattern``: the loss of each pattern ``(B,)`` instead of the mean.
         """
+        target = x if target is None else target
         post = self.encode(x)
         angle, z = post["angle"], post["z"]
         shift = post.get("shift")
@@ -296,27 +346,67 @@ class RVAE(nn.Module):
                 eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
                 return mean + eps * torch.exp(log_std)
 
-            angle = draw(angle, post["angle_log_std"])
+            angle = (circular.sample(post["angle_vector"], generator) if self.circular
+                     else draw(angle, post["angle_log_std"]))
             z = draw(z, post["z_log_std"])
             if shift is not None:
                 shift = draw(shift, post["shift_log_std"])
-        if pixels is None:
-            target, coords, factor = x, None, 1.0
-        else:
-            target, coords = x[:, pixels], self.coords[pixels]
-            factor = self.n_pixels / pixels.numel()
-        recon = self.decode(z, angle, shift, coords)
-        nll = gaussian_nll(target, recon, self.log_noise) * factor
+        nll = self.nll(target, self.decode(z, angle, shift, None if pixels is None else self.coords[pixels]), pixels)
         kl = self.kl_terms(post)
         kl_total = kl["kl_z"] + kl["kl_angle"] + kl["kl_shift"]
-        total = (nll + kl_weight * kl_total).mean()
+        each = nll + kl_weight * kl_total
         parts = {"recon": nll.mean(), **{name: value.mean() for name, value in kl.items()}}
-        return total, parts
+        return (each if per_pattern else each.mean()), parts
+
+    def nll(self, target: torch.Tensor, decoded: torch.Tensor, pixels: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-pattern negative log-likelihood of ``target`` given decoder outputs (at ``pixels``,
+        scaled up to all mask pixels)."""
+        factor = 1.0
+        if pixels is not None:
+            target = target[:, pixels]
+            factor = self.n_pixels / pixels.numel()
+        if self.likelihood == "poisson":
+            log_mean = self.log_mean if pixels is None else self.log_mean[pixels]
+            return poisson_nll(target, log_mean + decoded) * factor
+        return gaussian_nll(target, decoded, self.log_noise) * factor
+
+    @torch.no_grad()
+    def residuals(self, patterns: torch.Tensor, pixels: torch.Tensor | None = None) -> torch.Tensor:
+        """Standardised residuals ``(B, P)`` of patterns (data units) against their reconstruction
+        with the posterior means — what the model does not explain, in units of the noise:
+        for counts the Pearson residuals (y − λ̂)/√(λ̂ + 1) (the exact counting noise, whatever
+        likelihood trained the model), else (x − x̂)/σ on the scaled data; at ``pixels``
+        (indices into the mask pixels; default all)."""
+        x, target = self.prepare(patterns)
+        post = self.encode(x)
+        decoded = self.decode(post["z"], post["angle"], post.get("shift"),
+                              None if pixels is None else self.coords[pixels])
+        if bool(self.count_data):
+            raw = self._pixels(patterns)
+            if pixels is not None:
+                raw = raw[:, pixels]
+            if self.likelihood == "poisson":
+                rate = torch.exp((self.log_mean if pixels is None else self.log_mean[pixels]) + decoded)
+            else:
+                offset = self.offset if pixels is None else self.offset[pixels]
+                values = decoded * self.data_scale + offset
+                rate = (inverse_anscombe(values) if self.counts else values).clamp_min(0.0)
+            return (raw - rate) / torch.sqrt(rate + 1.0)
+        if pixels is not None:
+            target = target[:, pixels]
+        return (target - decoded) * torch.exp(-self.log_noise)
+
+    def to_data_units(self, decoded: torch.Tensor) -> torch.Tensor:
+        """Decoder outputs ``(B, n_pixels)`` → the model's expected pattern in data units."""
+        if self.likelihood == "poisson":
+            return torch.exp(self.log_mean + decoded)
+        values = decoded * self.data_scale + self.offset
+        return inverse_anscombe(values) if self.counts else values
 
     # -- conveniences --------------------------------------------------------------------
     def unflatten(self, values: torch.Tensor) -> torch.Tensor:
-        """``(B, n_pixels)`` (scaled) → ``(B, det_y, det_x)`` in data units (0 outside the mask)."""
-        values = values * self.data_scale
+        """Decoder outputs ``(B, n_pixels)`` → ``(B, det_y, det_x)`` in data units (0 outside the mask)."""
+        values = self.to_data_units(values)
         if self.n_pixels == self.det_shape[0] * self.det_shape[1]:
             return values.reshape(values.shape[0], *self.det_shape)
         out = values.new_zeros(values.shape[0], self.det_shape[0] * self.det_shape[1])
@@ -325,5 +415,8 @@ class RVAE(nn.Module):
 
     @property
     def noise_std(self) -> float:
-        """Noise standard deviation of the likelihood, in data units."""
+        """Noise standard deviation of the Gaussian likelihood, in data units (of the transformed
+        data for counts); NaN for the Poisson likelihood."""
+        if self.likelihood == "poisson":
+            return float("nan")
         return float(torch.exp(self.log_noise.detach()) * self.data_scale)

@@ -30,17 +30,19 @@ import numpy as np
 import torch
 
 from . import checkpoint, selection
-from .config import RVAEConfig
+from .config import COUNT_LIKELIHOOD, RVAEConfig
 from .data import (
     TrainingSource,
     as_patterns,
     check_finite,
-    data_std,
+    input_statistics,
+    looks_like_counts,
     signal_rms,
     split_positions,
 )
 from .diagnostics import Diagnostics, correlate
 from .infer import LatentMaps, encode
+from .likelihood import COUNT_LIKELIHOODS
 from .model import RVAE
 from .runtime import (
     TrainEvent,
@@ -79,8 +81,9 @@ class Trainer:
 
     def __init__(self, data: Any, config: RVAEConfig | dict[str, Any] | None = None, *,
                  roi_mask: Any = None, det_mask: Any = None, com_magnitude: Any = None,
-                 com_angle: Any = None):
+                 com_angle: Any = None, restart: int = 0):
         self._init_common(data, config)
+        self.restart = int(restart)
         if self.patterns is None:
             raise ValueError("data is required to create a Trainer (or use Trainer.load / from_state)")
         self._setup_new(roi_mask, det_mask)
@@ -134,31 +137,40 @@ class Trainer:
         if cfg.latent_dim > self.train_index.size:
             raise ValueError(f"latent_dim={cfg.latent_dim} is more than the {self.train_index.size} "
                              f"training positions: use fewer latents or a larger region")
-        scale = 1.0
-        if cfg.normalise != "none":
-            scale = data_std(patterns, self.train_index, det)
-            if not scale > 0:
-                raise ValueError("data: the training patterns are all equal (zero standard deviation); "
-                                 "there is nothing to learn")
-            if cfg.normalise == "signal":
-                scale = signal_rms(patterns, self.train_index, det, cfg.seed, fallback=scale)
-        else:
-            for first, _, block in patterns.iter_blocks() if patterns.is_lazy else [
-                    (0, 0, patterns.take(self.train_index))]:
-                check_finite(block, first, self.scan_shape[1],
-                             None if patterns.is_lazy else self.train_index)
+        cfg = self.config = cfg.replace(likelihood=resolve_likelihood(cfg, patterns, self.train_index))
+        counts = cfg.likelihood in COUNT_LIKELIHOODS
+        self._count_data = counts or looks_like_counts(patterns, self.train_index, seed=cfg.seed)
+        stats = input_statistics(patterns, self.train_index, det, counts)
+        if not stats["std"] > 0:
+            raise ValueError("data: the training patterns are all equal (zero standard deviation); "
+                             "there is nothing to learn")
+        signal = signal_rms(patterns, self.train_index, det, cfg.seed, fallback=stats["std"], counts=counts)
+        normalise = ("std" if counts else "signal") if cfg.normalise == "auto" else cfg.normalise
+        scale = {"std": stats["std"], "signal": signal, "none": 1.0}[normalise]
+        sigma = cfg.noise_std * signal           # the likelihood's σ, in the (transformed) data's units
+        if cfg.likelihood == "anscombe":
+            sigma = max(sigma, 1.0)              # never below the known Poisson noise
         center = cfg.center
         if center is None and patterns.calibration is not None and patterns.calibration.det_origin:
             center = tuple(patterns.calibration.det_origin)
-        self.model = self._new_model(det, center, scale)
-        self.generator = torch.Generator().manual_seed(cfg.seed)
-        self.device_generator = self._device_generator(cfg.seed)
+        log_mean = np.log(stats["raw_mean"] + 1e-3) if cfg.likelihood == "poisson" else None
+        self.model = self._new_model(det, center, scale, stats["offset"], log_mean, sigma / scale)
+        seed = self.run_seed
+        self.generator = torch.Generator().manual_seed(seed)
+        self.device_generator = self._device_generator(seed)
         self.calibration = patterns.calibration
         self.provenance = tuple(plain(list(patterns.provenance)))
         self.source = patterns.source
 
-    def _new_model(self, det: Any, center: Any, scale: float) -> RVAE:
-        model = RVAE(self.config, self.det_shape, det, center, scale)
+    @property
+    def run_seed(self) -> int:
+        """Seed of the weights and of the run's generators: ``config.seed`` for the first start,
+        another one for each restart (the train/test split always comes from ``config.seed``)."""
+        return int(self.config.seed) + 1_000_003 * int(getattr(self, "restart", 0))
+
+    def _new_model(self, det: Any, center: Any, scale: float, offset: Any, log_mean: Any, noise: float) -> RVAE:
+        model = RVAE(self.config, self.det_shape, det, center, scale, offset, log_mean, init_seed=self.run_seed,
+                     noise=noise, count_data=self._count_data)
         return model.to(self.device)
 
     def _device_generator(self, seed: int) -> torch.Generator:
@@ -265,7 +277,7 @@ class Trainer:
                     return
                 started = time.perf_counter()
                 index = self._plan[self._position:self._position + cfg.batch_size]
-                x = model.flatten(self._source.batch(index).to(self.device, non_blocking=True))
+                x, y = model.prepare(self._source.batch(index).to(self.device, non_blocking=True))
                 pixels = None
                 if subset:
                     pixels = torch.randperm(n_pixels, generator=self.generator)[:cfg.pixels_per_step]
@@ -273,7 +285,7 @@ class Trainer:
                 lr = self.learning_rate_at(self.epoch + self._position / self._plan.numel())
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
-                loss, parts = model.loss(x, self.device_generator, pixels, beta)
+                loss, parts = model.loss(x, y, self.device_generator, pixels, beta)
                 loss_value = float(loss.detach())
                 if not math.isfinite(loss_value):
                     self._diverged()
@@ -299,6 +311,9 @@ class Trainer:
             test_loss, test_parts = self.test_loss(beta)
             self.epoch += 1
             self._plan = None
+            if self.config.epoch_selection == "held_out" and self.keeps_best and test_loss is not None \
+                    and math.isfinite(test_loss):
+                self._keep_if_best(-test_loss, test_losses=self._test_losses)
             record = {"epoch": self.epoch, "step": self.step, "kl_weight": beta,
                       "learning_rate": float(self.optimizer.param_groups[0]["lr"]),
                       "train_loss": train_loss, **{f"train_{k}": v for k, v in train_parts.items()},
@@ -362,25 +377,27 @@ class Trainer:
             pixels = torch.randperm(n_pixels, generator=gen)[:self.config.pixels_per_step]
             pixels = pixels.to(self.device)
         dev_gen = gen if self.device.type == "cpu" else torch.Generator(self.device).manual_seed(self.config.seed + 7919)
-        total, sums, n = 0.0, dict.fromkeys(PARTS, 0.0), 0
+        losses, sums, n = [], dict.fromkeys(PARTS, 0.0), 0
         for start in range(0, data.shape[0], 256):
-            x = model.flatten(data[start:start + 256].to(self.device))
+            x, target = model.prepare(data[start:start + 256].to(self.device))
             with torch.no_grad():
-                loss, parts = model.loss(x, dev_gen, pixels, beta)
+                each, parts = model.loss(x, target, dev_gen, pixels, beta, per_pattern=True)
             b = x.shape[0]
-            total += float(loss) * b
+            losses.append(each.double().cpu())
             for name in PARTS:
                 sums[name] += float(parts[name].detach()) * b
             n += b
         model.train(was)
-        return total / n, {name: value / n for name, value in sums.items()}
+        self._test_losses = torch.cat(losses)      # per pattern: paired comparisons between epochs
+        return float(self._test_losses.mean()), {name: value / n for name, value in sums.items()}
 
     # -- maps and diagnostics ------------------------------------------------------------------
-    def maps(self, batch_size: int = 256) -> LatentMaps:
-        """Encode every probe position (the whole scan, not only the training region)."""
+    def maps(self, batch_size: int = 256, novelty: bool = False) -> LatentMaps:
+        """Encode every probe position (the whole scan, not only the training region);
+        ``novelty``: with the novelty map."""
         if self.patterns is None:
             raise ValueError("this trainer has no data: use infer.encode(model, data)")
-        return encode(self.model, self.patterns, batch_size)
+        return encode(self.model, self.patterns, batch_size, novelty=novelty)
 
     def correlate(self) -> Diagnostics:
         """Maps now and their correlation with the COM maps; keeps the best state if asked."""
@@ -389,14 +406,33 @@ class Trainer:
         self.diagnostics.append(diag)
         if self.history and self.history[-1]["epoch"] == self.epoch:
             self.history[-1].update(max_abs_r=diag.max_abs_r, angle_rho=diag.angle_rho)
-        if self.keeps_best and np.isfinite(diag.max_abs_r) and (
-                self.best is None or diag.max_abs_r > self.best["max_abs_r"]):
-            self.best = {"epoch": self.epoch, "max_abs_r": diag.max_abs_r,
-                         "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()}}
+        if self.config.epoch_selection == "com_correlation" and self.keeps_best and np.isfinite(diag.max_abs_r):
+            self._keep_if_best(diag.max_abs_r)
         return diag
 
+    def _keep_if_best(self, score: float, test_losses: torch.Tensor | None = None) -> None:
+        """Keep a copy of the model state if ``score`` (higher is better) beats the kept one."""
+        if self.best is None or score > self.best["score"]:
+            self.best = {"epoch": self.epoch, "score": float(score),
+                         "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()}}
+            if test_losses is not None:
+                self.best["test_losses"] = test_losses.clone()
+
+    def _worse_than_best(self) -> bool:
+        """Held-out rule: whether the last epoch's held-out loss is above the kept minimum by more
+        than twice its standard error (paired over the test patterns: same patterns, pixels and
+        noise draws every epoch). A last state within the noise of the best is kept: training
+        longer is not penalised for fluctuations."""
+        kept = None if self.best is None else self.best.get("test_losses")
+        last = getattr(self, "_test_losses", None)
+        if kept is None or last is None or kept.shape != last.shape:
+            return self.best is not None
+        diff = last - kept
+        se = float(diff.std()) / math.sqrt(max(diff.numel(), 1))
+        return float(diff.mean()) > 2.0 * se
+
     def use_best(self) -> bool:
-        """Load the kept best-|r| model state (if any) into ``self.model``; True if loaded."""
+        """Load the kept best model state (if any) into ``self.model``; True if loaded."""
         if self.best is None:
             return False
         self.model.load_state_dict(self.best["model"])
@@ -432,7 +468,7 @@ class Trainer:
     @property
     def keeps_best(self) -> bool:
         """Whether the selection rule keeps the best model state seen (see :mod:`.selection`)."""
-        return selection.keeps_best(self.config, self.com_magnitude is not None)
+        return selection.keeps_best(self.config, self.com_magnitude is not None, self.n_test > 0)
 
     def finish(self) -> int:
         """Apply the epoch-selection rule after training (the one rule of the CLI, the API and
@@ -440,9 +476,11 @@ class Trainer:
         Returns the chosen epoch (also in :attr:`selected_epoch`)."""
         chosen = self.epoch
         if self.keeps_best:
-            if not self.diagnostics or self.diagnostics[-1].epoch != self.epoch:
+            if self.config.epoch_selection == "com_correlation" and (
+                    not self.diagnostics or self.diagnostics[-1].epoch != self.epoch):
                 self.correlate()          # the final state competes with the kept one
-            if self.best is not None and self.best["epoch"] != self.epoch:
+            held_out = self.config.epoch_selection == "held_out"
+            if self.best is not None and self.best["epoch"] != self.epoch and (not held_out or self._worse_than_best()):
                 self.use_best()
                 chosen = int(self.best["epoch"])
         self.selected_epoch = chosen
@@ -475,6 +513,7 @@ class Trainer:
             "step": int(self.step),
             "elapsed": float(self.elapsed),
             "selected_epoch": self.selected_epoch,
+            "restart": int(self.restart),
             "plan": None if self._plan is None else self._plan.clone(),
             "position": int(self._position),
             "epoch_sums": None if sums is None else {k: float(v) for k, v in sums.items()},
@@ -485,8 +524,9 @@ class Trainer:
             "history": [dict(record) for record in self.history],
             "diagnostics": [d.to_dict() for d in self.diagnostics],
             "best": None if self.best is None else {
-                "epoch": int(self.best["epoch"]), "max_abs_r": float(self.best["max_abs_r"]),
-                "model": _cpu(self.best["model"])},
+                "epoch": int(self.best["epoch"]), "score": float(self.best["score"]),
+                "model": _cpu(self.best["model"]),
+                **({"test_losses": self.best["test_losses"].clone()} if "test_losses" in self.best else {})},
             "calibration": None if cal is None else cal.to_dict(),
             "provenance": list(self.provenance),
             "source": self.source,
@@ -533,7 +573,8 @@ class Trainer:
                 raise ValueError(f"the data given differ from those {where} was trained on "
                                  "(other file or preprocessing?)")
         trainer.model = checkpoint.model_from_state(state, trainer.config).to(trainer.device)
-        seed = trainer.config.seed
+        trainer.restart = int(state.get("restart", 0))
+        seed = trainer.run_seed
         trainer.generator = torch.Generator().manual_seed(seed)
         if state.get("rng") is not None:
             trainer.generator.set_state(state["rng"])
@@ -554,6 +595,8 @@ class Trainer:
         trainer.diagnostics = [Diagnostics.from_dict(d) for d in state.get("diagnostics", [])]
         best = state.get("best")
         trainer.best = None if best is None else dict(best)
+        if trainer.best is not None and "score" not in trainer.best:  # format 1: the |r| rule
+            trainer.best["score"] = float(trainer.best.pop("max_abs_r"))
         cal = state.get("calibration")
         trainer.calibration = None if cal is None else Calibration.from_dict(cal)
         trainer.provenance = tuple(state.get("provenance", []))
@@ -569,6 +612,21 @@ class Trainer:
     def load(cls, path: Any, data: Any = None, **kwargs: Any) -> Trainer:
         """A trainer from a checkpoint file (see :meth:`from_state` for the arguments)."""
         return cls.from_state(checkpoint.read_checkpoint(path), data, **kwargs)
+
+
+def resolve_likelihood(config: RVAEConfig, data: Any, index: Any = None) -> str:
+    """The likelihood a training with ``config`` uses on ``data``: ``config.likelihood``, or for
+    ``"auto"`` :data:`~.config.COUNT_LIKELIHOOD` when the data are counts (non-negative whole
+    numbers) and ``"gaussian"`` otherwise. A count likelihood asked for data that are not
+    counts is a ValueError."""
+    patterns = as_patterns(data)
+    index = np.arange(patterns.n_positions) if index is None else np.asarray(index)
+    if config.likelihood == "auto":
+        return COUNT_LIKELIHOOD if looks_like_counts(patterns, index, seed=config.seed) else "gaussian"
+    if config.likelihood in COUNT_LIKELIHOODS and not looks_like_counts(patterns, index, seed=config.seed):
+        raise ValueError(f"likelihood={config.likelihood!r} needs counts (non-negative whole numbers); these "
+                         "data are not (mean-subtracted or scaled?): use likelihood='gaussian'")
+    return config.likelihood
 
 
 def load_checkpoint(path: Any, data: Any = None, *, com_magnitude: Any = None, com_angle: Any = None,

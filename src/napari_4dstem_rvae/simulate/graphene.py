@@ -58,6 +58,7 @@ def graphene(
     det_pixel_mrad: float | None = None,
     scan_step_angstrom: float | None = None,
     defect: str | None = None,
+    lattice_constant: float = GRAPHENE_LATTICE_CONSTANT,
     source_size_angstrom: float = 0.0,
     defocus_angstrom: float = 0.0,
     dose: float | None = None,
@@ -137,7 +138,9 @@ def graphene(
 
     # Box: holds the scan plus 6 Å of lattice on each side (the defect's periodic images
     # stay > 12 Å from the probe), and samples angles at half a detector pixel or finer.
-    a = GRAPHENE_LATTICE_CONSTANT
+    a = float(lattice_constant)
+    if not a > 0:
+        raise ValueError(f"lattice_constant must be positive (Å), got {lattice_constant!r}")
     (cell_y, cell_x) = graphene_cell(a)[1]
     side = max(max(sim_shape) * step + 12.0,
                _FFT_PIXELS_PER_DETECTOR_PIXEL * wavelength / (det_pixel_mrad * 1e-3))

@@ -69,11 +69,12 @@ def _results_args(dataset: Dataset4D) -> dict[str, Any]:
 def images(dataset: Dataset4D, out: str | os.PathLike, log=print,
            maps: dict[str, np.ndarray] | None = None) -> dict[str, str]:
     """The overview images of ``dataset`` (or ``maps``) as ``out/images.h5`` and one PNG each."""
-    from .results import image_figure, write_results
+    from .results import claim_output, image_figure, write_results
 
-    maps = overview_images(dataset) if maps is None else maps
     results_file, _ = _output_paths(out, "images")
-    files = {"images": write_results(results_file, images=maps, **_results_args(dataset))}
+    with claim_output(results_file, [dataset.source]):
+        maps = overview_images(dataset) if maps is None else maps
+        files = {"images": write_results(results_file, images=maps, **_results_args(dataset))}
     for name, image in maps.items():
         files[f"{name}_png"] = image_figure(results_file.with_name(f"{name}.png"), image, name, dataset.calibration)
     for path in files.values():
@@ -86,11 +87,12 @@ def com(dataset: Dataset4D, out: str | os.PathLike, options: Any = None, log=pri
     """COM/DPC maps of ``dataset`` (a :class:`processing.COMOptions` and/or its fields, plus
     ``client``) written to ``out/com.h5`` (reopens in napari) and ``out/com.png``."""
     from .processing import compute_com
-    from .results import com_figure, write_results
+    from .results import claim_output, com_figure, write_results
 
-    result = compute_com(dataset, options, **changes)
     h5, png = _output_paths(out, "com")
-    files = {"h5": write_results(h5, com=result, **_results_args(dataset)), "png": com_figure(png, result)}
+    with claim_output(h5, [dataset.source]):
+        result = compute_com(dataset, options, **changes)
+        files = {"h5": write_results(h5, com=result, **_results_args(dataset)), "png": com_figure(png, result)}
     problem = result.rotation.problem if result.rotation is not None else None
     how = ("given" if result.rotation is None else "calibrated (min curl)" if problem is None
            else "used instead of an unreliable automatic value")
@@ -115,31 +117,65 @@ def _load_roi(roi: Any, scan_shape: tuple[int, int]) -> np.ndarray | None:
 
 def run(source: str | os.PathLike | Dataset4D, out: str | os.PathLike = "out", *,
         read_options: dict[str, Any] | None = None, bin_to: int | None = RVAE_DETECTOR_PIXELS,
-        roi: Any = None, config: Any = None, log=print,
-        com_result: Any = None, images: dict | None = None, **config_changes: Any) -> dict[str, Any]:
+        roi: Any = None, config: Any = None, log=print, com_result: Any = None, images: dict | None = None,
+        resume: str | os.PathLike | bool = True, checkpoint_every: int | None = None,
+        **config_changes: Any) -> dict[str, Any]:
     """The headless rVAE pipeline: read → bin the detector to ``bin_to`` px → COM → rVAE (which
-    centres its input on the mean pattern, as the study did, and keeps counts counts for the
-    counting-noise likelihood) → ``out/results.h5`` and ``out/overview.png``; ``out`` may also
-    be the results file itself (``RESULTS.h5``: the PNG goes beside it, ``RESULTS_overview.png``).
+    centres its input on the mean pattern, as the study did) → ``out/results.h5`` and
+    ``out/overview.png``; ``out`` may also be the results file itself (``RESULTS.h5``: the PNG
+    goes beside it, ``RESULTS_overview.png``).
+
+    Nothing the user had is lost: the output is checked before any work (not an input, not a
+    folder, not a foreign file, writable) and locked against a second writer; the results
+    file appears complete or not at all. Training writes a checkpoint beside it
+    (``RESULTS.checkpoint.pt``) every ``checkpoint_every`` epochs (default: ~20 times per
+    training); when the same command runs again after a crash or a kill, it continues from
+    there (``resume=True``; ``False``: start afresh; a path: that checkpoint, which must fit).
+    The checkpoint is removed once the results are written.
 
     ``read_options``: for :func:`napari_4dstem_rvae.read` (``dataset``, ``scan_shape`` …).
     ``roi``: boolean (scan_y, scan_x) mask or a ``.npy`` file of one (training positions).
     ``config`` / ``config_changes``: an :class:`rvae.RVAEConfig` (or dict) and single fields
     of it (``latent_dim``, ``epochs``, ``epoch_selection`` …; ``None`` values are ignored).
-    The epoch whose maps are kept follows ``epoch_selection`` (:mod:`rvae.selection`).
     ``com_result``/``images``: COM and overview images already computed for ``source``.
     Returns the written paths and the :class:`rvae.RVAEResult`.
     """
+    from .results import claim_output
+
+    results_file, png_file = _output_paths(out, "results")
+    if png_file.name == "results.png":
+        png_file = png_file.with_name("overview.png")
+    inputs = [source] if not isinstance(source, Dataset4D) else [source.source]
+    if not isinstance(resume, bool) and resume is not None:
+        inputs.append(resume)
+    with claim_output(results_file, inputs):
+        return _run(source, results_file, png_file, read_options=read_options, bin_to=bin_to, roi=roi,
+                    config=config, log=log, com_result=com_result, images=images, resume=resume,
+                    checkpoint_every=checkpoint_every, **config_changes)
+
+
+def _run(source: Any, results_file: Path, png_file: Path, *, read_options: dict | None, bin_to: int | None,
+         roi: Any, config: Any, log: Any, com_result: Any, images: dict | None, resume: Any,
+         checkpoint_every: int | None, **config_changes: Any) -> dict[str, Any]:
     from .processing import compute_com
     from .results import overview_figure, write_results
     from .rvae import RVAEConfig, fit, resolve_likelihood
     from .rvae.data import as_patterns, looks_like_counts
     from .rvae.selection import describe
 
-    results_file, png_file = _output_paths(out, "results")
-    if png_file.name == "results.png":
-        png_file = png_file.with_name("overview.png")
+    cfg = config if config is not None else RVAEConfig()
+    if isinstance(cfg, dict):
+        cfg = RVAEConfig.from_dict(cfg)
+    cfg = cfg.replace(**{k: v for k, v in config_changes.items() if v is not None})
+    if cfg.epochs == 0:
+        raise ValueError("--epochs 0 would write an untrained model as results; give at least 1 "
+                         "(or leave it out for the default length)")
     ds = open_dataset(source, **(read_options or {}))
+    if ds.source and os.path.exists(os.fspath(ds.source)):
+        from .results.files import _same_or_inside
+
+        if _same_or_inside(os.fspath(results_file), os.fspath(ds.source)):
+            raise ValueError(f"--out {results_file} is the input {ds.source}; choose another output")
     log(f"data: {ds.shape} {ds.dtype} from {ds.source or ds.name}")
     roi = _load_roi(roi, ds.scan_shape)
     overview = overview_images(ds) if images is None else images
@@ -148,10 +184,6 @@ def run(source: str | os.PathLike | Dataset4D, out: str | os.PathLike = "out", *
     log(f"COM: rotation {com_result.rotation_deg:.2f}°, flip {com_result.flip}")
     factor = detector_bin_factor(ds.det_shape, bin_to)
     prepared = prepare_for_rvae(ds, bin_to)
-    cfg = config if config is not None else RVAEConfig()
-    if isinstance(cfg, dict):
-        cfg = RVAEConfig.from_dict(cfg)
-    cfg = cfg.replace(**{k: v for k, v in config_changes.items() if v is not None})
     likelihood = resolve_likelihood(cfg, prepared)
     counts = looks_like_counts(as_patterns(prepared), np.arange(int(np.prod(prepared.scan_shape))))
     log(f"rVAE input: {prepared.shape} (detector binned ×{factor}), {'counts' if counts else 'not counts'}; "
@@ -159,6 +191,14 @@ def run(source: str | os.PathLike | Dataset4D, out: str | os.PathLike = "out", *
         f"{'Poisson' if counts else 'Gaussian'} noise; epoch selection: {describe(cfg, True)}"
         + (f"; {cfg.restarts} restarts" if cfg.restarts > 1 else ""))
     cfg = cfg.replace(likelihood=likelihood)
+    checkpoint = results_file.with_name(results_file.stem + ".checkpoint.pt")
+    start_from = None
+    if resume is not True and resume not in (False, None):
+        start_from = os.fspath(resume)
+        if not os.path.exists(start_from):
+            raise ValueError(f"--resume {start_from}: no such checkpoint")
+    elif resume and checkpoint.exists():
+        start_from = os.fspath(checkpoint)
 
     def progress(event):
         total = event.epochs_total
@@ -166,23 +206,36 @@ def run(source: str | os.PathLike | Dataset4D, out: str | os.PathLike = "out", *
             extra = "" if event.diagnostics is None else f", max |r| {event.diagnostics.max_abs_r:.3f}"
             log(f"epoch {event.epoch}/{event.epochs_total}: loss {event.train_loss:.4g}{extra} ({event.elapsed:.0f} s)")
 
-    result = fit(prepared, cfg, roi_mask=roi, com_magnitude=com_result.magnitude, com_angle=com_result.angle,
-                 callback=progress)
+    fit_args = dict(roi_mask=roi, com_magnitude=com_result.magnitude, com_angle=com_result.angle,
+                    callback=progress, checkpoint_path=checkpoint, checkpoint_every=checkpoint_every)
+    try:
+        result = fit(prepared, cfg, resume=start_from, **fit_args)
+        if start_from is not None:
+            log(f"continued from checkpoint {start_from}")
+    except ValueError as exc:
+        if start_from is None or resume is not True:
+            raise
+        log(f"the checkpoint {start_from} does not fit this run ({exc}); starting afresh")
+        result = fit(prepared, cfg, **fit_args)
     parameters = {"bin_to": bin_to, "bin_factor": factor, "likelihood": result.config.likelihood,
                   "roi_positions": None if roi is None else int(roi.sum()),
                   "epoch_selection": describe(result.config, True), "rvae": result.config.to_dict(),
-                  "restart_scores": getattr(result.trainer, "restart_scores", None)}
+                  "restart_scores": getattr(result.trainer, "restart_scores", None),
+                  "resumed_from": start_from}
     if result.best_epoch != result.trainer.epoch:
         log(f"maps from epoch {result.best_epoch} of {result.trainer.epoch} ({describe(result.config, True)})")
     if result.maps.novelty is not None:
-        top = float(result.maps.novelty.max())
-        log(f"novelty: highest {top:.1f} robust SD at probe {tuple(int(v) for v in np.unravel_index(result.maps.novelty.argmax(), result.maps.novelty.shape))}")
+        top = float(np.nanmax(result.maps.novelty))
+        where = tuple(int(v) for v in np.unravel_index(np.nanargmax(result.maps.novelty), result.maps.novelty.shape))
+        log(f"novelty: highest {top:.1f} robust SD at probe {where}")
     results_path = write_results(results_file, images=overview, com=com_result, rvae=result,
                                  parameters=parameters, **_results_args(ds))
+    if checkpoint.exists():
+        checkpoint.unlink()  # the results hold everything now; a new run starts afresh
     adf = overview.get("adf", overview["sum"])
     png = overview_figure(png_file, result, adf=adf, com=com_result, calibration=ds.calibration)
     log(f"latent–COM magnitude r: {', '.join(f'{r:+.3f}' for r in result.latent_r)}; "
-        f"angle–COM angle ρ: {result.angle_rho:+.3f}")
+        f"angle–COM angle ρ (Fisher–Lee): {result.angle_rho:+.3f}")
     log(f"results: {results_path}\noverview: {png}")
     return {"results": results_path, "overview": png, "result": result}
 

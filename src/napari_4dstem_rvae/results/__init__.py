@@ -21,6 +21,7 @@ from .files import (
     ResultsFile,
     StoredMap,
     atomic_path,
+    claim_output,
     is_results_file,
     read_results,
     versions,
@@ -31,6 +32,7 @@ from .tiff import write_tiff
 
 __all__ = [
     "FORMAT_VERSION", "KINDS", "MAPS", "MapSpec", "RESULTS_MARK", "ResultsFile", "StoredMap", "atomic_path",
+    "claim_output",
     "com_figure", "image_figure", "is_results_file", "overview_figure", "read_results", "resolve_unit",
     "spec_for", "versions", "write_layer_maps", "write_results", "write_tiff",
 ]

@@ -34,6 +34,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from ..atomic import atomic_path
 from ..dataset import Calibration
 from ..schema import LEGACY, MAPS, MapSpec, resolve_unit, spec_for
 
@@ -64,21 +65,71 @@ def versions() -> dict[str, str]:
     return out
 
 
+def _same_or_inside(path: str, other: str) -> bool:
+    """Whether ``path`` is ``other`` (resolving links) or lies inside the folder ``other``."""
+    a, b = os.path.realpath(path), os.path.realpath(other)
+    if a == b:
+        return True
+    if os.path.exists(path) and os.path.exists(other):
+        try:
+            if os.path.samefile(path, other):
+                return True
+        except OSError:
+            pass
+    return os.path.isdir(b) and a.startswith(b.rstrip(os.sep) + os.sep)
+
+
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[str]:
-    """A temporary path beside ``path``; renamed over ``path`` when the block ends without an
-    error, removed otherwise."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{os.getpid()}")
+def claim_output(path: str | os.PathLike, inputs: Any = (), what: str = "--out") -> Iterator[str]:
+    """Check an output file before any work and hold it while the work runs.
+
+    Refused, each with one sentence: a path that is (or resolves to, or lies inside) one of
+    ``inputs``; a folder; an existing file that is not a results file of this package (it
+    would be lost); a folder that cannot be written. While the block runs an exclusive lock
+    (``fcntl.flock`` on ``.NAME.lock`` beside it; released by the system even if the process
+    is killed) keeps a second writer of the same path out: it is refused at once.
+    """
+    path = os.path.abspath(os.fspath(path))
+    for source in inputs:
+        if source and _same_or_inside(path, os.fspath(source)):
+            raise ValueError(f"{what} {path} is the input {os.fspath(source)} (or inside it); "
+                             "choose another output so that the input is not overwritten")
+    if os.path.isdir(path):
+        raise ValueError(f"{what} {path} is a folder; expected a results file name (e.g. results.h5)")
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    if not os.access(folder, os.W_OK):
+        raise ValueError(f"{what} {path}: the folder {folder} cannot be written")
+    if os.path.exists(path) and not is_results_file(path):
+        raise ValueError(f"{what} {path} exists and is not a results file of napari-4dstem-rvae; "
+                         "it is left untouched — choose another output name")
+    import fcntl
+
+    lock_path = os.path.join(folder, f".{os.path.basename(path)}.lock")
+    while True:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ValueError(f"{what} {path} is being written by another process; wait for it to "
+                             "finish or choose another output") from None
+        try:  # the lock file may have been removed by its last holder meanwhile: lock the new one
+            if os.fstat(fd).st_ino == os.stat(lock_path).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
     try:
-        yield tmp
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        yield path
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        try:
+            os.remove(lock_path)
+        except OSError:
+            pass
+        os.close(fd)
 
 
 def _json(value: Any) -> str:

@@ -80,7 +80,7 @@ def fit(data: Any, config: RVAEConfig | dict[str, Any] | None = None, *, roi_mas
         det_mask: Any = None, com_magnitude: Any = None, com_angle: Any = None,
         epochs: int | None = None, stop: threading.Event | None = None,
         callback: Callable[[TrainEvent], Any] | None = None, checkpoint_path: Any = None,
-        checkpoint_every: int = 0, **changes: Any) -> RVAEResult:
+        checkpoint_every: int | None = 0, resume: Any = None, **changes: Any) -> RVAEResult:
     """Train an rVAE on ``data`` and map every probe position.
 
     Parameters
@@ -107,7 +107,12 @@ def fit(data: Any, config: RVAEConfig | dict[str, Any] | None = None, *, roi_mas
     callback
         Called with every :class:`TrainEvent` (e.g. to print progress).
     checkpoint_path, checkpoint_every
-        Write a checkpoint every N epochs and at the end.
+        Write a checkpoint every N epochs (``None``: about 20 times per training) and at the end
+        or a stop.
+    resume
+        A checkpoint (path) of an interrupted run of the same configuration on the same data:
+        training continues from it, exactly as if it had not stopped. A checkpoint of other
+        settings or other data is a ValueError.
 
     With ``config.restarts`` > 1 the model that goes on is picked by held-out loss after a
     short competition (:func:`start`).
@@ -120,8 +125,14 @@ def fit(data: Any, config: RVAEConfig | dict[str, Any] | None = None, *, roi_mas
         changes["epochs"] = int(epochs)
     if changes:
         config = config.replace(**changes)
-    trainer = start(data, config, roi_mask=roi_mask, det_mask=det_mask, com_magnitude=com_magnitude,
-                    com_angle=com_angle, stop=stop, callback=callback)
+    if resume is not None:
+        trainer = resume_trainer(resume, data, config, com_magnitude=com_magnitude, com_angle=com_angle,
+                                 roi_mask=roi_mask)
+    else:
+        trainer = start(data, config, roi_mask=roi_mask, det_mask=det_mask, com_magnitude=com_magnitude,
+                        com_angle=com_angle, stop=stop, callback=callback)
+    if checkpoint_path is not None and checkpoint_every is None:
+        checkpoint_every = max(1, trainer.total_epochs // 20)
     stopped = False
     for event in trainer.run(stop=stop, checkpoint_path=checkpoint_path, checkpoint_every=checkpoint_every):
         if callback is not None:
@@ -158,3 +169,33 @@ def start(data: Any, config: RVAEConfig, *, roi_mask: Any = None, det_mask: Any 
     best = contenders[min(range(len(contenders)), key=scores.__getitem__)]
     best.restart_scores = scores
     return best
+
+
+#: Settings a resumed run may change (how it runs, not what it computes).
+RUN_SETTINGS = ("threads", "device", "correlate_every", "bf16")
+
+
+def resume_trainer(path: Any, data: Any, config: RVAEConfig, *, com_magnitude: Any = None, com_angle: Any = None,
+                   roi_mask: Any = None) -> Trainer:
+    """The trainer saved in checkpoint ``path``, to continue training on ``data`` with ``config``:
+    refused (ValueError, one sentence) when the checkpoint was made with other settings, another
+    training region or other data."""
+    import numpy as np
+
+    from .checkpoint import config_of, read_checkpoint
+
+    state = read_checkpoint(path)
+    saved = config_of(state)
+    wanted = config.replace(**{k: getattr(saved, k) for k in RUN_SETTINGS})
+    if config.likelihood == "auto":
+        wanted = wanted.replace(likelihood=saved.likelihood)
+    if saved != wanted:
+        differ = [k for k in saved.to_dict() if getattr(saved, k) != getattr(wanted, k)]
+        raise ValueError(f"checkpoint {path} was made with other settings ({', '.join(differ)}); "
+                         "use the same options or start afresh")
+    saved_roi = state.get("roi_mask")
+    given = None if roi_mask is None else np.asarray(roi_mask, bool)
+    if (saved_roi is None) != (given is None) or (given is not None and not np.array_equal(saved_roi.numpy(), given)):
+        raise ValueError(f"checkpoint {path} was trained on another region of the scan")
+    return Trainer.from_state(state, data, com_magnitude=com_magnitude, com_angle=com_angle,
+                              **{k: getattr(config, k) for k in RUN_SETTINGS if k != "correlate_every"})

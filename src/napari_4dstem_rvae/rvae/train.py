@@ -535,6 +535,20 @@ class Trainer:
     @classmethod
     def from_state(cls, state: dict[str, Any], data: Any = None, *, com_magnitude: Any = None,
                    com_angle: Any = None, **changes: Any) -> Trainer:
+        """See :meth:`_from_state`; anything inconsistent in ``state`` is a ValueError in one
+        sentence (never an IndexError or a RuntimeError from deep inside)."""
+        try:
+            return cls._from_state(state, data, com_magnitude=com_magnitude, com_angle=com_angle, **changes)
+        except ValueError:
+            raise
+        except (IndexError, KeyError, TypeError, RuntimeError, AttributeError) as exc:
+            reason = " ".join(str(exc).split())[:200]
+            raise ValueError(f"checkpoint {state.get('_path', '')!r} is damaged or was edited "
+                             f"({type(exc).__name__}: {reason})") from exc
+
+    @classmethod
+    def _from_state(cls, state: dict[str, Any], data: Any = None, *, com_magnitude: Any = None,
+                    com_angle: Any = None, **changes: Any) -> Trainer:
         """A trainer rebuilt from :meth:`state` (e.g. read from a checkpoint file).
 
         No original argument is needed: the configuration, geometry, data scale and split are

@@ -197,3 +197,177 @@ def test_edited_but_well_formed_checkpoints_are_refused_in_one_sentence(checkpoi
         with pytest.raises(ValueError) as info:
             load_checkpoint(edited, ds)
         assert str(edited) in str(info.value), (name, info.value)
+
+
+# -- readers that verify what they can --------------------------------------------------------
+sys.path.insert(0, str(Path(__file__).parent / "io"))
+from test_readers import cube, merlin_expected, rsciio_signal, write_hdr, write_mib  # noqa: E402
+
+
+def read_warnings(path, **options):
+    import warnings
+
+    from napari_4dstem_rvae import io
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds = io.read(path, **options)
+    return ds, [str(w.message) for w in caught]
+
+
+def test_truncated_mib_says_how_many_frames_are_complete_and_what_it_read(tmp_path):
+    from napari_4dstem_rvae import io
+
+    frames = cube((8, 6, 8), np.uint16)
+    write_mib(tmp_path / "full.mib", frames)
+    raw = (tmp_path / "full.mib").read_bytes()
+    frame = len(raw) // 8
+    (tmp_path / "cut.mib").write_bytes(raw[:7 * frame + 100])    # 7 complete frames and a piece
+    write_hdr(tmp_path / "cut.hdr", 8, scan=(2, 4))
+    ds, said = read_warnings(tmp_path / "cut.mib")
+    assert ds.shape == (1, 4, 6, 8)
+    np.testing.assert_array_equal(np.asarray(ds.data), merlin_expected(frames[:4], (1, 4)))
+    assert any("7 complete frames" in w and "(2, 4)" in w and "hdr ScanX/ScanY" in w for w in said), said
+    # all 7 complete frames as a line scan, either way round
+    for scan in ((1, 7), (7, 1)):
+        ds, _ = read_warnings(tmp_path / "cut.mib", scan_shape=scan)
+        assert ds.shape == scan + (6, 8)
+        np.testing.assert_array_equal(np.asarray(ds.data), merlin_expected(frames[:7], scan))
+    with pytest.raises(io.ReadError, match="fewer than one scan line"):
+        io.read(tmp_path / "cut.mib", scan_shape=(1, 8))
+    (tmp_path / "junk.mib").write_bytes(b"MQ1,000001,abc,01,0008" + bytes(100))
+    with pytest.raises(io.ReadError, match="header is damaged"):
+        io.read(tmp_path / "junk.mib")
+
+
+def test_mutated_blockfile_headers_never_give_a_wrong_array(tmp_path):
+    import random
+    import warnings
+
+    from rsciio import blockfile
+
+    from napari_4dstem_rvae import io
+
+    data = cube((3, 4, 8, 8), np.uint8)
+    path = tmp_path / "astar.blo"
+    blockfile.file_writer(str(path), rsciio_signal(data, sig=((0.02, "cm"), (0.02, "cm"))),
+                          show_progressbar=False)
+    raw = path.read_bytes()
+    rng = random.Random(0)
+    outcomes = {"same": 0, "refused": 0}
+    for trial in range(60):
+        damaged = bytearray(raw)
+        at = rng.randrange(0, 40)   # ID, magic, offsets, detector and scan sizes
+        damaged[at] = (damaged[at] + rng.randrange(1, 256)) % 256
+        bad = tmp_path / f"bad{trial}.blo"
+        bad.write_bytes(bytes(damaged))
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                got = np.asarray(io.read(bad).data)
+        except io.ReadError as exc:
+            assert str(bad) in str(exc)
+            outcomes["refused"] += 1
+            continue
+        np.testing.assert_array_equal(got, data)   # read: then it is the right array
+        outcomes["same"] += 1
+    assert outcomes["refused"] > 20
+
+
+def test_truncated_empad_raw_is_refused_with_sizes(tmp_path):
+    from test_readers import empad_frames, write_empad_raw
+
+    from napari_4dstem_rvae import io
+
+    write_empad_raw(tmp_path / "data.raw", empad_frames((2, 3)))
+    (tmp_path / "a.xml").write_text('<root><pix_x>3</pix_x><pix_y>2</pix_y><raw_file filename="data.raw"/></root>')
+    raw = (tmp_path / "data.raw").read_bytes()
+    (tmp_path / "data.raw").write_bytes(raw[:-100])
+    with pytest.raises(io.ReadError, match=r"truncated: 6 frames .* 399360 bytes, the file has 399260 bytes"):
+        io.read(tmp_path / "a.xml")
+
+
+def test_huge_but_finite_float32_values_are_not_called_nan(tmp_path):
+    from napari_4dstem_rvae.processing import compute_com, virtual_images
+    from napari_4dstem_rvae.processing.virtual import annular_dark_field
+
+    data = (np.random.default_rng(0).random((8, 8, 16, 16)) * 3e38).astype(np.float32)
+    result = compute_com(data, rotation=0)
+    assert np.isfinite(result.magnitude).all() and result.valid.all()
+    images = virtual_images(data, {"adf": annular_dark_field()})
+    assert np.isfinite(images["adf"]).all() and images["adf"].max() > 1e38
+
+
+def test_nan_patterns_outside_the_training_mask_do_not_stop_a_run(tmp_path, capsys):
+    data = np.asarray(graphene(scan_shape=(10, 10), det_shape=(16, 16)).data, dtype=np.float32)
+    data[0, 0] = np.nan
+    data[4, 6, 2, 2] = np.inf
+    np.save(tmp_path / "scan.npy", data)
+    roi = np.ones((10, 10), bool)
+    roi[0, 0] = roi[4, 6] = False
+    np.save(tmp_path / "roi.npy", roi)
+    out = tmp_path / "r.h5"
+    assert main(["run", str(tmp_path / "scan.npy"), *RUN[1:], "--epochs", "2", "--roi", str(tmp_path / "roi.npy"),
+                 "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "(row 0, col 0), (row 4, col 6)" in err          # the positions are named
+    with h5py.File(out) as f:
+        angle = f["rvae/angle"][()]
+    assert np.isnan(angle[0, 0]) and np.isnan(angle[4, 6]) and np.isfinite(np.delete(angle.ravel(), [0, 46])).all()
+    # inside the training mask they stop it, naming the first
+    assert main(["run", str(tmp_path / "scan.npy"), *RUN[1:], "--epochs", "2", "--out", str(tmp_path / "s.h5")]) == 2
+    assert "(row 0, col 0)" in capsys.readouterr().err
+
+
+def test_diverged_training_names_the_step_where_it_happened():
+    from napari_4dstem_rvae.rvae import RVAEConfig, Trainer, TrainingDiverged
+
+    ds = graphene(scan_shape=(6, 6), det_shape=(16, 16))
+    trainer = Trainer(ds, RVAEConfig(epochs=3, batch_size=8, encoder_hidden=(8,), decoder_hidden=(8, 8), threads=1))
+    real = trainer.model.loss
+
+    def loss(*args, **kwargs):  # the 7th optimisation step (the first of epoch 2) goes wrong
+        value, parts = real(*args, **kwargs)
+        return (value * float("nan") if trainer.model.training and trainer.step == 6 else value), parts
+
+    trainer.model.loss = loss
+    with pytest.raises(TrainingDiverged, match=r"at step 7 \(epoch 2\)"):
+        for _ in trainer.run():
+            pass
+
+
+def test_com_output_that_is_the_input_or_a_file_is_refused(tmp_path, capsys):
+    data = tmp_path / "scan.npy"
+    np.save(data, np.asarray(graphene(scan_shape=(6, 6), det_shape=(16, 16)).data))
+    before = digest(data)
+    assert main(["com", str(data), "--out", str(data)]) == 2
+    assert "is the input" in capsys.readouterr().err
+    (tmp_path / "notes").write_text("mine")
+    assert main(["com", str(data), "--out", str(tmp_path / "notes")]) == 2
+    assert "not a folder" in capsys.readouterr().err
+    assert digest(data) == before and (tmp_path / "notes").read_text() == "mine"
+
+
+def test_resume_and_fresh_flags(source, tmp_path, capsys):
+    out = tmp_path / "r.h5"
+    base = ["run", source, *RUN[1:], "--epochs", "4", "--checkpoint-every", "1"]
+    assert main([*base, "--out", str(tmp_path / "first.h5")]) == 0
+    assert main([*base, "--out", str(out), "--resume", str(tmp_path / "absent.pt")]) == 2
+    assert "no such checkpoint" in capsys.readouterr().err
+    assert main([*base, "--out", str(out), "--fresh"]) == 0
+    assert "continued from" not in capsys.readouterr().out
+
+
+def test_hdf5_chunks_that_are_not_stored_are_not_read_as_zeros(tmp_path):
+    from napari_4dstem_rvae import io
+
+    data = np.arange(4 * 5 * 8 * 8, dtype=np.uint16).reshape(4, 5, 8, 8) + 1
+    path = tmp_path / "interrupted.h5"
+    with h5py.File(path, "w") as f:
+        dset = f.create_dataset("data", shape=data.shape, dtype=data.dtype, chunks=(1, 5, 8, 8))
+        dset[:3] = data[:3]                          # the writer stopped before the last scan row
+    with pytest.raises(io.ReadError, match=r"1 of the 4 chunks of /data cannot be found"):
+        io.read(path)
+    got = np.asarray(io.read(path, fill_missing=True).data)
+    np.testing.assert_array_equal(got[:3], data[:3])
+    assert not got[3].any()

@@ -87,7 +87,11 @@ def cmd_run(args) -> int:
     changes = {"latent_dim": args.latent, "epochs": args.epochs, "learn_shift": True if args.shift else None,
                "seed": args.seed, "threads": args.threads, "device": args.device, "epoch_selection": selection,
                "likelihood": args.likelihood, "restarts": args.restarts, "angle_symmetry": args.symmetry}
-    run(args.file, args.out, read_options=_read_options(args), bin_to=args.bin, roi=args.roi, **changes)
+    resume = args.resume if args.resume is not None else not args.fresh
+    if args.checkpoint_every is not None and args.checkpoint_every < 1:
+        raise ValueError(f"--checkpoint-every must be at least 1 epoch, got {args.checkpoint_every}")
+    run(args.file, args.out, read_options=_read_options(args), bin_to=args.bin, roi=args.roi,
+        resume=resume, checkpoint_every=args.checkpoint_every, **changes)
     return 0
 
 
@@ -156,7 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "positions; com_correlation: the study's rule, the epoch whose latent map correlates best "
                         "with the COM magnitude)")
     p.add_argument("--likelihood", default=None, choices=list(LIKELIHOODS),
-                   help="default auto: anscombe for counts (non-negative integers), gaussian otherwise")
+                   help="noise model of the reconstruction (default auto: a Gaussian with the counting-noise "
+                        "scale for counts, chosen by measurement; see the README)")
     p.add_argument("--restarts", type=int, default=None,
                    help="models started, the one with the lowest held-out loss continues (default: the engine's)")
     p.add_argument("--symmetry", type=int, default=None, metavar="N",
@@ -167,6 +172,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--out", default="out", help="output folder, or the results file (RESULTS.h5)")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--resume", metavar="CHECKPOINT", default=None,
+                       help="continue the training saved in CHECKPOINT (by default a run continues from "
+                            "RESULTS.checkpoint.pt beside its output when that exists and fits)")
+    again.add_argument("--fresh", action="store_true",
+                       help="start afresh, ignoring (and replacing) a checkpoint of an earlier run")
+    p.add_argument("--checkpoint-every", type=int, default=None, metavar="EPOCHS",
+                   help="epochs between checkpoints (default: about 20 checkpoints per training)")
     p.set_defaults(func=cmd_run)
     return parser
 

@@ -47,18 +47,23 @@ def overview_images(dataset: Dataset4D) -> dict[str, np.ndarray]:
     name, mask = default_image_detector(dataset.calibration, dataset.det_shape)
     if name != "sum":
         masks[name] = mask
-    return reduce_masks(dataset.data, masks)
+    return reduce_masks(dataset.data, masks, nonfinite="nan")
 
 
-def _output_paths(out: str | os.PathLike, stem: str) -> tuple[Path, Path]:
+def _output_paths(out: str | os.PathLike, stem: str, inputs: Any = ()) -> tuple[Path, Path]:
     """(results file, PNG) for ``out``: a folder (``out/<stem>.h5``, ``out/<stem>.png``) or a
     results file ``RESULTS.h5`` (the PNG beside it, ``RESULTS_overview.png``)."""
     out = Path(out)
     if out.suffix.lower() in (".h5", ".hdf5"):
-        out.parent.mkdir(parents=True, exist_ok=True)
         return out, out.with_name(out.stem + "_overview.png")
-    out.mkdir(parents=True, exist_ok=True)
-    return out / f"{stem}.h5", out / f"{stem}.png"
+    if out.exists() and not out.is_dir():
+        for source in inputs:
+            if source and os.path.exists(os.fspath(source)) and os.path.samefile(out, os.fspath(source)):
+                raise ValueError(f"--out {out} is the input {os.fspath(source)}; choose another output "
+                                 "so that the input is not overwritten")
+        raise ValueError(f"--out {out} is an existing file, not a folder; give a folder or a results "
+                         "file name ending in .h5 (the file is left untouched)")
+    return out / f"{stem}.h5", out / f"{stem}.png"  # the folder is made by claim_output
 
 
 def _results_args(dataset: Dataset4D) -> dict[str, Any]:
@@ -71,7 +76,7 @@ def images(dataset: Dataset4D, out: str | os.PathLike, log=print,
     """The overview images of ``dataset`` (or ``maps``) as ``out/images.h5`` and one PNG each."""
     from .results import claim_output, image_figure, write_results
 
-    results_file, _ = _output_paths(out, "images")
+    results_file, _ = _output_paths(out, "images", [dataset.source])
     with claim_output(results_file, [dataset.source]):
         maps = overview_images(dataset) if maps is None else maps
         files = {"images": write_results(results_file, images=maps, **_results_args(dataset))}
@@ -89,7 +94,7 @@ def com(dataset: Dataset4D, out: str | os.PathLike, options: Any = None, log=pri
     from .processing import compute_com
     from .results import claim_output, com_figure, write_results
 
-    h5, png = _output_paths(out, "com")
+    h5, png = _output_paths(out, "com", [dataset.source])
     with claim_output(h5, [dataset.source]):
         result = compute_com(dataset, options, **changes)
         files = {"h5": write_results(h5, com=result, **_results_args(dataset)), "png": com_figure(png, result)}
@@ -142,12 +147,12 @@ def run(source: str | os.PathLike | Dataset4D, out: str | os.PathLike = "out", *
     """
     from .results import claim_output
 
-    results_file, png_file = _output_paths(out, "results")
-    if png_file.name == "results.png":
-        png_file = png_file.with_name("overview.png")
     inputs = [source] if not isinstance(source, Dataset4D) else [source.source]
     if not isinstance(resume, bool) and resume is not None:
         inputs.append(resume)
+    results_file, png_file = _output_paths(out, "results", inputs)
+    if png_file.name == "results.png":
+        png_file = png_file.with_name("overview.png")
     with claim_output(results_file, inputs):
         return _run(source, results_file, png_file, read_options=read_options, bin_to=bin_to, roi=roi,
                     config=config, log=log, com_result=com_result, images=images, resume=resume,

@@ -184,6 +184,33 @@ def test_checkpoint_and_results_roundtrip(trained_setup, qtbot, tmp_path):
     assert not messages
 
 
+def test_checkpoint_path_set_before_start_keeps_the_training_while_it_runs(trained_setup, qtbot, tmp_path):
+    """The widget's checkpoints are the CLI's: written (atomically, checksummed) while training
+    runs, so after a crash Load checkpoint + Resume continues from the last one."""
+    from napari_4dstem_rvae.rvae import read_checkpoint
+
+    viewer, adf, ds, shapes, widget, messages = trained_setup
+    widget.epochs.value = 200
+    path = tmp_path / "running.pt"
+    widget.checkpoint_path.value = str(path)
+    _click(qtbot, widget.start_button)
+    qtbot.waitUntil(lambda: path.exists() and read_checkpoint(path)["epoch"] >= 10, timeout=120000)
+    saved = read_checkpoint(path)["epoch"]     # written during the run, before any Stop
+    assert saved % 10 == 0                     # every total/20 epochs
+    _click(qtbot, widget.stop_button)
+    _wait_done(qtbot, widget, timeout=15000)
+    widget.session = None                      # as after a crash: nothing in memory
+    widget.load_checkpoint()
+    _wait_done(qtbot, widget)
+    assert widget.session.epochs_done >= saved and widget.resume_button.enabled
+    done = widget.session.epochs_done
+    _click(qtbot, widget.resume_button)
+    qtbot.waitUntil(lambda: widget.session.epochs_done >= done + 2, timeout=60000)
+    _click(qtbot, widget.stop_button)
+    _wait_done(qtbot, widget, timeout=15000)
+    assert not messages, messages
+
+
 def test_explore_click_reconstruction_and_lasso_selection(trained_setup, qtbot):
     from types import SimpleNamespace
 

@@ -311,12 +311,17 @@ def test_bad_input_raises_clear_errors():
         compute_com(data[0])
     nan_data = data.copy()
     nan_data[1, 2, 3, 4] = np.nan
-    with pytest.raises(ValueError, match=r"NaN or Inf.*scan position \(1, 2\)"):
-        compute_com(nan_data)
+    # NaN/Inf patterns: named, left out (invalid, zero shift), not fatal for the maps
+    with pytest.warns(UserWarning, match=r"NaN or Inf pixels, at scan positions \(1, 2\)"):
+        marked = compute_com(nan_data, rotation=0.0)
+    assert not marked.valid[1, 2] and marked.valid.sum() == marked.valid.size - 1
+    assert np.isfinite(marked.magnitude).all() and marked.magnitude[1, 2] == 0
     inf_data = data.copy()
     inf_data[3, 0, 0, 0] = np.inf
-    with pytest.raises(ValueError, match=r"NaN or Inf.*\(3, 0\)"):
+    with pytest.warns(UserWarning, match=r"NaN or Inf pixels, at scan positions \(3, 0\)"):
         compute_com(inf_data, rotation=0.0)
+    with pytest.raises(ValueError, match="every pattern holds NaN or Inf"):
+        compute_com(np.full_like(data, np.nan), rotation=0.0, center=(15.0, 17.0))
     with pytest.raises(ValueError, match="no pattern has a positive intensity"):
         compute_com(np.zeros((2, 2, 8, 8), np.float32), center=(4, 4), rotation=0.0)
     np.testing.assert_array_equal(data, before)

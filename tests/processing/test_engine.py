@@ -219,8 +219,11 @@ def test_engine_and_detector_errors():
         reduce_masks(data, {"m": np.ones((32, 36))}, n_threads=0)
     bad = data.copy()
     bad[2, 1, 5, 5] = np.nan
+    with pytest.warns(UserWarning, match=r"NaN or Inf pixels, at scan positions \(2, 1\)"):
+        marked = virtual_images(bad, {"bf": bright_field(7.0, center=(15.0, 17.0))})["bf"]
+    assert np.isnan(marked[2, 1]) and np.isfinite(np.delete(marked.ravel(), 2 * marked.shape[1] + 1)).all()
     with pytest.raises(ValueError, match=r"NaN or Inf pixels.*scan position \(2, 1\)"):
-        virtual_images(bad, {"bf": bright_field(7.0, center=(15.0, 17.0))})
+        reduce_masks(bad, {"bf": np.ones((32, 36))})  # the engine's default: refuse
     with pytest.raises(ValueError, match="uniform"):
         find_disk(np.ones((8, 8)))
     np.testing.assert_array_equal(data, before)

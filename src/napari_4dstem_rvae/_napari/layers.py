@@ -62,14 +62,14 @@ def iter_virtual_image(dataset: Dataset4D, mask: np.ndarray,
     from ..processing.engine import iter_frame_blocks, reduce_masks
 
     for where, block in iter_frame_blocks(dataset.data, target_bytes):
-        yield where, reduce_masks(block, {"image": mask}, n_threads=1)["image"]
+        yield where, reduce_masks(block, {"image": mask}, n_threads=1, nonfinite="nan")["image"]
 
 
 def virtual_image(dataset: Dataset4D, mask: np.ndarray) -> np.ndarray:
     """The whole virtual image (scan_y, scan_x), float64, in one pass."""
     from ..processing.engine import reduce_masks
 
-    return reduce_masks(dataset.data, {"image": mask})["image"]
+    return reduce_masks(dataset.data, {"image": mask}, nonfinite="nan")["image"]
 
 
 def real_space_layer_data(dataset: Dataset4D, image: np.ndarray, name: str,

@@ -10,6 +10,8 @@ keeps the partial model; Resume continues it.
 
 from __future__ import annotations
 
+import os
+
 import threading
 from typing import Any
 
@@ -94,6 +96,8 @@ class TrainWidget(WorkerMixin, Container):
         self.stop_button = PushButton(text="Stop")
         self.resume_button = PushButton(text="Resume")
         self.checkpoint_path = FileEdit(label="checkpoint", mode="w", filter="*.pt")
+        self.checkpoint_path.tooltip = ("When set, the training is also saved here while it runs (about 20 times "
+                                        "and at Stop), so a crash loses little: Load checkpoint, then Resume.")
         self.save_button = PushButton(text="Save checkpoint")
         self.load_button = PushButton(text="Load checkpoint")
         self.results_path = FileEdit(label="results file", mode="w", filter="*.h5")
@@ -299,6 +303,8 @@ class TrainWidget(WorkerMixin, Container):
         stop.clear()
         self.last_error = None
         every = self.maps_every.value
+        keep_at = str(self.checkpoint_path.value)
+        keep_at = None if not keep_at or keep_at == "." or os.path.isdir(keep_at) else keep_at
         self.progress.setRange(0, self.epochs.value if session is None else session.total_epochs)
         self.progress.setValue(0 if session is None else session.epochs_done)
 
@@ -312,7 +318,7 @@ class TrainWidget(WorkerMixin, Container):
                     raise TrainingFailed(f"could not start: {friendly_error(exc)}") from exc
                 yield {"kind": "session", "session": current}
             try:
-                yield from current.run(stop, maps_every=every)
+                yield from current.run(stop, maps_every=every, checkpoint_path=keep_at)
             except RuntimeError as exc:  # torch raises RuntimeError (e.g. device out of memory)
                 raise TrainingFailed.failed(exc) from exc
 

@@ -140,28 +140,32 @@ class MemmapSource:
             sub = self.file_dtype.fields[field][0]
             self.shape, self.dtype = self.file_shape + tuple(sub.shape), sub.base
         self.ndim = len(self.shape)
-        self._mm = None
 
     def _array(self) -> np.ndarray:
-        if self._mm is None:
-            mm = np.memmap(self.path, dtype=self.file_dtype, mode="r", offset=self.offset,
-                           shape=self.file_shape, order=self.order)
-            self._mm = mm if self.field is None else mm[self.field]
-        return self._mm
+        mm = np.memmap(self.path, dtype=self.file_dtype, mode="r", offset=self.offset,
+                       shape=self.file_shape, order=self.order)
+        return mm if self.field is None else mm[self.field]
 
     def __getitem__(self, index: Any) -> np.ndarray:
+        # A fresh mapping per read, released after the copy: pages of a mapping kept open
+        # count as the process's resident memory and would grow to the file's size over a
+        # streamed reduction (a batch scheduler limiting RSS would kill the job).
         try:
-            return np.array(self._array()[index])  # a copy of the slice: reads only its pages
+            view = self._array()
+            out = np.array(view[index])  # a copy of the slice: reads only its pages
         except (OSError, ValueError) as exc:
             raise ReadError(f"{self.path}: could not read{_fmt_index(index)} ({exc})") from exc
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state["_mm"] = None
-        return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
+        base = view
+        while isinstance(base, np.ndarray) and base.base is not None and not isinstance(base, np.memmap):
+            base = base.base
+        mapping = getattr(base, "_mmap", None)
+        del view, base
+        if mapping is not None:
+            try:
+                mapping.close()
+            except (BufferError, ValueError):
+                pass  # still referenced elsewhere: released when that goes
+        return out
 
     def __dask_tokenize__(self):
         st = os.stat(self.path)

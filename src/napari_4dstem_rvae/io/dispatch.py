@@ -33,6 +33,9 @@ def read(path: str | os.PathLike, **options: Any) -> Dataset4D:
         Raw binary layout (see :func:`read_raw`).
     chunks
         Dask chunks of the returned array (default: whole patterns, ~64 MB chunks).
+    fill_missing
+        HDF5/zarr: read chunks that are not stored as 0 instead of refusing the file (an
+        interrupted writer leaves them out).
     calibration
         A :class:`Calibration` or a dict of its fields overriding what the file says.
     scan_step, scan_unit, det_pixel_size, det_unit, energy_kev, semiangle_mrad, det_origin, scan_origin
@@ -56,6 +59,8 @@ def read(path: str | os.PathLike, **options: Any) -> Dataset4D:
         )
     override = _calibration_override(path, options)
     options.pop("format", None)
+    if fmt in ("npy", "raw"):
+        options.pop("fill_missing", None)  # uncompressed files have no chunks to miss
     if fmt == "hdf5":
         ds = read_hdf5(path, **options)
     elif fmt == "npy":

@@ -118,8 +118,46 @@ def hdf5_datasets(path: str, wanted: tuple[int, ...]) -> list[tuple[str, tuple]]
     return found
 
 
+def check_stored_chunks(obj: Any, path: str, fill_missing: bool = False) -> None:
+    """A chunked dataset whose chunks are not all stored reads the missing ones as its fill
+    value (0), without a word from HDF5: refuse it (an interrupted writer or a damaged chunk
+    index), unless ``fill_missing``."""
+    import math
+
+    if obj.chunks is None or obj.size == 0:
+        return
+    expected = math.prod(math.ceil(n / c) for n, c in zip(obj.shape, obj.chunks))
+    try:
+        stored = obj.id.get_num_chunks()
+    except Exception as exc:
+        raise ReadError(f"{path}: the chunk index of {obj.name} is damaged ({type(exc).__name__})") from exc
+    if fill_missing:
+        return
+    missing = expected - stored
+    if not missing:
+        # every chunk counted; also look each one (up to 2,048, spread evenly) up by its
+        # position, as a read does: a damaged index can hold a chunk that is not found
+        grid = [math.ceil(n / c) for n, c in zip(obj.shape, obj.chunks)]
+        picks = np.unique(np.linspace(0, expected - 1, min(expected, 2048)).round().astype(np.int64))
+        try:
+            for flat in picks:
+                index = np.unravel_index(int(flat), grid)
+                coord = tuple(int(i) * int(c) for i, c in zip(index, obj.chunks))
+                info = obj.id.get_chunk_info_by_coord(coord)
+                if info.byte_offset is None:
+                    missing += 1
+                elif flat in (picks[0], picks[-1]) and info.size < 256 * 2**20:
+                    obj.id.read_direct_chunk(coord)  # found the way a read finds it
+        except Exception as exc:
+            raise ReadError(f"{path}: the chunk index of {obj.name} is damaged ({type(exc).__name__})") from exc
+    if missing:
+        raise ReadError(f"{path}: {missing} of the {expected} chunks of {obj.name} cannot be found "
+                        "(an interrupted writer or a damaged file); they would read as 0 — pass "
+                        "fill_missing=True to read them so")
+
+
 def read_hdf5(path: str, dataset: str | None = None, scan_shape: Any = None,
-              chunks: Any = None) -> Dataset4D:
+              chunks: Any = None, fill_missing: bool = False) -> Dataset4D:
     """Read a 4D dataset from an HDF5 file lazily (see :func:`read`)."""
     import h5py
 
@@ -136,6 +174,7 @@ def read_hdf5(path: str, dataset: str | None = None, scan_shape: Any = None,
             obj = obj["data"]
         if obj.dtype.kind not in "uifb":
             raise ReadError(f"{path}: dataset {obj.name!r} has non-numeric type {obj.dtype}")
+        check_stored_chunks(obj, path, fill_missing)
         source = HDF5Source(os.path.abspath(path), obj.name, obj.shape, obj.dtype, obj.chunks)
         dims, first = _emd_dims(obj)
         reverse = _emd_axes_reversed(f, obj, dims, first)

@@ -419,8 +419,20 @@ def compute_com(
         stack = stack + build_mask_stack(extra, det_shape, geometry, calibration)
 
     sums = reduce_masks(data, stack, threshold=threshold, client=client, n_threads=n_threads,
-                        precision=precision)
+                        precision=precision, nonfinite="keep")
     total = sums["com_total"]
+    broken = ~np.all([np.isfinite(v) for v in sums.values()], axis=0)
+    if broken.all():
+        raise ValueError("every pattern holds NaN or Inf pixels; expected finite intensities "
+                         "(repair them with processing.repair_bad_pixels or numpy.nan_to_num)")
+    if broken.any():
+        where = ", ".join(f"({int(r)}, {int(c)})" for r, c in np.argwhere(broken)[:5])
+        more = f" and {int(broken.sum()) - 5} more" if broken.sum() > 5 else ""
+        warnings.warn(f"{int(broken.sum())} pattern(s) hold NaN or Inf pixels, at scan positions {where}{more}: "
+                      "they are left out (zero shift, NaN in the virtual images, invalid in COMResult.valid)",
+                      stacklevel=2)
+        total = np.where(broken, 0.0, total)
+        sums = {k: (v if k in _MOMENTS else np.where(broken, np.nan, v)) for k, v in sums.items()}
     valid = total > 0
     if not valid.any():
         raise ValueError(

@@ -196,6 +196,11 @@ def _make_plan(masks: np.ndarray, dtype: np.dtype, threshold: float | None) -> _
 
 def _reduce_frames(frames: np.ndarray, plan: _Plan, out: np.ndarray) -> None:
     """``out[i, j] = Σ_p frames[i, p] · masks[j, p]``; frames (n, pixels), out (n, m) float64."""
+    with np.errstate(over="ignore", invalid="ignore"):  # float32 overflow: redone in float64 by the caller
+        _reduce_frames_unchecked(frames, plan, out)
+
+
+def _reduce_frames_unchecked(frames: np.ndarray, plan: _Plan, out: np.ndarray) -> None:
     dtype = plan.mask_groups[0].dtype
     step = plan.frames_per_step
     single_block = len(plan.pixel_blocks) == 1
@@ -308,6 +313,7 @@ def reduce_masks(
     client: Any = None,
     n_threads: int | None = None,
     precision: str = "auto",
+    nonfinite: str = "raise",
 ) -> dict[str, np.ndarray]:
     """Weighted sums of every diffraction pattern with every mask, in one pass.
 
@@ -328,6 +334,10 @@ def reduce_masks(
         (``"tcp://host:8786"``; a client is opened and closed for this call).
     n_threads
         Threads of the in-memory path (default: the usable CPU cores, at most 8).
+    nonfinite
+        ``"raise"``: a pattern holding NaN or Inf is a ValueError naming its position;
+        ``"nan"``: its sums are NaN, with a warning naming the positions (maps over the whole
+        scan); ``"keep"``: left as they are, for the caller to handle.
     precision
         ``"auto"`` (float32 products for ≤ 32-bit float and ≤ 16-bit integer data,
         float64 otherwise), ``"float32"`` or ``"float64"``. Results are always float64.
@@ -361,12 +371,41 @@ def reduce_masks(
         raise ValueError(f"n_threads must be at least 1, got {n_threads!r}")
     dtype = compute_dtype_for(data.dtype, precision)
     plan = _make_plan(stack.masks, dtype, None if threshold is None else float(threshold))
-    if client is None and isinstance(data, np.ndarray):
-        values = _reduce_numpy(data, plan, default_threads() if n_threads is None else int(n_threads))
-    else:
-        values = _reduce_dask(data, plan, client)
-    check_finite(values, "data")
+    threads = default_threads() if n_threads is None else int(n_threads)
+
+    def reduce(plan: _Plan) -> np.ndarray:
+        if client is None and isinstance(data, np.ndarray):
+            return _reduce_numpy(data, plan, threads)
+        return _reduce_dask(data, plan, client)
+
+    values = reduce(plan)
+    if dtype != np.float64 and not np.all(np.isfinite(values)):
+        # Finite float32 data near its range (~3e38) overflow float32 sums: redo the pass in
+        # float64 before calling any pattern non-finite.
+        values = reduce(_make_plan(stack.masks, np.float64, plan.threshold))
+    if nonfinite == "raise":
+        check_finite(values, "data")
+    elif nonfinite == "nan":
+        values = mark_nonfinite(values)
+    elif nonfinite != "keep":
+        raise ValueError(f"nonfinite must be 'raise', 'nan' or 'keep', got {nonfinite!r}")
     return {name: values[..., i] for i, name in enumerate(stack.names)}
+
+
+def mark_nonfinite(values: np.ndarray) -> np.ndarray:
+    """``(scan_y, scan_x, n)`` sums: positions where any is NaN/Inf become NaN in all, with a
+    warning naming them."""
+    import warnings
+
+    bad = ~np.isfinite(values).all(axis=-1)
+    if bad.any():
+        values = values.copy()
+        values[bad] = np.nan
+        where = ", ".join(f"({int(r)}, {int(c)})" for r, c in np.argwhere(bad)[:5])
+        more = f" and {int(bad.sum()) - 5} more" if bad.sum() > 5 else ""
+        warnings.warn(f"{int(bad.sum())} pattern(s) hold NaN or Inf pixels, at scan positions {where}{more}: "
+                      "NaN in the images (repair or exclude them)", stacklevel=3)
+    return values
 
 
 def check_finite(values: np.ndarray, what: str) -> None:

@@ -384,4 +384,4 @@ def virtual_images(
     geometry = detector_geometry(data, center, disk_radius)
     stack = build_mask_stack(default_detectors() if detectors is None else detectors,
                              tuple(int(s) for s in data.shape[2:]), geometry, calibration)
-    return reduce_masks(data, stack, client=client, n_threads=n_threads)
+    return reduce_masks(data, stack, client=client, n_threads=n_threads, nonfinite="nan")

@@ -387,35 +387,49 @@ def read_results(path: str | os.PathLike) -> ResultsFile:
         f = h5py.File(path, "r")
     except OSError as exc:
         raise ValueError(f"{path}: not a readable HDF5 results file ({exc})") from exc
-    with f:
-        version = int(f.attrs.get(RESULTS_MARK, 0))
-        if not version:
-            raise ValueError(f"{path}: not a napari-4dstem-rvae results file (no {RESULTS_MARK!r} mark)")
-        cal = None
-        if "calibration_json" in f.attrs:
-            try:
-                values = json.loads(_text(f.attrs["calibration_json"]))
-                cal = None if values is None else Calibration.from_dict(values)
-            except (ValueError, TypeError):
-                cal = None
-        scan_shape = tuple(int(v) for v in f.attrs["scan_shape"]) if "scan_shape" in f.attrs else None
+    try:
+        with f:
+            return _read_results(f, path)
+    except ValueError as exc:
+        if path in str(exc):
+            raise
+        raise ValueError(f"{path}: the results file is damaged ({' '.join(str(exc).split())[:200]})") from exc
+    except Exception as exc:  # a damaged file fails inside h5py in many ways: KeyError, OSError …
+        reason = " ".join(str(exc).split())[:200]
+        raise ValueError(f"{path}: the results file is damaged ({type(exc).__name__}: {reason})") from exc
+
+
+def _read_results(f: Any, path: str) -> ResultsFile:
+    import h5py
+
+    version = int(f.attrs.get(RESULTS_MARK, 0))
+    if not version:
+        raise ValueError(f"{path}: not a napari-4dstem-rvae results file (no {RESULTS_MARK!r} mark)")
+    cal = None
+    if "calibration_json" in f.attrs:
         try:
-            parameters = json.loads(_text(f.attrs.get("parameters_json", "{}"))) or {}
-        except ValueError:
-            parameters = {}
-        items: list[tuple[str, Any]] = []
-        f.visititems(lambda n, o: items.append((n, o)) if isinstance(o, h5py.Dataset) else None)
-        names = {n for n, _ in items}
-        out = ResultsFile(path, version, cal, scan_shape, parameters=parameters,
-                          attrs={k: f.attrs[k] for k in f.attrs})
-        for name, dset in items:
-            if dset.dtype.kind not in "fiub" or dset.ndim < 2 or name.startswith(("rvae/history", "rvae/diagnostics")):
-                continue
-            if scan_shape is not None and tuple(dset.shape[-2:]) != scan_shape:
-                continue
-            stored = _stored_map(name, dset, version, names)
-            if stored is not None:
-                out.maps.append(stored)
+            values = json.loads(_text(f.attrs["calibration_json"]))
+            cal = None if values is None else Calibration.from_dict(values)
+        except (ValueError, TypeError):
+            cal = None
+    scan_shape = tuple(int(v) for v in f.attrs["scan_shape"]) if "scan_shape" in f.attrs else None
+    try:
+        parameters = json.loads(_text(f.attrs.get("parameters_json", "{}"))) or {}
+    except ValueError:
+        parameters = {}
+    items: list[tuple[str, Any]] = []
+    f.visititems(lambda n, o: items.append((n, o)) if isinstance(o, h5py.Dataset) else None)
+    names = {n for n, _ in items}
+    out = ResultsFile(path, version, cal, scan_shape, parameters=parameters,
+                      attrs={k: f.attrs[k] for k in f.attrs})
+    for name, dset in items:
+        if dset.dtype.kind not in "fiub" or dset.ndim < 2 or name.startswith(("rvae/history", "rvae/diagnostics")):
+            continue
+        if scan_shape is not None and tuple(dset.shape[-2:]) != scan_shape:
+            continue
+        stored = _stored_map(name, dset, version, names)
+        if stored is not None:
+            out.maps.append(stored)
     return out
 
 

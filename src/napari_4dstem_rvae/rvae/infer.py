@@ -8,6 +8,7 @@ block; only one batch is on the device at a time.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -81,31 +82,51 @@ def model_device(model: RVAE) -> torch.device:
     return model.coords.device
 
 
-def _batches(data: Any, batch_size: int, index: np.ndarray | None = None
+def _batches(data: Any, batch_size: int, index: np.ndarray | None = None, bad: list | None = None,
              ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """``(flat indices, float32 patterns (n, n_det))`` batches over ``index`` (default: all positions)."""
+    """``(flat indices, float32 patterns (n, n_det))`` batches over ``index`` (default: all positions).
+
+    Patterns holding NaN or Inf are a ValueError naming the first, unless ``bad`` is a list:
+    then they are replaced by zeros and their flat indices appended to it (maps over the whole
+    scan mark them instead of stopping)."""
     patterns = as_patterns(data)
     nx = patterns.scan_shape[1]
+
+    def checked(block: np.ndarray, flat: np.ndarray) -> np.ndarray:
+        if bad is None:
+            check_finite(block, 0, nx, flat)
+            return block
+        rows = ~np.isfinite(block).all(axis=1)
+        if rows.any():
+            bad.extend(int(i) for i in flat[rows])
+            block = block.copy()
+            block[rows] = 0
+        return block
+
     if index is not None:
         index = np.asarray(index, dtype=np.int64)
         for start in range(0, index.size, batch_size):
             chunk = index[start:start + batch_size]
-            block = patterns.read(chunk)
-            check_finite(block, 0, nx, chunk)
-            yield chunk, block
+            yield chunk, checked(patterns.read(chunk), chunk)
         return
     if not patterns.is_lazy:
         for start in range(0, patterns.n_positions, batch_size):
             stop = min(patterns.n_positions, start + batch_size)
-            block = patterns.take(np.arange(start, stop))
-            check_finite(block, start, nx)
-            yield np.arange(start, stop), block
+            flat = np.arange(start, stop)
+            yield flat, checked(patterns.take(flat), flat)
         return
     for first, stop, block in patterns.iter_blocks():
-        check_finite(block, first, nx)
+        block = checked(block, np.arange(first, stop))
         for start in range(0, stop - first, batch_size):
             part = block[start:start + batch_size]
             yield np.arange(first + start, first + start + len(part)), part
+
+
+def name_positions(flat: list[int] | np.ndarray, scan_x: int, most: int = 5) -> str:
+    """``"(row 0, col 0), (row 5, col 7) and 3 more"`` for flat probe indices."""
+    flat = sorted(int(i) for i in flat)
+    named = ", ".join(f"(row {i // scan_x}, col {i % scan_x})" for i in flat[:most])
+    return named + (f" and {len(flat) - most} more" if len(flat) > most else "")
 
 
 @torch.no_grad()
@@ -172,8 +193,9 @@ def encode(model: RVAE, data: Any, batch_size: int = 256, novelty: bool = False)
         pixels = torch.sort(pick).values.to(model_device(model))
     was_training = model.training
     model.eval()
+    bad: list[int] = []
     try:
-        for index, block in _batches(patterns, batch_size):
+        for index, block in _batches(patterns, batch_size, bad=bad):
             frames = block.reshape(len(block), *patterns.det_shape)
             post = encode_patterns(model, frames)
             angle[index], angle_std[index] = post["angle"], post["angle_std"]
@@ -190,6 +212,19 @@ def encode(model: RVAE, data: Any, batch_size: int = 256, novelty: bool = False)
         model.train(was_training)
     sy, sx = patterns.scan_shape
     symmetry = int(getattr(model.config, "angle_symmetry", 1))
+    novelty_map = None
+    if residuals is not None:
+        keep = np.ones(n, bool)
+        keep[bad] = False
+        novelty_map = np.full(n, np.nan, np.float32)
+        if keep.any():
+            novelty_map[keep] = novelty_scores(residuals[keep])
+    if bad:
+        for values in (angle, angle_std, concentration, z, z_std, shift, shift_std):
+            if values is not None:
+                values[bad] = np.nan
+        warnings.warn(f"{len(bad)} pattern(s) hold NaN or Inf values, at {name_positions(bad, sx)}: "
+                      "their map values are NaN (repair or exclude them)", stacklevel=2)
     return LatentMaps(
         angle=angle.reshape(sy, sx), angle_std=angle_std.reshape(sy, sx),
         latents=np.ascontiguousarray(z.T.reshape(k, sy, sx)),
@@ -197,7 +232,7 @@ def encode(model: RVAE, data: Any, batch_size: int = 256, novelty: bool = False)
         shift=None if shift is None else np.ascontiguousarray(shift.T.reshape(2, sy, sx)),
         shift_std=None if shift_std is None else np.ascontiguousarray(shift_std.T.reshape(2, sy, sx)),
         angle_concentration=concentration.reshape(sy, sx),
-        novelty=None if residuals is None else novelty_scores(residuals).reshape(sy, sx).astype(np.float32),
+        novelty=None if novelty_map is None else novelty_map.reshape(sy, sx),
         angle_symmetric=None if symmetry <= 1 else symmetric_angle(angle, symmetry).reshape(sy, sx),
     )
 

@@ -345,9 +345,10 @@ class Trainer:
                           elapsed=self.elapsed, **values)
 
     def _diverged(self) -> None:
+        step, epoch = self.step + 1, self.epoch + 1  # before the state (and its counters) is restored
         self._restore_snapshot(self._last_good)
         raise TrainingDiverged(
-            f"the loss became NaN/Inf at step {self.step + 1} (epoch {self.epoch + 1}); the model was "
+            f"the loss became NaN/Inf at step {step} (epoch {epoch}); the model was "
             f"put back to its state after epoch {self.epoch}. Likely causes: the learning rate "
             f"({self.config.learning_rate:g}) is too high — try 10× lower — or the data are unscaled "
             f"(normalise={self.config.normalise}) or hold extreme values")

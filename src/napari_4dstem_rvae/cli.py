@@ -95,6 +95,30 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_atoms(args) -> int:
+    from .atom_pipeline import PRESETS, parse_length, run_atoms
+
+    if args.preset not in PRESETS:
+        raise ValueError(f"--preset must be one of {sorted(PRESETS)}, got {args.preset!r}")
+    read_options: dict = {"dataset": args.dataset}
+    if args.pixel_size is not None:
+        size, unit = parse_length(args.pixel_size, "--pixel-size")
+        if unit == "px":
+            raise ValueError("--pixel-size must be a length (e.g. 0.16Å or 0.016nm), not pixels")
+        read_options.update(pixel_size=size, unit="Å")
+    if args.pixels < 8:
+        raise ValueError(f"--pixels must be at least 8, got {args.pixels}")
+    changes = {"epochs": args.epochs, "latent_dim": args.latent, "seed": args.seed, "threads": args.threads,
+               "device": args.device}
+    if args.epochs is not None and args.epochs < 1:
+        raise ValueError(f"--epochs must be at least 1 (an untrained model maps nothing), got {args.epochs}")
+    files = run_atoms(args.file, args.out, read_options=read_options, window=args.window, pixels=args.pixels,
+                      method=args.method, preset=args.preset, edge=args.edge, **changes)
+    for value in files.values():
+        print(value)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .rvae.config import LIKELIHOODS
     from .rvae.selection import EPOCH_SELECTIONS
@@ -181,6 +205,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=int, default=None, metavar="EPOCHS",
                    help="epochs between checkpoints (default: about 20 checkpoints per training)")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("atoms", help="atom-resolved image series: atoms → windows → rVAE → per-atom angle and "
+                                     "latents (HDF5 table + overview PNG)")
+    p.add_argument("file", help="image series or image: TIFF stack, .npy, HDF5/EMD, zarr, .dm3/.dm4, Velox .emd")
+    p.add_argument("--dataset", help="path of the image dataset inside an HDF5 file or zarr store")
+    p.add_argument("--pixel-size", help="pixel size overriding the file's, e.g. 0.16Å or 0.016nm")
+    p.add_argument("--window", default="5Å", help="side of the window around each atom: 5Å (default), 1.5nm, 40px")
+    p.add_argument("--pixels", type=int, default=32, help="window pixels after resampling (default 32)")
+    p.add_argument("--method", default="log", choices=["log", "unet"],
+                   help="atom finding: log (band-pass and peaks, default) or unet (the study's network)")
+    p.add_argument("--edge", default="drop", choices=["drop", "pad"],
+                   help="windows crossing the frame edge: dropped (default) or padded")
+    p.add_argument("--preset", default="default", help="rVAE settings: default or study (the published ones)")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--latent", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--out", default="out", help="output folder, or the results file (RESULTS.h5)")
+    p.set_defaults(func=cmd_atoms)
     return parser
 
 

@@ -74,6 +74,15 @@ def length_unit(unit: Any) -> str | None:
     return _LENGTH_ALIASES.get(key) if key else None
 
 
+def length_factor(unit: Any, to: Any = "Å") -> float | None:
+    """The factor from length ``unit`` to ``to`` (``length_factor("nm") == 10``); ``None``
+    when either is not a known length unit."""
+    a, b = length_unit(unit), length_unit(to)
+    if a is None or b is None:
+        return None
+    return LENGTHS[a][3] / LENGTHS[b][3]
+
+
 def detector_unit(unit: Any, size: Any = 1.0) -> tuple[float | None, str | None]:
     """A detector pixel size in any angular or reciprocal unit, as ``(size, "mrad" | "1/Å")``;
     ``(None, None)`` when the unit is unknown or the size not a positive number."""

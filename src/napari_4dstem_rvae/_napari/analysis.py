@@ -1,5 +1,6 @@
 """The one analysis dock: the diffraction pattern under the cursor on top, the stages of the
-workflow as tabs below (Open · Preprocess · COM · Virtual · Train · Explore).
+workflow as tabs below (Open · Preprocess · COM · Virtual · Train · Explore), and the
+atom-resolved workflow for image series (Atoms).
 
 Every tab sits in a scroll area, so the dock never forces the napari window to grow: it fits
 a 1366 × 768 laptop screen as well as a 1920 × 1080 one. The splitter between the pattern
@@ -16,7 +17,7 @@ from qtpy.QtWidgets import QScrollArea, QSplitter, QTabWidget, QVBoxLayout, QWid
 
 from .proxies import layer_kind, unwrap
 
-TAB_NAMES = ("Open", "Preprocess", "COM", "Virtual", "Train", "Explore")
+TAB_NAMES = ("Open", "Preprocess", "COM", "Virtual", "Train", "Explore", "Atoms")
 
 
 def _scrolled(widget: QWidget) -> QScrollArea:
@@ -45,6 +46,7 @@ class AnalysisWidget(QWidget):
 
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None):
         super().__init__(parent)
+        from .atoms_widget import AtomsWidget
         from .browser import DiffractionBrowser
         from .calibration import CalibrationPanel
         from .com_widget import COMWidget
@@ -61,6 +63,7 @@ class AnalysisWidget(QWidget):
         self.virtual = VirtualDetectorWidget(viewer, browser=self.browser)
         self.train = TrainWidget(viewer)
         self.explore = self.train.explore
+        self.atoms = AtomsWidget(viewer)
         self.calibration = CalibrationPanel(viewer)
         opening = QWidget()
         opening_layout = QVBoxLayout(opening)
@@ -74,7 +77,8 @@ class AnalysisWidget(QWidget):
         self.tabs = QTabWidget()
         self.tabs.setUsesScrollButtons(True)
         for name, widget in zip(TAB_NAMES, (opening, self.preprocess.native, self.com.native,
-                                            self.virtual.native, self.train.native, self.explore)):
+                                            self.virtual.native, self.train.native, self.explore,
+                                            self.atoms.native)):
             self.tabs.addTab(_scrolled(widget), name)
         self.splitter = QSplitter(Qt.Orientation.Vertical)
         self.splitter.addWidget(self.browser)

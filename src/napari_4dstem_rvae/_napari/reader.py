@@ -26,10 +26,32 @@ def napari_get_reader(path: str | list[str]) -> Callable | None:
             return None
         path = path[0]
     path = os.fspath(path)
+    if path.lower().endswith((".tif", ".tiff")):
+        return _series_reader  # image series (atom-resolved movies), with their pixel size
     fmt = detect_format(path)
     if fmt is None or fmt == "raw":
         return None  # raw binary needs its layout: the "Open 4D-STEM file" widget asks for it
     return _reader
+
+
+def _series_reader(path: str | list[str]) -> list:
+    """An image series (frames, y, x) as an image layer with its pixel size, for the Atoms tab."""
+    from ..io import ReadError
+    from ..io.series import read_series
+    from .sample_data import series_layer_data
+    from .workers import warnings_as_notifications
+
+    if isinstance(path, (list, tuple)):
+        path = path[0]
+    try:
+        series = warnings_as_notifications(read_series, path)
+    except (ReadError, ValueError) as exc:
+        _notify_error(str(exc))
+        return _NOTHING
+    except Exception as exc:
+        _notify_error(f"{path}: could not be read ({type(exc).__name__}: {exc})")
+        return _NOTHING
+    return [series_layer_data(series)]
 
 
 def _reader(path: str | list[str]) -> list:
@@ -40,16 +62,69 @@ def _reader(path: str | list[str]) -> list:
     if isinstance(path, (list, tuple)):
         path = path[0]
     if str(path).lower().endswith((".h5", ".hdf5")) and is_results_file(path):
+        from ..results import is_atom_results
+
+        if is_atom_results(path):
+            return atom_results_layers(path)
         return results_layers(path)  # maps saved by this plugin: restore them as layers
     try:
         dataset = warnings_as_notifications(read, path)
     except ReadError as exc:
+        series = _as_series(path)  # an image or image series (2D/3D) rather than 4D-STEM
+        if series is not None:
+            return series
         _notify_error(str(exc))
         return _NOTHING
     except Exception as exc:  # a reader library failed in an unexpected way
         _notify_error(f"{path}: could not be read ({type(exc).__name__}: {exc})")
         return _NOTHING
     return layer_data_for(dataset)
+
+
+def _as_series(path: str) -> list | None:
+    from ..io.series import read_series
+    from .sample_data import series_layer_data
+
+    try:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            series = read_series(path)
+    except Exception:
+        return None
+    return [series_layer_data(series)]
+
+
+def atom_results_layers(path: str) -> list:
+    """The per-atom table of a results file as a Points layer (frame, y, x) with its features,
+    scaled like the series it came from."""
+    import pandas as pd
+
+    from ..results import read_atom_results
+
+    try:
+        atoms = read_atom_results(path)
+    except ValueError as exc:
+        _notify_error(str(exc))
+        return _NOTHING
+    columns = atoms.columns
+    coords = np.column_stack([columns["frame"], columns["y"], columns["x"]]).astype(np.float64)
+    pixel = atoms.pixel_size_angstrom
+    features = {k: v for k, v in columns.items() if np.ndim(v) == 1}
+    if "angle" in features:
+        angle = features["angle"].astype(np.float64)
+        features["angle mod 120°"] = np.degrees((angle + np.pi / 3) % (2 * np.pi / 3) - np.pi / 3)
+        features["angle"] = np.degrees(angle)
+    kwargs = {"name": f"{os.path.splitext(os.path.basename(path))[0]} atoms", "features": pd.DataFrame(features),
+              "size": 0.9 / pixel if pixel else 6.0, "border_width": 0}
+    if pixel:
+        kwargs.update(scale=(1.0, pixel, pixel), units=("pixel", "angstrom", "angstrom"))
+    from .atoms_widget import feature_colours
+
+    kwargs["face_color"] = feature_colours(features.get("angle mod 120°", np.full(len(coords), np.nan)),
+                                           "angle mod 120°")
+    return [(coords, kwargs, "points")]
 
 
 def results_layers(path: str, viewer=None) -> list:

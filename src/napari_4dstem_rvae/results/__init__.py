@@ -14,6 +14,7 @@ package writes, reads and draws them by those keys.
 from __future__ import annotations
 
 from ..schema import KINDS, MAPS, MapSpec, resolve_unit, spec_for
+from .atoms import AtomFile, atoms_figure, is_atom_results, read_atom_results, write_atom_results
 from .figures import com_figure, image_figure, overview_figure
 from .files import (
     FORMAT_VERSION,
@@ -31,6 +32,7 @@ from .files import (
 from .tiff import write_tiff
 
 __all__ = [
+    "AtomFile", "atoms_figure", "is_atom_results", "read_atom_results", "write_atom_results",
     "FORMAT_VERSION", "KINDS", "MAPS", "MapSpec", "RESULTS_MARK", "ResultsFile", "StoredMap", "atomic_path",
     "claim_output",
     "com_figure", "image_figure", "is_results_file", "overview_figure", "read_results", "resolve_unit",

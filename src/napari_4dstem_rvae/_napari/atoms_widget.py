@@ -1,0 +1,358 @@
+"""The Atoms tab: the atom-resolved workflow of Kalinin et al. (Sci. Adv. 2021) in the viewer.
+
+An image series (any image layer; the sample "Simulated HAADF series of Si-doped graphene",
+or a TIFF stack opened with this plugin, carries its pixel size) → **Find atoms** (classical
+band-pass and peaks, the U-Net, or a Points layer edited by hand) → a Points layer
+``"<image> atoms"`` (frame, y, x) over the series → **Train** (background) → per-atom angle,
+shifts, latents, novelty and the baselines become features of that Points layer, coloured by
+the choice in *colour by*; the per-frame histograms (time dynamics) appear in the
+"Atoms: histograms per frame" dock. Re-running updates both by name.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import numpy as np
+from magicgui.widgets import (
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    Label,
+    PushButton,
+    SpinBox,
+)
+
+from .proxies import layer_kind, unwrap
+from .workers import WorkerMixin, friendly_error, notify_error, notify_info
+
+SERIES_KEY = "image_series"
+ATOMS_KEY = "napari_4dstem_rvae_atoms"
+HISTOGRAM_DOCK = "Atoms: histograms per frame"
+COLOUR_CHOICES = ("angle mod 120°", "angle", "latent_1", "latent_2", "novelty", "class", "shift_x", "shift_y",
+                  "pca_1", "gmm_cluster")
+_CYCLIC = {"angle mod 120°", "angle", "angle_symmetric"}
+
+
+def series_of(layer: Any):
+    """The :class:`ImageSeries` behind an image layer (its metadata, or built from its data
+    and scale)."""
+    from ..series import ImageSeries
+
+    layer = unwrap(layer)
+    series = layer.metadata.get(SERIES_KEY)
+    if series is not None:
+        return series
+    data = np.asarray(layer.data)
+    if data.ndim not in (2, 3) or getattr(layer, "rgb", False):
+        raise ValueError(f"layer '{layer.name}' is not a greyscale image or image series (shape {data.shape})")
+    scale = float(layer.scale[-1])
+    units = [str(u) for u in getattr(layer, "units", ())]
+    unit = {"angstrom": "Å", "nanometer": "nm", "picometer": "pm"}.get(units[-1] if units else "", None)
+    return ImageSeries(data, scale if unit else None, unit, source=layer.name)
+
+
+def image_layers(viewer: Any) -> list:
+    return [layer for layer in viewer.layers if layer_kind(layer) == "image" and
+            (SERIES_KEY in layer.metadata or (np.ndim(layer.data) in (2, 3) and not getattr(layer, "rgb", False)
+                                              and "dataset4d" not in layer.metadata))]
+
+
+class AtomsWidget(Container, WorkerMixin):
+    def __init__(self, napari_viewer: Any):
+        from ..atom_pipeline import PRESETS
+
+        self.viewer = viewer = unwrap(napari_viewer)
+        self.layer = ComboBox(label="image series", choices=lambda _: [l.name for l in image_layers(viewer)],
+                              nullable=True)
+        self.method = ComboBox(label="find atoms by", choices=["band-pass + peaks", "U-Net (study)", "Points layer"],
+                               value="band-pass + peaks")
+        self.points_layer = ComboBox(label="points layer", nullable=True,
+                                     choices=lambda _: [l.name for l in viewer.layers if layer_kind(l) == "points"])
+        self.fwhm = FloatSpinBox(label="atom FWHM (Å)", value=1.0, min=0.2, max=10.0, step=0.1)
+        self.spacing = FloatSpinBox(label="min spacing (Å)", value=1.42, min=0.3, max=20.0, step=0.05)
+        self.find_button = PushButton(text="Find atoms")
+        self.window = FloatSpinBox(label="window (Å)", value=5.0, min=1.0, max=100.0, step=0.5)
+        self.pixels = SpinBox(label="window pixels", value=32, min=8, max=128, step=4)
+        self.preset = ComboBox(label="rVAE preset", choices=sorted(PRESETS), value="default")
+        self.epochs = SpinBox(label="epochs", value=20, min=1, max=5000)
+        self.threads = SpinBox(label="CPU threads", value=1, min=1, max=64)
+        self.train_button = PushButton(text="Train")
+        self.stop_button = PushButton(text="Stop")
+        self.colour_by = ComboBox(label="colour atoms by", choices=list(COLOUR_CHOICES), value="angle mod 120°")
+        self.results_path = FileEdit(label="results file", mode="w", filter="*.h5")
+        self.save_button = PushButton(text="Save results")
+        self.status = Label(value="Open an image series (File > Open Sample > HAADF series), then Find atoms.")
+        self.status.native.setWordWrap(True)
+        super().__init__(widgets=[self.layer, self.method, self.points_layer, self.fwhm, self.spacing,
+                                  self.find_button, self.window, self.pixels, self.preset, self.epochs, self.threads,
+                                  self.train_button, self.stop_button, self.colour_by, self.results_path,
+                                  self.save_button, self.status])
+        self.stop_button.enabled = False
+        self.table = None
+        self.result = None
+        self.series = None
+        self._stop = threading.Event()
+        self.find_button.clicked.connect(self.find)
+        self.train_button.clicked.connect(self.train)
+        self.stop_button.clicked.connect(self.stop)
+        self.save_button.clicked.connect(self.save_results)
+        self.colour_by.changed.connect(lambda *_: self._recolour())
+        for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
+            event.connect(self._refresh)
+        self.native.destroyed.connect(lambda *_: self._disconnect())
+        self._refresh()
+
+    # -- layers ---------------------------------------------------------------------------------
+    def _disconnect(self) -> None:
+        for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
+            try:
+                event.disconnect(self._refresh)
+            except Exception:
+                pass
+
+    def _refresh(self, *_: Any) -> None:
+        current = self.layer.value
+        self.layer.reset_choices()
+        self.points_layer.reset_choices()
+        names = [layer.name for layer in image_layers(self.viewer)]
+        if current in names:
+            self.layer.value = current
+        elif names:
+            self.layer.value = names[-1]
+
+    def _image_layer(self):
+        name = self.layer.value
+        if not name or name not in self.viewer.layers:
+            raise ValueError("Choose an image series first (File > Open Sample > HAADF series, or open a TIFF stack).")
+        return unwrap(self.viewer.layers[name])
+
+    def _points_name(self) -> str:
+        return f"{self.layer.value} atoms"
+
+    # -- find ---------------------------------------------------------------------------------------
+    def find(self):
+        """Find the atoms of every frame in the background; the Points layer appears when done."""
+        try:
+            layer = self._image_layer()
+            series = series_of(layer)
+        except ValueError as exc:
+            notify_error(str(exc))
+            return None
+        method = {"band-pass + peaks": "log", "U-Net (study)": "unet", "Points layer": "points"}[self.method.value]
+        options: dict[str, Any] = {}
+        if method == "points":
+            name = self.points_layer.value
+            if not name or name not in self.viewer.layers:
+                notify_error("Choose the Points layer that marks the atoms (or another way to find them).")
+                return None
+            pts = unwrap(self.viewer.layers[name])
+            data = np.asarray(pts.data, np.float64)
+            world = data * np.asarray(pts.scale)[-data.shape[1]:] + np.asarray(pts.translate)[-data.shape[1]:]
+            scale = np.asarray(layer.scale)[-data.shape[1]:]
+            options["points"] = (world - np.asarray(layer.translate)[-data.shape[1]:]) / scale
+        elif method == "log":
+            options.update(fwhm=self.fwhm.value, min_spacing=self.spacing.value)
+        self.series = series
+        self.status.value = f"finding atoms in {series.n_frames} frame(s) …"
+
+        def work():
+            from ..atom_pipeline import find
+
+            return find(series, method, **options)
+
+        return self.run_worker(work, controls=[self.find_button, self.train_button],
+                               on_returned=self._found, what="Finding atoms")
+
+    def _found(self, table) -> None:
+        self.table = table
+        self.result = None
+        self._show_points()
+        per_frame = np.bincount(table.frame, minlength=self.series.n_frames)
+        classes = dict(zip(table.class_names, np.bincount(table.cls, minlength=len(table.class_names)).tolist()))
+        self.status.value = (f"{len(table)} atoms in {self.series.n_frames} frame(s) "
+                             f"({per_frame.min()}–{per_frame.max()} per frame); classes {classes}. Next: Train.")
+
+    def _show_points(self) -> Any:
+        """The Points layer of the atoms over the series (frame, y, x in the image's pixel grid,
+        with the image's scale and translate), updated in place by name."""
+        layer = self._image_layer()
+        table = self.table
+        coords = np.column_stack([table.frame, table.y, table.x]).astype(np.float64)
+        scale = tuple(float(s) for s in layer.scale)
+        translate = tuple(float(t) for t in layer.translate)
+        if len(scale) == 2:  # a single 2D image: points in 2D
+            coords = coords[:, 1:]
+        features = self._features()
+        pixel = self.series.pixel_size_angstrom
+        size = 0.9 / pixel if pixel else 6.0  # ~0.9 Å: a dot per atom, neighbours apart
+        name = self._points_name()
+        metadata = {ATOMS_KEY: {"image": layer.name}}
+        if name in self.viewer.layers and layer_kind(self.viewer.layers[name]) == "points":
+            points = unwrap(self.viewer.layers[name])
+            points.data = coords
+            points.features = features
+            points.size = size
+            points.scale, points.translate = scale, translate
+            points.metadata.update(metadata)
+        else:
+            kwargs: dict[str, Any] = {"name": name, "scale": scale, "translate": translate, "size": size,
+                                      "features": features, "metadata": metadata, "border_width": 0}
+            units = tuple(str(u) for u in getattr(layer, "units", ()))
+            if units and any(u != "pixel" for u in units):
+                kwargs["units"] = units
+            points = self.viewer.add_points(coords, **kwargs)
+        self._recolour()
+        return points
+
+    def _features(self):
+        import pandas as pd
+
+        if self.result is not None:
+            columns = self.result.columns()
+        else:
+            columns = self.table.columns()
+        out = {k: np.asarray(v) for k, v in columns.items() if np.ndim(v) == 1}
+        if "angle_symmetric" in out:
+            out["angle_symmetric"] = np.degrees(out["angle_symmetric"].astype(np.float64))
+        if "angle" in out:
+            angle = out["angle"].astype(np.float64)
+            out["angle mod 120°"] = np.degrees((angle + np.pi / 3) % (2 * np.pi / 3) - np.pi / 3)
+            out["angle"] = np.degrees(angle)
+        return pd.DataFrame(out)
+
+    def _recolour(self) -> None:
+        """Face colours from the feature chosen in *colour by* (cyclic map for angles, diverging
+        for latents, categories for classes/clusters); atoms without a value are grey."""
+        name = self._points_name()
+        if name not in self.viewer.layers:
+            return
+        points = unwrap(self.viewer.layers[name])
+        choice = self.colour_by.value
+        feature = choice if choice in points.features else "class"
+        if feature not in points.features or len(points.data) == 0:
+            return
+        points.face_color = feature_colours(np.asarray(points.features[feature], np.float64), feature)
+        points.metadata["coloured_by"] = feature
+        points.refresh()
+
+    # -- train ----------------------------------------------------------------------------------------
+    def train(self):
+        """Cut windows around the atoms and train the rVAE in the background."""
+        if self.table is None or self.series is None:
+            notify_error("Find the atoms first (Find atoms).")
+            return None
+        series, table = self.series, self.table
+        settings = {"window": self.window.value, "pixels": self.pixels.value, "preset": self.preset.value,
+                    "epochs": self.epochs.value, "threads": self.threads.value}
+        self._stop.clear()
+        self.stop_button.enabled = True
+        self.status.value = f"training on the windows of {len(table)} atoms …"
+
+        def work():
+            import warnings
+
+            from ..atom_pipeline import analyse
+
+            progress = []
+
+            def callback(event):
+                if event.kind == "epoch":
+                    progress.append(event.epoch)
+
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                result = analyse(series, table, stop=self._stop, callback=callback, **settings)
+            return result, [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+
+        return self.run_worker(work, controls=[self.train_button, self.find_button],
+                               on_returned=self._trained, on_finished=self._train_finished, what="Training")
+
+    def _train_finished(self) -> None:
+        self.stop_button.enabled = False
+
+    def _trained(self, returned) -> None:
+        result, said = returned
+        self.result = result
+        for text in dict.fromkeys(said):
+            notify_info(" ".join(text.split()))
+        self._show_points()
+        self._show_histograms()
+        note = result.windows_note
+        self.status.value = (f"rVAE on {note['windows']} windows ({len(result.history)} epochs): colour the atoms by "
+                             "angle or latent; histograms per frame in their dock."
+                             + (f" {note['dropped_at_edge']} atoms at frame edges have no window."
+                                if note.get("dropped_at_edge") else ""))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.status.value = "stopping …"
+
+    def _show_histograms(self) -> Any:
+        from .atom_plots import FrameHistograms
+
+        dock = getattr(self, "_histograms", None)
+        if dock is None or not _alive(dock):
+            dock = FrameHistograms()
+            self._histograms = dock
+            self.viewer.window.add_dock_widget(dock, name=HISTOGRAM_DOCK, area="bottom")
+        dock.show_result(self.result, self.series.n_frames)
+        return dock
+
+    # -- keep -------------------------------------------------------------------------------------------
+    def save_results(self) -> str | None:
+        from ..results import write_atom_results
+
+        if self.result is None:
+            notify_error("Nothing to save yet: find atoms and train first.")
+            return None
+        path = str(self.results_path.value)
+        if not path or path == ".":
+            notify_error("Choose a results file (.h5) first.")
+            return None
+        try:
+            from ..results import claim_output
+
+            with claim_output(path, [self.series.source]):
+                write_atom_results(path, self.result, self.series)
+        except Exception as exc:
+            notify_error(f"Saving the results failed: {friendly_error(exc)}")
+            return None
+        self.status.value = f"saved {path}"
+        return path
+
+
+def feature_colours(values: np.ndarray, feature: str) -> np.ndarray:
+    """RGBA colours ``(n, 4)`` of a per-atom feature (NaN: translucent grey)."""
+    import matplotlib
+
+    values = np.asarray(values, np.float64)
+    finite = np.isfinite(values)
+    colours = np.tile(np.array([0.6, 0.6, 0.6, 0.4]), (len(values), 1))
+    if not finite.any():
+        return colours
+    v = values[finite]
+    if feature in _CYCLIC:
+        period = 120.0 if feature == "angle mod 120°" else 360.0
+        cmap, t = "twilight_shifted", np.mod(v + period / 2, period) / period
+    elif feature in ("class", "gmm_cluster"):
+        cmap, t = "tab10", (np.round(v).astype(int) % 10) / 10 + 0.05
+    else:
+        lo, hi = np.percentile(v, [1, 99])
+        if lo < 0 < hi:
+            m = max(-lo, hi)
+            cmap, t = "coolwarm", (v + m) / (2 * m)
+        else:
+            cmap, t = "viridis", (v - lo) / ((hi - lo) or 1.0)
+    colours[finite] = matplotlib.colormaps[cmap](np.clip(t, 0, 1))
+    return colours
+
+
+def _alive(widget: Any) -> bool:
+    try:
+        widget.isVisible()
+        return True
+    except RuntimeError:
+        return False

@@ -1,0 +1,114 @@
+"""The atom-resolved workflow through the Plugins menu: the sample series, Find atoms, Train,
+the Points layer with per-atom features aligned with the image, the histogram dock with one
+curve per frame; every step twice (layers updated by name, not piled up)."""
+
+import numpy as np
+import pytest
+
+PLUGIN = "napari-4dstem-rvae"
+
+
+def _click(qtbot, button):
+    from qtpy.QtCore import Qt
+
+    qtbot.mouseClick(button.native, Qt.MouseButton.LeftButton)
+
+
+def _wait(qtbot, widget, timeout=240000):
+    qtbot.waitUntil(lambda: widget.worker is not None and widget.worker.done, timeout=timeout)
+    qtbot.wait(20)
+
+
+@pytest.fixture
+def atoms_setup(make_napari_viewer, monkeypatch):
+    import napari_4dstem_rvae._napari.atoms_widget as aw
+
+    messages = []
+    monkeypatch.setattr(aw, "notify_error", messages.append)
+    viewer = make_napari_viewer()
+    image = viewer.open_sample(PLUGIN, "haadf_series")[0]
+    dock = viewer.window.add_plugin_dock_widget(PLUGIN, "4D-STEM analysis")[1]
+    dock.show_tab("Atoms")
+    return viewer, image, dock.atoms, messages
+
+
+def test_find_train_points_and_histograms_twice(atoms_setup, qtbot):
+    from napari_4dstem_rvae._napari.atoms_widget import HISTOGRAM_DOCK
+
+    viewer, image, widget, messages = atoms_setup
+    assert widget.layer.value == image.name
+    widget.epochs.value = 2
+    for round_ in range(2):
+        _click(qtbot, widget.find_button)
+        _wait(qtbot, widget)
+        assert not messages, messages
+        points = viewer.layers[f"{image.name} atoms"]
+        n_found = len(points.data)
+        assert n_found > 6 * 1000                       # ~1,400 atoms per frame, 6 frames
+        np.testing.assert_allclose(points.scale, image.scale)
+        np.testing.assert_allclose(points.translate, image.translate)
+        # the points sit on bright atoms of the image (frame, y, x in the same pixel grid)
+        frame0 = np.asarray(image.data[0])
+        at = np.round(points.data[points.data[:, 0] == 0][:, 1:]).astype(int)
+        assert frame0[at[:, 0], at[:, 1]].mean() > np.percentile(frame0, 90)
+        _click(qtbot, widget.train_button)
+        _wait(qtbot, widget)
+        assert not messages, messages
+        features = points.features
+        for column in ("angle", "angle mod 120°", "latent_1", "latent_2", "shift_x", "novelty", "class",
+                       "pca_1", "gmm_cluster"):
+            assert column in features, column
+        has = features["has_window"].to_numpy()
+        assert np.isfinite(features["angle"].to_numpy()[has]).all() and has.sum() > 0.8 * n_found
+        widget.colour_by.value = "latent_1"
+        assert points.face_color.shape == (n_found, 4)
+        assert sum(1 for layer in viewer.layers if layer.name == f"{image.name} atoms") == 1
+        docks = [name for name in viewer.window.dock_widgets if name == HISTOGRAM_DOCK]
+        assert len(docks) == 1
+        plot = widget._histograms
+        assert len(plot.curves["angle mod 120° (°)"]) == 6   # one curve per frame
+    assert len(viewer.layers) == 2                          # the series and its atoms, nothing piled up
+
+
+def test_points_layer_by_hand_and_no_atoms(atoms_setup, qtbot, tmp_path):
+    viewer, image, widget, messages = atoms_setup
+    # a hand-made Points layer (world coordinates, as napari's tools make it)
+    pixel = image.scale[-1]
+    marks = viewer.add_points(np.array([[0, 40 * pixel, 50 * pixel], [1, 100 * pixel, 120 * pixel]]), name="mine")
+    widget.method.value = "Points layer"
+    widget.points_layer.value = "mine"
+    _click(qtbot, widget.find_button)
+    _wait(qtbot, widget)
+    points = viewer.layers[f"{image.name} atoms"]
+    np.testing.assert_allclose(points.data[:, 1:], [[40, 50], [100, 120]], atol=1e-6)
+    # an empty image: no atoms, one sentence, nothing added
+    viewer.add_image(np.zeros((64, 64), np.float32), name="blank")
+    widget.layer.value = "blank"
+    widget.method.value = "band-pass + peaks"
+    _click(qtbot, widget.find_button)
+    _wait(qtbot, widget)
+    assert "blank atoms" not in viewer.layers
+    del marks
+
+
+def test_tiff_series_and_atom_results_open_through_the_plugin(make_napari_viewer, tmp_path):
+    import tifffile
+
+    from napari_4dstem_rvae.cli import main
+    from napari_4dstem_rvae.simulate.haadf import haadf_series
+
+    series, _ = haadf_series(n_frames=2, shape=(128, 128))
+    path = tmp_path / "movie.tif"
+    tifffile.imwrite(path, series.data, imagej=True, resolution=(1 / 0.016, 1 / 0.016),
+                     metadata={"unit": "nm", "axes": "TYX"})
+    viewer = make_napari_viewer()
+    image = viewer.open(str(path), plugin=PLUGIN)[0]
+    assert image.data.shape == (2, 128, 128)
+    np.testing.assert_allclose(image.scale[-2:], [0.16, 0.16])  # Å per pixel, from the ImageJ tags
+    assert main(["atoms", str(path), "--epochs", "1", "--window", "4Å", "--threads", "1",
+                 "--out", str(tmp_path / "atoms.h5")]) == 0
+    viewer.open(str(tmp_path / "atoms.h5"), plugin=PLUGIN)
+    points = viewer.layers["atoms atoms"]
+    assert points.data.shape[1] == 3 and len(points.data) > 100
+    np.testing.assert_allclose(points.scale[-2:], image.scale[-2:])
+    assert "latent_1" in points.features and "angle mod 120°" in points.features

@@ -1,0 +1,245 @@
+"""Atom-resolved series (#12): simulator truth, atom finding judged against it, windows at the
+frame edges, series readers (incl. a 2D image and frames of different sizes), the headless
+pipeline and its results file, and the CLI as a user runs it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import tifffile
+from scipy.spatial import cKDTree
+
+from napari_4dstem_rvae.atom_pipeline import analyse, find, frame_histograms, parse_length, windows_for
+from napari_4dstem_rvae.io.common import ReadError
+from napari_4dstem_rvae.io.series import read_series
+from napari_4dstem_rvae.processing.atoms import cut_windows, find_atoms, find_atoms_series, round_mask
+from napari_4dstem_rvae.results import read_atom_results, write_atom_results
+from napari_4dstem_rvae.series import ImageSeries
+from napari_4dstem_rvae.simulate.haadf import haadf_series
+
+
+@pytest.fixture(scope="module")
+def small():
+    return haadf_series(n_frames=2, shape=(160, 160), seed=3)
+
+
+def _match(table, truth, pixel, tol=0.5):
+    """Found ↔ true atoms within ``tol`` Å, per frame: (recall, precision, rms error in Å)."""
+    found = matched = 0
+    errors = []
+    for f in np.unique(truth.frame):
+        t = truth.in_frame(f)
+        true = np.column_stack([truth.y[t], truth.x[t]])
+        m = table.frame == f
+        got = np.column_stack([table.y[m], table.x[m]]) * pixel
+        d, _ = cKDTree(true).query(got, distance_upper_bound=tol)
+        ok = np.isfinite(d)
+        matched += ok.sum()
+        found += len(got)
+        errors.append(d[ok])
+    recall = matched / len(truth.frame)
+    return recall, matched / max(found, 1), float(np.sqrt(np.mean(np.concatenate(errors) ** 2)))
+
+
+def test_simulator_truth_is_consistent(small):
+    series, truth = small
+    assert series.shape == (2, 160, 160) and series.pixel_size_angstrom == pytest.approx(0.16)
+    assert len(truth.frame) > 300
+    assert set(np.unique(truth.sublattice)) == {0, 1} and set(np.unique(truth.grain)) == {0, 1}
+    assert (truth.z == 14).any() and (truth.z == 6).any()
+    # graphene: interior atoms have three neighbours at 1.42 Å
+    t = truth.in_frame(0)
+    p = np.column_stack([truth.y[t], truth.x[t]])
+    d = cKDTree(p).query(p, k=2)[0][:, 1]
+    assert np.median(d) == pytest.approx(1.42, abs=0.02)
+    assert np.median(truth.coordination) == 3
+    # holes grow: fewer atoms in the later frame, edge distances shrink
+    assert truth.in_frame(1).sum() < truth.in_frame(0).sum()
+    # the noise-free rendering has its maxima at the atoms
+    clean, _ = haadf_series(n_frames=1, shape=(160, 160), seed=3, noise=False)
+    y, x = np.round(truth.y[t] / 0.16).astype(int), np.round(truth.x[t] / 0.16).astype(int)
+    inside = (y > 2) & (y < 157) & (x > 2) & (x < 157)
+    assert clean.data[0][y[inside], x[inside]].mean() > 2 * np.median(clean.data[0])
+
+
+def test_find_atoms_against_the_truth(small):
+    series, truth = small
+    table = find_atoms_series(series)
+    recall, precision, rms = _match(table, truth, 0.16)
+    assert recall >= 0.98 and precision >= 0.98, (recall, precision)
+    assert rms < 0.15
+    # heavier atoms brighter: the class "heavy" holds the Si atoms
+    true = np.column_stack([truth.frame, truth.y / 0.16, truth.x / 0.16])
+    d, j = cKDTree(true).query(np.column_stack([table.frame * 1000.0, table.y, table.x]))
+    heavy = table.class_names.index("heavy")
+    is_si = truth.z[j] == 14
+    assert (table.cls[is_si] == heavy).mean() > 0.9
+    assert (table.cls[~is_si] != heavy).mean() > 0.99
+    # frames linked: the same atom keeps its track id across the two frames
+    assert table.track is not None and len(np.unique(table.track)) < len(table)
+
+
+def test_no_atoms_is_a_clear_sentence():
+    flat = ImageSeries(np.random.default_rng(0).poisson(5.0, (2, 64, 64)).astype(np.float32), 0.16, "Å")
+    assert len(find_atoms(flat.frame(0), 0.16)) == 0
+    with pytest.raises(ValueError, match="no atoms were found"):
+        find(flat)
+    with pytest.raises(ValueError, match="too small to find"):
+        find_atoms(flat.frame(0), 5.0)  # 5 Å pixels: atoms are a fraction of a pixel
+
+
+def test_windows_at_the_edges_dropped_or_padded(small):
+    series, truth = small
+    table = find_atoms_series(series)
+    with pytest.warns(UserWarning, match="left out"):
+        w, keep, note = cut_windows(series, table, 5.0, 32, edge="drop")
+    half = 5.0 / 0.16 / 2
+    assert note["dropped_at_edge"] == len(table) - len(keep) > 0
+    assert (table.y[keep] >= half - 0.5).all() and (table.x[keep] <= 159.5 - half).all()
+    padded, all_idx, note2 = cut_windows(series, table, 5.0, 32, edge="pad")
+    assert len(all_idx) == len(table) and note2["padded_at_edge"] == note["dropped_at_edge"]
+    assert w.shape == (len(keep), 32, 32) and np.isfinite(padded).all()
+    # a window is centred on its atom: its brightest spot is at the centre
+    centre = w[:, 13:19, 13:19].mean()
+    assert centre > w[:, :4, 14:18].mean() and w.mean(axis=0).argmax() in \
+        [r * 32 + c for r in range(14, 18) for c in range(14, 18)]
+    # round mask: a window rotated by 90° keeps its energy (no corners)
+    mask = round_mask(32)
+    assert mask[0, 0] == 0 and mask[16, 16] == 1 and np.allclose(mask, np.rot90(mask))
+    with pytest.raises(ValueError, match="edge must be"):
+        cut_windows(series, table, 5.0, edge="wrap")
+
+
+def test_parse_length_and_windows_in_px():
+    assert parse_length("1.5nm") == (15.0, "Å")
+    assert parse_length("12Å") == (12.0, "Å") and parse_length("12A") == (12.0, "Å")
+    assert parse_length("40px") == (40.0, "px") and parse_length(7) == (7.0, "Å")
+    for bad in ("-3nm", "big", "3 parsecs"):
+        with pytest.raises(ValueError, match="--window"):
+            parse_length(bad)
+    uncal = ImageSeries(np.zeros((1, 64, 64), np.float32))
+    table = find(uncal, "points", points=[[0, 32, 32], [0, 20, 40]])
+    with pytest.raises(ValueError, match="no pixel size"):
+        windows_for(uncal, table, "5Å")
+    w, keep, note = windows_for(uncal, table, "16px", 16)
+    assert w.shape == (2, 16, 16) and note["side_px"] == 16
+
+
+def test_read_series_formats(tmp_path, small):
+    series, _ = small
+    data = series.data
+    # ImageJ TIFF written by tifffile, nm calibration and frame interval
+    tif = tmp_path / "movie.tif"
+    tifffile.imwrite(tif, data, imagej=True, resolution=(1 / 0.016, 1 / 0.016),
+                     metadata={"unit": "nm", "finterval": 2.5, "axes": "TYX"})
+    s = read_series(tif)
+    assert s.shape == data.shape and s.pixel_size_angstrom == pytest.approx(0.16)
+    assert s.frame_time == pytest.approx(2.5)
+    np.testing.assert_array_equal(s.data, data)
+    # calibration by hand overrides and is recorded
+    s2 = read_series(tif, pixel_size=0.2, unit="Å")
+    assert s2.pixel_size_angstrom == pytest.approx(0.2)
+    assert any(p.get("step") == "calibration" for p in s2.provenance)
+    # a single 2D image is a series of one frame
+    np.save(tmp_path / "one.npy", data[0])
+    one = read_series(tmp_path / "one.npy")
+    assert one.shape == (1, 160, 160) and one.pixel_size is None
+    # HDF5 and zarr
+    with h5py.File(tmp_path / "movie.h5", "w") as f:
+        f["frames"] = data
+    assert read_series(tmp_path / "movie.h5").shape == data.shape
+    import zarr
+
+    z = zarr.open(str(tmp_path / "movie.zarr"), mode="w", shape=data.shape, dtype=data.dtype)
+    z[:] = data
+    assert read_series(tmp_path / "movie.zarr").shape == data.shape
+    # frames of different sizes: one sentence naming the file and both sizes
+    with tifffile.TiffWriter(tmp_path / "mixed.tif") as w:
+        w.write(data[0])
+        w.write(data[1][:100, :120])
+    with pytest.raises(ReadError, match=r"mixed\.tif: frames of different sizes.*160×160.*100×120"):
+        read_series(tmp_path / "mixed.tif")
+    # a truncated TIFF and a missing file
+    raw = tif.read_bytes()
+    (tmp_path / "cut.tif").write_bytes(raw[: len(raw) // 3])
+    with pytest.raises(ReadError, match="cut.tif"):
+        read_series(tmp_path / "cut.tif").data.sum()
+    with pytest.raises(ReadError, match="no such file"):
+        read_series(tmp_path / "missing.tif")
+
+
+def test_read_series_through_rosettasciio(tmp_path, small):
+    """A HyperSpy file written by RosettaSciIO (another program's writer) with its axes."""
+    from rsciio.hspy import file_writer
+
+    series, _ = small
+    axes = [{"name": "time", "size": 2, "scale": 1.5, "offset": 0, "units": "s", "navigate": True},
+            {"name": "y", "size": 160, "scale": 0.016, "offset": 0, "units": "nm", "navigate": False},
+            {"name": "x", "size": 160, "scale": 0.016, "offset": 0, "units": "nm", "navigate": False}]
+    signal = {"data": series.data, "axes": axes, "original_metadata": {}, "tmp_parameters": {},
+              "metadata": {"General": {"title": "movie"}, "Signal": {"signal_type": ""}},
+              "attributes": {"_lazy": False}, "package_info": {"name": "test", "version": "0"},
+              "learning_results": {}, "models": {}}
+    file_writer(str(tmp_path / "movie.hspy"), signal)
+    s = read_series(tmp_path / "movie.hspy")
+    assert s.shape == (2, 160, 160) and s.pixel_size_angstrom == pytest.approx(0.16)
+
+
+def test_analyse_and_results_roundtrip(tmp_path, small):
+    series, truth = small
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = analyse(series, window=5.0, pixels=24, epochs=3, batch_size=128, seed=0, threads=1)
+    cols = result.columns()
+    n = len(result.table)
+    for name in ("frame", "y", "x", "class", "angle", "angle_std", "latent_1", "latent_2", "shift_x", "shift_y",
+                 "novelty", "pca_1", "gmm_cluster", "has_window", "y_angstrom"):
+        assert name in cols and len(cols[name]) == n, name
+    has = cols["has_window"]
+    assert 0 < (~has).sum() < n // 2  # edge atoms without a window are kept, marked NaN
+    assert np.isfinite(cols["angle"][has]).all() and np.isnan(cols["angle"][~has]).all()
+    hist, edges = frame_histograms(cols["angle"], cols["frame"], series.n_frames, 12, (-np.pi, np.pi))
+    assert hist.shape == (2, 12) and np.allclose((hist * np.diff(edges)).sum(axis=1), 1.0)
+    path = write_atom_results(tmp_path / "atoms.h5", result, series, {"window": "5Å"})
+    back = read_atom_results(path)
+    assert back.series_shape == series.shape and back.pixel_size_angstrom == pytest.approx(0.16)
+    np.testing.assert_allclose(back.columns["angle"], cols["angle"], equal_nan=True)
+    np.testing.assert_array_equal(back.columns["frame"], cols["frame"])
+    assert back.class_names == result.table.class_names
+
+
+def _cli(*args, timeout=300):
+    exe = Path(sys.executable).with_name("stem-rvae")
+    return subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True, timeout=timeout)
+
+
+def test_cli_atoms(tmp_path, small):
+    series, truth = small
+    tif = tmp_path / "movie.tif"
+    tifffile.imwrite(tif, series.data, imagej=True, resolution=(1 / 0.16, 1 / 0.16),
+                     metadata={"unit": "angstrom", "axes": "TYX"})
+    done = _cli("atoms", tif, "--window", "0.5nm", "--pixels", "24", "--epochs", "2", "--threads", "1",
+                "--pixel-size", "0.16", "--out", tmp_path / "out.h5")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    back = read_atom_results(tmp_path / "out.h5")
+    assert len(back.columns["angle"]) > 300
+    assert (tmp_path / "out_overview.png").stat().st_size > 10000
+    before = tif.read_bytes()
+    # output = input: refused, input untouched
+    same = _cli("atoms", tif, "--out", tif)
+    assert same.returncode != 0 and "Traceback" not in same.stderr and tif.read_bytes() == before
+    # no atoms: a clear sentence, no file left behind
+    np.save(tmp_path / "flat.npy", np.random.default_rng(1).poisson(5.0, (2, 64, 64)).astype(np.float32))
+    none = _cli("atoms", tmp_path / "flat.npy", "--pixel-size", "0.16", "--out", tmp_path / "flat.h5")
+    assert none.returncode != 0 and "no atoms were found" in none.stderr and "Traceback" not in none.stderr
+    assert not (tmp_path / "flat.h5").exists()
+    # a bad path
+    bad = _cli("atoms", tmp_path / "nope.tif", "--out", tmp_path / "x.h5")
+    assert bad.returncode != 0 and "nope.tif" in bad.stderr and "Traceback" not in bad.stderr

@@ -176,15 +176,29 @@ def baselines(windows: np.ndarray, components: int = 2, clusters: int = 4, seed:
 def analyse(series: ImageSeries, table: AtomTable | None = None, *, window: Any = DEFAULT_WINDOW_ANGSTROM,
             pixels: int = DEFAULT_WINDOW_PIXELS, edge: str = "drop", preset: str = "default",
             config: Any = None, with_baselines: bool = True, callback: Callable | None = None,
-            stop: Any = None, find_options: dict | None = None, **changes: Any) -> AtomResult:
-    """Atoms (found if ``table`` is None) → windows → rVAE → :class:`AtomResult`."""
+            stop: Any = None, find_options: dict | None = None, window_from: str = "frames",
+            **changes: Any) -> AtomResult:
+    """Atoms (found if ``table`` is None) → windows → rVAE → :class:`AtomResult`.
+
+    ``window_from``: ``"frames"`` (the raw frames) or ``"probabilities"`` (the U-Net's class
+    probabilities drawn as a cleaned image, p(C) + 2·p(Si): the study's second option)."""
     from .rvae import RVAEConfig, fit
 
     if preset not in PRESETS:
         raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
+    if window_from not in ("frames", "probabilities"):
+        raise ValueError(f"window_from must be 'frames' or 'probabilities', got {window_from!r}")
     if table is None:
         table = find(series, **(find_options or {}))
-    windows, index, note = windows_for(series, table, window, pixels, edge)
+    source = None
+    if window_from == "probabilities":
+        from .rvae.unet import probabilities
+
+        prob = probabilities(series, threads=changes.get("threads"))
+        source = prob[:, 1] + 2.0 * prob[:, 2]
+        del prob
+    windows, index, note = windows_for(series, table, window, pixels, edge, source=source)
+    note["window_from"] = window_from
     if len(windows) < 8:
         raise ValueError(f"only {len(windows)} atoms have a whole window of {window} inside the frames "
                          f"({note.get('dropped_at_edge', 0)} left out at the edges); expected at least 8 — use a "
@@ -237,7 +251,8 @@ def frame_histograms(values: np.ndarray, frames: np.ndarray, n_frames: int, bins
 
 def run_atoms(source: str | os.PathLike | ImageSeries, out: str | os.PathLike, *, read_options: dict | None = None,
               window: Any = DEFAULT_WINDOW_ANGSTROM, pixels: int = DEFAULT_WINDOW_PIXELS, method: str = "log",
-              preset: str = "default", edge: str = "drop", log=print, **changes: Any) -> dict[str, str]:
+              preset: str = "default", edge: str = "drop", window_from: str = "frames", log=print,
+              **changes: Any) -> dict[str, str]:
     """``stem-rvae atoms``: read the series, find atoms, train, write ``RESULTS.h5`` (the per-atom
     table, settings, loss history) and an overview figure beside it."""
     from .io.series import read_series
@@ -266,7 +281,7 @@ def run_atoms(source: str | os.PathLike | ImageSeries, out: str | os.PathLike, *
                 log(f"epoch {event.epoch}/{total}: loss {event.train_loss:.4g} ({event.elapsed:.0f} s)")
 
         result = analyse(series, table, window=window, pixels=pixels, edge=edge, preset=preset,
-                         callback=progress, **changes)
+                         callback=progress, window_from=window_from, **changes)
         log(f"windows: {result.windows_note['windows']} of {result.windows_note['side_px']:.1f} px resampled to "
             f"{pixels} × {pixels}" + (f"; {result.windows_note['dropped_at_edge']} atoms at the frame edges left "
                                       "out" if result.windows_note.get("dropped_at_edge") else ""))

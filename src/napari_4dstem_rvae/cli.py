@@ -113,7 +113,8 @@ def cmd_atoms(args) -> int:
     if args.epochs is not None and args.epochs < 1:
         raise ValueError(f"--epochs must be at least 1 (an untrained model maps nothing), got {args.epochs}")
     files = run_atoms(args.file, args.out, read_options=read_options, window=args.window, pixels=args.pixels,
-                      method=args.method, preset=args.preset, edge=args.edge, **changes)
+                      method=args.method, preset=args.preset, edge=args.edge, window_from=args.window_from,
+                      **changes)
     for value in files.values():
         print(value)
     return 0
@@ -214,7 +215,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window", default="5Å", help="side of the window around each atom: 5Å (default), 1.5nm, 40px")
     p.add_argument("--pixels", type=int, default=32, help="window pixels after resampling (default 32)")
     p.add_argument("--method", default="log", choices=["log", "unet"],
-                   help="atom finding: log (band-pass and peaks, default) or unet (the study's network)")
+                   help="atom finding: log (band-pass and peaks, default) or unet (the study's network, trained "
+                        "on simulated images, shipped with the package)")
+    p.add_argument("--window-from", default="frames", choices=["frames", "probabilities"],
+                   help="cut the windows from the raw frames (default) or from the U-Net's class probabilities")
     p.add_argument("--edge", default="drop", choices=["drop", "pad"],
                    help="windows crossing the frame edge: dropped (default) or padded")
     p.add_argument("--preset", default="default", help="rVAE settings: default or study (the published ones)")

@@ -112,3 +112,17 @@ def test_tiff_series_and_atom_results_open_through_the_plugin(make_napari_viewer
     assert points.data.shape[1] == 3 and len(points.data) > 100
     np.testing.assert_allclose(points.scale[-2:], image.scale[-2:])
     assert "latent_1" in points.features and "angle mod 120°" in points.features
+
+
+def test_unet_choice_in_the_dock(atoms_setup, qtbot):
+    viewer, image, widget, messages = atoms_setup
+    widget.method.value = "U-Net (study)"
+    for _ in range(2):
+        _click(qtbot, widget.find_button)
+        _wait(qtbot, widget)
+        assert not messages, messages
+        points = viewer.layers[f"{image.name} atoms"]
+        assert len(points.data) > 6 * 1000
+        names = points.features["class name"]
+        assert set(names) <= {"C", "Si"} and (names == "Si").any()
+    assert len(viewer.layers) == 2

@@ -215,6 +215,9 @@ class AtomsWidget(Container, WorkerMixin):
         else:
             columns = self.table.columns()
         out = {k: np.asarray(v) for k, v in columns.items() if np.ndim(v) == 1}
+        names = np.asarray(self.table.class_names if self.result is None else self.result.table.class_names)
+        if "class" in out and len(names):
+            out["class name"] = names[np.clip(out["class"].astype(int), 0, len(names) - 1)]
         if "angle_symmetric" in out:
             out["angle_symmetric"] = np.degrees(out["angle_symmetric"].astype(np.float64))
         if "angle" in out:

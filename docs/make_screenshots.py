@@ -5,7 +5,8 @@ given size, the sample opened from File > Open Sample, the analysis dock from th
     xvfb-run -a -s "-screen 0 1366x768x24" .venv/bin/python docs/make_screenshots.py 1366x768
     xvfb-run -a -s "-screen 0 1920x1080x24" .venv/bin/python docs/make_screenshots.py 1920x1080
 
-(``make screenshots`` runs both.) Writes ``docs/screenshots/<size>_<step>.png``.
+(``make screenshots`` runs both; a second argument ``4d`` or ``atoms`` takes one workflow
+only.) Writes ``docs/screenshots/<size>_<step>.png``.
 """
 
 from __future__ import annotations
@@ -120,6 +121,52 @@ def main(size: str, epochs: int = 60) -> list[Path]:
     return shots
 
 
+def atoms(size: str) -> list[Path]:
+    """The atom-resolved workflow: the simulated HAADF series from File > Open Sample, the
+    Atoms tab, Find atoms, Train (default epochs), atoms coloured by angle and by latent 1,
+    the per-frame histogram dock."""
+    import napari
+    from qtpy.QtWidgets import QApplication
+
+    OUT.mkdir(exist_ok=True)
+    shots = []
+    viewer = napari.Viewer(show=True)
+    window = viewer.window._qt_window
+    window.setGeometry(QApplication.primaryScreen().availableGeometry())
+    window.showMaximized()
+    settle(0.5)
+
+    def shot(name: str) -> None:
+        settle(0.6)
+        path = OUT / f"{size}_{name}.png"
+        viewer.screenshot(str(path), canvas_only=False)
+        shots.append(path)
+
+    image = viewer.open_sample(PLUGIN, "haadf_series")[0]
+    _, dock = viewer.window.add_plugin_dock_widget(PLUGIN, "4D-STEM analysis")
+    dock.show_tab("Atoms")
+    widget = dock.atoms
+    click(widget.find_button)
+    wait_for(widget)
+    click(widget.train_button)
+    wait_for(widget)
+    widget.colour_by.value = "angle mod 120°"
+    # zoom on the hole and the grain boundary of frame 3
+    viewer.dims.set_current_step(0, 3)
+    pixel = image.scale[-1]
+    ny, nx = image.data.shape[-2:]
+    viewer.camera.center = (ny * pixel / 2, nx * pixel / 2)
+    viewer.camera.zoom = viewer.camera.zoom * 1.6
+    shot("atoms_angle")
+    widget.colour_by.value = "latent_1"
+    shot("atoms_latent")
+    print(widget.status.value)
+    viewer.close()
+    return shots
+
+
 if __name__ == "__main__":
-    for path in main(sys.argv[1] if len(sys.argv) > 1 else "1920x1080"):
+    size = sys.argv[1] if len(sys.argv) > 1 else "1920x1080"
+    which = sys.argv[2] if len(sys.argv) > 2 else "all"
+    for path in (main(size) if which in ("all", "4d") else []) + (atoms(size) if which in ("all", "atoms") else []):
         print(path)

@@ -233,11 +233,13 @@ def analyse(series: ImageSeries, table: AtomTable | None = None, *, window: Any 
 def frame_histograms(values: np.ndarray, frames: np.ndarray, n_frames: int, bins: Any = 36,
                      value_range: tuple[float, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per-frame histograms (density) of ``values``: ``(n_frames, bins)`` and the bin edges —
-    the study's time dynamics (the angle histogram loses height and broadens as carbon is lost)."""
+    the study's time dynamics (the angle histogram loses height and broadens as carbon is lost).
+    Without ``value_range`` the bins span the 0.5–99.5 % percentiles of all frames (a few
+    outliers would otherwise squeeze the bulk into one bin); values outside are left out."""
     values = np.asarray(values, np.float64)
     ok = np.isfinite(values)
     if value_range is None:
-        value_range = (float(np.min(values[ok])), float(np.max(values[ok]))) if ok.any() else (0.0, 1.0)
+        value_range = tuple(float(v) for v in np.percentile(values[ok], [0.5, 99.5])) if ok.any() else (0.0, 1.0)
         if value_range[0] == value_range[1]:
             value_range = (value_range[0] - 0.5, value_range[1] + 0.5)
     edges = np.histogram_bin_edges(values[ok], bins=bins, range=value_range)

@@ -37,6 +37,13 @@ def test_find_train_points_and_histograms_twice(atoms_setup, qtbot):
 
     viewer, image, widget, messages = atoms_setup
     assert widget.layer.value == image.name
+    dock = widget.native.parent()
+    while dock is not None and not hasattr(dock, "browser"):
+        dock = dock.parent()
+    assert dock is not None and dock.browser.isHidden()      # no diffraction pattern for a series
+    dock.show_tab("Train")
+    assert not dock.browser.isHidden()
+    dock.show_tab("Atoms")
     widget.epochs.value = 2
     for round_ in range(2):
         _click(qtbot, widget.find_button)

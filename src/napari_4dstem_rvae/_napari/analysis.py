@@ -87,6 +87,9 @@ class AnalysisWidget(QWidget):
         self.splitter.setStretchFactor(1, 3)
         self._sized = False
         self.splitter.setChildrenCollapsible(False)
+        # the diffraction pattern means nothing for an image series: the Atoms tab gets the
+        # whole height (on a 1366 × 768 screen with the histogram dock, both would not fit)
+        self.tabs.currentChanged.connect(self._tab_changed)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.splitter)
@@ -108,6 +111,9 @@ class AnalysisWidget(QWidget):
         from qtpy.QtCore import QSize
 
         return QSize(400, 700)
+
+    def _tab_changed(self, index: int) -> None:
+        self.browser.setVisible(TAB_NAMES[index] != "Atoms")
 
     def show_tab(self, name: str) -> None:
         """Bring a stage's tab to the front (``"Train"``, ``"COM"`` …)."""

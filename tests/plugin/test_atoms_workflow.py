@@ -74,6 +74,8 @@ def test_find_train_points_and_histograms_twice(atoms_setup, qtbot):
         assert len(docks) == 1
         plot = widget._histograms
         assert len(plot.curves["angle mod 120° (°)"]) == 6   # one curve per frame
+        assert len(plot.scatter.get_offsets()) == has.sum()   # the latent space: every window
+        assert plot.traversal.shape == (5 * 33 - 1, 5 * 33 - 1) and np.isfinite(plot.traversal).any()
     assert len(viewer.layers) == 2                          # the series and its atoms, nothing piled up
 
 

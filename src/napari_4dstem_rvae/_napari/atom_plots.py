@@ -1,6 +1,8 @@
-"""The time-dynamics dock of the atom-resolved workflow: per-frame histograms of the angle
-(modulo 120°, the 3-fold symmetry of a window around a graphene atom) and of latent 1, one
-curve per frame coloured from the first (dark) to the last (bright) frame."""
+"""The results dock of the atom-resolved workflow: per-frame histograms of the angle (modulo
+120°, the 3-fold symmetry of a window around a graphene atom) and of latent 1, one curve per
+frame coloured from the first (dark) to the last (bright) frame (the study's time dynamics);
+the latent space (every window, coloured by its angle mod 120°); and the decoded traversal
+grid of the two content latents (what each latent changes in a window)."""
 
 from __future__ import annotations
 
@@ -31,7 +33,10 @@ class FrameHistograms(QWidget):
 
         columns = result.columns()
         self.figure.clear()
-        axes = self.figure.subplots(1, 2)
+        model = getattr(result, "model", None)
+        latent_space = "latent_1" in columns and "latent_2" in columns
+        ratios = [1.4, 1.4] + ([1.0] if latent_space else []) + ([1.0] if model is not None else [])
+        axes = self.figure.subplots(1, len(ratios), width_ratios=ratios)
         cmap = matplotlib.colormaps["viridis"]
         self.curves = {}
         frames = columns["frame"]
@@ -53,5 +58,38 @@ class FrameHistograms(QWidget):
             ax.tick_params(labelsize=7)
         if n_frames <= 10:
             axes[0].legend(fontsize=6, ncol=2)
+        extra = list(axes[2:])
+        self.scatter = self.traversal = None
+        if latent_space:
+            ax = extra.pop(0)
+            ok = np.isfinite(columns["latent_1"]) & np.isfinite(angle)
+            self.scatter = ax.scatter(columns["latent_1"][ok], columns["latent_2"][ok], c=angle[ok], s=2,
+                                      cmap="twilight", vmin=-60, vmax=60, linewidths=0, rasterized=True)
+            ax.set_xlabel("latent 1", fontsize=8)
+            ax.set_ylabel("latent 2", fontsize=8)
+            ax.set_title("latent space (colour: angle mod 120°)", fontsize=7)
+            ax.tick_params(labelsize=7)
+        if model is not None and extra:
+            ax = extra.pop(0)
+            self.traversal = traversal_montage(model)
+            ax.imshow(self.traversal, cmap="gray", extent=(-2, 2, 2, -2))
+            ax.set_xlabel("latent 2 (prior SDs)", fontsize=8)
+            ax.set_ylabel("latent 1", fontsize=8)
+            ax.set_title("decoded windows", fontsize=7)
+            ax.tick_params(labelsize=7)
         self.figure.suptitle("histograms per frame (dark: first frame, bright: last)", fontsize=8)
         self.canvas.draw_idle()
+
+
+def traversal_montage(model: Any, n: int = 5, span: float = 2.0) -> np.ndarray:
+    """The decoded windows of an ``n`` × ``n`` grid over the first two content latents (±``span``
+    prior SDs, angle 0) as one image, 1-pixel gaps."""
+    from ..rvae import traverse
+
+    grid = traverse(model, n=n, span=span)
+    rows, cols, h, w = grid.shape
+    out = np.full((rows * (h + 1) - 1, cols * (w + 1) - 1), np.nan, np.float32)
+    for i in range(rows):
+        for j in range(cols):
+            out[i * (h + 1):i * (h + 1) + h, j * (w + 1):j * (w + 1) + w] = grid[i, j]
+    return out

@@ -11,6 +11,8 @@ GB/s for:
   default thread count;
 - ``compute_com``: the whole call (disk detection, one pass, reference, rotation
   calibration);
+- ``thin-gemm engine``: the engine as it was before its matrix–vector path (every mask
+  group one thin BLAS gemm), single-threaded;
 - ``per-pattern loop``: a straightforward per-pattern numpy COM (float64, one pattern at
   a time), timed on a subset of the frames.
 
@@ -38,6 +40,7 @@ import time
 import numpy as np
 
 from napari_4dstem_rvae.processing import com_masks, compute_com, reduce_masks
+from napari_4dstem_rvae.processing import engine as engine_module
 from napari_4dstem_rvae.processing.engine import MaskStack, default_threads
 from napari_4dstem_rvae.processing.virtual import annulus_mask, disk_mask
 
@@ -122,6 +125,13 @@ def main(argv: list[str] | None = None) -> int:
             if lazy is None:
                 one = gb / best_time(lambda: reduce_masks(target, stack, n_threads=1), args.repeat)
                 rows.append((f"engine {name}, 1 thread", one))
+                # the engine before the matrix-vector path (thin gemm only), in the same run
+                saved, engine_module._GEMV_MASKS = engine_module._GEMV_MASKS, 0
+                try:
+                    gemm = gb / best_time(lambda: reduce_masks(target, stack, n_threads=1), args.repeat)
+                finally:
+                    engine_module._GEMV_MASKS = saved
+                rows.append((f"  (thin-gemm engine {name}, 1 thread)", gemm))
             many = gb / best_time(lambda: reduce_masks(target, stack), args.repeat)
             how = "dask threads" if lazy is not None else f"{threads} threads"
             rows.append((f"engine {name}, {how}", many))

@@ -9,11 +9,12 @@ data (the idea of LiberTEM's mask stacks). Adding a detector is adding a mask.
 How the product is organised, and why:
 
 - Frames are cast to float32 (or float64 for float64 / 32-bit integer input) in small
-  steps of a few frames that stay in the CPU cache, and multiplied by the masks in
-  groups of at most four. OpenBLAS dispatches such thin products
-  (rows · masks · pixels ≲ 10⁶) to its small-matrix kernel, which streams the frames once;
-  larger products go through its packing path, which copies the frames and runs at half
-  the speed (measured in ``benchmarks/bench_com.py``).
+  steps of a few frames that stay in the CPU cache. Up to eight masks, each mask is one
+  matrix–vector product over a run of ≤ 512 kB of frames (read from memory once, then from
+  the L2 cache for the next masks): BLAS gemv streams near the memory floor, where a thin
+  gemm of three columns reached ~0.35 × (measured in ``benchmarks/bench_com.py``). More
+  masks are multiplied in groups of at most four; OpenBLAS dispatches such thin products
+  (rows · masks · pixels ≲ 10⁶) to its small-matrix kernel.
 - Very large detectors are cut into pixel blocks of at most 65 536 pixels whose partial
   sums are added in float64: the float32 rounding error of a sum then stays below
   ~3·10⁻⁷ relative. Results are float64.
@@ -43,6 +44,12 @@ _SMALL_GEMM_LIMIT = 900_000
 _PIXEL_BLOCK = 65_536
 #: Masks per BLAS call.
 _MASK_GROUP = 4
+#: Up to this many masks, each is a matrix–vector product over a cache-sized run of frames
+#: (BLAS gemv streams at ~0.75 × the memory floor where a 3-column gemm reaches ~0.35 ×;
+#: measured with OpenBLAS in benchmarks/bench_com.py).
+_GEMV_MASKS = 8
+#: Bytes of frames per run in the matrix–vector path (stays in the L2 cache across masks).
+_GEMV_BYTES = 512 * 1024
 #: Frames handed to one thread of the in-memory path at a time (bytes).
 _TASK_BYTES = 8 * 2**20
 
@@ -179,6 +186,7 @@ class _Plan:
     pixel_blocks: tuple[slice, ...]
     frames_per_step: int
     threshold: float | None
+    vectors: tuple[np.ndarray, ...] = ()  # one contiguous (pixels,) row per mask: the gemv path
 
 
 def _make_plan(masks: np.ndarray, dtype: np.dtype, threshold: float | None) -> _Plan:
@@ -191,7 +199,11 @@ def _make_plan(masks: np.ndarray, dtype: np.dtype, threshold: float | None) -> _
     slices = tuple(slice(s, min(s + group, n_masks)) for s in range(0, n_masks, group))
     groups = tuple(np.asfortranarray(flat[:, s]) for s in slices)
     steps = max(1, _SMALL_GEMM_LIMIT // (block * group))
-    return _Plan(groups, slices, pixel_blocks, steps, threshold)
+    vectors: tuple[np.ndarray, ...] = ()
+    if n_masks <= _GEMV_MASKS and len(pixel_blocks) == 1:
+        vectors = tuple(np.ascontiguousarray(flat[:, j]) for j in range(n_masks))
+        steps = max(1, _GEMV_BYTES // (n_pixels * np.dtype(dtype).itemsize))
+    return _Plan(groups, slices, pixel_blocks, steps, threshold, vectors)
 
 
 def _reduce_frames(frames: np.ndarray, plan: _Plan, out: np.ndarray) -> None:
@@ -213,6 +225,10 @@ def _reduce_frames_unchecked(frames: np.ndarray, plan: _Plan, out: np.ndarray) -
             peak = chunk.max(axis=1, keepdims=True)
             chunk = np.where(chunk >= plan.threshold * peak, chunk, 0).astype(dtype, copy=False)
         rows = out[start:start + chunk.shape[0]]
+        if plan.vectors:
+            for j, vector in enumerate(plan.vectors):
+                rows[:, j] = chunk @ vector
+            continue
         for cols, group in zip(plan.group_slices, plan.mask_groups):
             if single_block:
                 rows[:, cols] = chunk @ group

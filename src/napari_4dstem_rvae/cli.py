@@ -91,7 +91,8 @@ def cmd_run(args) -> int:
     if args.checkpoint_every is not None and args.checkpoint_every < 1:
         raise ValueError(f"--checkpoint-every must be at least 1 epoch, got {args.checkpoint_every}")
     run(args.file, args.out, read_options=_read_options(args), bin_to=args.bin, roi=args.roi,
-        resume=resume, checkpoint_every=args.checkpoint_every, **changes)
+        resume=resume, checkpoint_every=args.checkpoint_every, client=getattr(args, "scheduler", None), workers=getattr(args, "workers", None),
+        **changes)
     return 0
 
 
@@ -205,6 +206,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="start afresh, ignoring (and replacing) a checkpoint of an earlier run")
     p.add_argument("--checkpoint-every", type=int, default=None, metavar="EPOCHS",
                    help="epochs between checkpoints (default: about 20 checkpoints per training)")
+    cluster = p.add_mutually_exclusive_group()
+    cluster.add_argument("--scheduler", help="dask.distributed scheduler address (e.g. tcp://host:8786): the COM "
+                                             "pass and the encoding of every pattern run on its workers")
+    cluster.add_argument("--workers", type=int, default=None, metavar="N",
+                         help="the same on a local cluster of N worker processes")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("atoms", help="atom-resolved image series: atoms → windows → rVAE → per-atom angle and "

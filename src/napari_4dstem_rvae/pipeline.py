@@ -13,6 +13,8 @@ imports neither torch nor Qt nor napari: the rVAE engine loads when :func:`run` 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -124,7 +126,7 @@ def run(source: str | os.PathLike | Dataset4D, out: str | os.PathLike = "out", *
         read_options: dict[str, Any] | None = None, bin_to: int | None = RVAE_DETECTOR_PIXELS,
         roi: Any = None, config: Any = None, log=print, com_result: Any = None, images: dict | None = None,
         resume: str | os.PathLike | bool = True, checkpoint_every: int | None = None,
-        **config_changes: Any) -> dict[str, Any]:
+        client: Any = None, workers: int | None = None, **config_changes: Any) -> dict[str, Any]:
     """The headless rVAE pipeline: read → bin the detector to ``bin_to`` px → COM → rVAE (which
     centres its input on the mean pattern, as the study did) → ``out/results.h5`` and
     ``out/overview.png``; ``out`` may also be the results file itself (``RESULTS.h5``: the PNG
@@ -143,6 +145,9 @@ def run(source: str | os.PathLike | Dataset4D, out: str | os.PathLike = "out", *
     ``config`` / ``config_changes``: an :class:`rvae.RVAEConfig` (or dict) and single fields
     of it (``latent_dim``, ``epochs``, ``epoch_selection`` …; ``None`` values are ignored).
     ``com_result``/``images``: COM and overview images already computed for ``source``.
+    ``client`` (a ``distributed.Client`` or a scheduler address) or ``workers`` (a local
+    cluster of that many worker processes): the COM pass and the encoding of every pattern
+    run on the cluster (training itself stays in this process).
     Returns the written paths and the :class:`rvae.RVAEResult`.
     """
     from .results import claim_output
@@ -153,15 +158,44 @@ def run(source: str | os.PathLike | Dataset4D, out: str | os.PathLike = "out", *
     results_file, png_file = _output_paths(out, "results", inputs)
     if png_file.name == "results.png":
         png_file = png_file.with_name("overview.png")
-    with claim_output(results_file, inputs):
+    if workers is not None and int(workers) < 1:
+        raise ValueError(f"--workers must be at least 1, got {workers}")
+    with claim_output(results_file, inputs), _cluster(client, workers, log) as dask_client:
         return _run(source, results_file, png_file, read_options=read_options, bin_to=bin_to, roi=roi,
                     config=config, log=log, com_result=com_result, images=images, resume=resume,
-                    checkpoint_every=checkpoint_every, **config_changes)
+                    checkpoint_every=checkpoint_every, client=dask_client, **config_changes)
+
+
+@contextmanager
+def _cluster(client: Any, workers: int | None, log: Any) -> Iterator[Any]:
+    """The ``distributed.Client`` of a run: the one given, one connected to an address, a local
+    cluster of ``workers`` processes, or None (this process only)."""
+    if client is None and workers is None:
+        yield None
+        return
+    from distributed import Client, LocalCluster
+
+    if client is not None and not isinstance(client, str):
+        yield client
+        return
+    if client is not None:
+        try:
+            own = Client(client, timeout=20)
+        except (OSError, TimeoutError) as exc:
+            raise ValueError(f"--scheduler {client}: no dask scheduler answers there ({exc})") from None
+        with own:
+            log(f"dask: {client}, {len(own.scheduler_info()['workers'])} workers; dashboard {own.dashboard_link}")
+            yield own
+        return
+    with LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True,
+                      dashboard_address=":0") as cluster, Client(cluster) as own:
+        log(f"dask: local cluster of {workers} worker processes; dashboard {own.dashboard_link}")
+        yield own
 
 
 def _run(source: Any, results_file: Path, png_file: Path, *, read_options: dict | None, bin_to: int | None,
          roi: Any, config: Any, log: Any, com_result: Any, images: dict | None, resume: Any,
-         checkpoint_every: int | None, **config_changes: Any) -> dict[str, Any]:
+         checkpoint_every: int | None, client: Any = None, **config_changes: Any) -> dict[str, Any]:
     from .processing import compute_com
     from .results import overview_figure, write_results
     from .rvae import RVAEConfig, fit, resolve_likelihood
@@ -185,7 +219,7 @@ def _run(source: Any, results_file: Path, png_file: Path, *, read_options: dict 
     roi = _load_roi(roi, ds.scan_shape)
     overview = overview_images(ds) if images is None else images
     if com_result is None:
-        com_result = compute_com(ds)
+        com_result = compute_com(ds) if client is None else compute_com(ds, client=client)
     log(f"COM: rotation {com_result.rotation_deg:.2f}°, flip {com_result.flip}")
     factor = detector_bin_factor(ds.det_shape, bin_to)
     prepared = prepare_for_rvae(ds, bin_to)
@@ -213,6 +247,15 @@ def _run(source: Any, results_file: Path, png_file: Path, *, read_options: dict 
 
     fit_args = dict(roi_mask=roi, com_magnitude=com_result.magnitude, com_angle=com_result.angle,
                     callback=progress, checkpoint_path=checkpoint, checkpoint_every=checkpoint_every)
+    if client is not None:
+        from .rvae.distributed import encode_on_cluster
+
+        def announce(futures: list) -> None:
+            log(f"encoding {prepared.scan_shape[0] * prepared.scan_shape[1]} patterns on the cluster in "
+                f"{len(futures)} tasks (dashboard {client.dashboard_link})")
+
+        fit_args["encoder"] = lambda model: encode_on_cluster(model, prepared, client, novelty=True,
+                                                              submitted=announce)
     try:
         result = fit(prepared, cfg, resume=start_from, **fit_args)
         if start_from is not None:

@@ -80,7 +80,8 @@ def fit(data: Any, config: RVAEConfig | dict[str, Any] | None = None, *, roi_mas
         det_mask: Any = None, com_magnitude: Any = None, com_angle: Any = None,
         epochs: int | None = None, stop: threading.Event | None = None,
         callback: Callable[[TrainEvent], Any] | None = None, checkpoint_path: Any = None,
-        checkpoint_every: int | None = 0, resume: Any = None, **changes: Any) -> RVAEResult:
+        checkpoint_every: int | None = 0, resume: Any = None, encoder: Callable[[Any], Any] | None = None,
+        **changes: Any) -> RVAEResult:
     """Train an rVAE on ``data`` and map every probe position.
 
     Parameters
@@ -114,6 +115,10 @@ def fit(data: Any, config: RVAEConfig | dict[str, Any] | None = None, *, roi_mas
         training continues from it, exactly as if it had not stopped. A checkpoint of other
         settings or other data is a ValueError.
 
+    encoder
+        Makes the maps of the trained model instead of this process (e.g.
+        ``lambda model: encode_on_cluster(model, data, client, novelty=True)``).
+
     With ``config.restarts`` > 1 the model that goes on is picked by held-out loss after a
     short competition (:func:`start`).
     """
@@ -139,7 +144,7 @@ def fit(data: Any, config: RVAEConfig | dict[str, Any] | None = None, *, roi_mas
             callback(event)
         stopped = event.kind == "stopped"
     trainer.finish()
-    return RVAEResult.from_trainer(trainer, stopped=stopped)
+    return RVAEResult.from_trainer(trainer, stopped=stopped, maps=None if encoder is None else encoder(trainer.model))
 
 
 def start(data: Any, config: RVAEConfig, *, roi_mask: Any = None, det_mask: Any = None,

@@ -1,0 +1,116 @@
+"""Encoding every pattern of a scan on a ``dask.distributed`` cluster.
+
+The trained model is sent once to every worker (``Client.scatter(..., broadcast=True)``);
+the patterns stay where dask reads them: each block of scan rows is read on a worker and
+encoded there (one torch thread per worker), and only the posterior parameters (a few
+numbers per pattern, and the residuals of the novelty map when asked) come back. Tasks are
+pure, so a worker lost during encoding costs a retry on another worker, not the run.
+
+The maps are the same as :func:`.infer.encode` on one process (same model, same
+per-pattern arithmetic; tested to float32 rounding).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+
+from .infer import NOVELTY_PIXELS, NOVELTY_VALUES, LatentMaps, encode_patterns, name_positions, novelty_scores, \
+    symmetric_angle
+
+#: Scan rows per task are chosen so that a task holds about this many bytes of patterns.
+TASK_BYTES = 64 * 2**20
+
+
+def _encode_block(block: np.ndarray, model: Any, pixels: Any, novelty: bool, per_batch: int) -> dict:
+    import torch
+
+    torch.set_num_threads(1)
+    a, b, ky, kx = block.shape
+    frames = np.asarray(block, np.float32).reshape(a * b, ky, kx)
+    finite = np.isfinite(frames).all(axis=(1, 2))
+    if not finite.all():
+        frames = np.where(np.isfinite(frames), frames, 0.0).astype(np.float32)
+    parts: dict[str, list] = {}
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(frames), per_batch):
+            batch = frames[start:start + per_batch]
+            for key, value in encode_patterns(model, batch).items():
+                parts.setdefault(key, []).append(value)
+            if novelty:
+                pick = None if pixels is None else torch.as_tensor(pixels)
+                res = model.residuals(torch.as_tensor(batch), pick)
+                parts.setdefault("residuals", []).append(res.float().numpy())
+    out = {key: np.concatenate(values) for key, values in parts.items()}
+    out["bad"] = np.flatnonzero(~finite)
+    return out
+
+
+def encode_on_cluster(model: Any, data: Any, client: Any, *, batch_size: int = 256, novelty: bool = False,
+                      retries: int = 3, submitted: Any = None) -> LatentMaps:
+    """:func:`.infer.encode` with the patterns read and encoded on the workers of ``client``
+    (a ``distributed.Client``). ``data``: Dataset4D, numpy or dask array
+    ``(scan_y, scan_x, det_y, det_x)``. ``submitted``: called with the list of futures once
+    the work is on the cluster (e.g. ``distributed.progress`` for a progress bar)."""
+    import dask.array as da
+    import torch
+
+    array = getattr(data, "data", data)
+    if not hasattr(array, "dask"):
+        array = da.from_array(np.asarray(array), chunks=(1, -1, -1, -1))
+    sy, sx, ky, kx = array.shape
+    if (ky, kx) != tuple(model.det_shape):
+        raise ValueError(f"data have patterns of {(ky, kx)} pixels; the model was trained on {model.det_shape}")
+    row_bytes = sx * ky * kx * 4
+    rows = int(max(1, min(sy, TASK_BYTES // max(row_bytes, 1))))
+    array = array.rechunk((rows, -1, -1, -1))
+    n = sy * sx
+    pixels = None
+    if novelty and (n * model.n_pixels > NOVELTY_VALUES or model.n_pixels > NOVELTY_PIXELS):
+        keep = max(64, NOVELTY_VALUES // n) if n * model.n_pixels > NOVELTY_VALUES else NOVELTY_PIXELS
+        pick = torch.randperm(model.n_pixels, generator=torch.Generator().manual_seed(0))[:keep]
+        pixels = torch.sort(pick).values.numpy()  # the same subset as encode() draws
+    model = model.to("cpu").eval()
+    shared = client.scatter(model, broadcast=True, hash=False)
+    blocks = client.compute(list(array.to_delayed().ravel()), retries=retries)
+    futures = client.map(_encode_block, blocks, model=shared, pixels=pixels, novelty=novelty,
+                         per_batch=batch_size, retries=retries, pure=False)  # (map has its own batch_size)
+    if submitted is not None:
+        submitted(futures)
+    parts = client.gather(futures)
+    del blocks, futures
+    merged = {key: np.concatenate([p[key] for p in parts]) for key in parts[0] if key != "bad"}
+    offsets = np.cumsum([0] + [len(p["angle"]) for p in parts])
+    bad = np.concatenate([p["bad"] + o for p, o in zip(parts, offsets[:-1])]).astype(int)
+    k = model.config.latent_dim
+    for key in ("angle", "angle_std", "angle_concentration", "z", "z_std", "shift", "shift_std"):
+        if key in merged:
+            merged[key] = merged[key].astype(np.float32)
+            if len(bad):
+                merged[key][bad] = np.nan
+    novelty_map = None
+    if novelty:
+        keep_rows = np.ones(n, bool)
+        keep_rows[bad] = False
+        novelty_map = np.full(n, np.nan, np.float32)
+        if keep_rows.any():
+            novelty_map[keep_rows] = novelty_scores(merged["residuals"][keep_rows])
+    if len(bad):
+        warnings.warn(f"{len(bad)} pattern(s) hold NaN or Inf values, at {name_positions(bad, sx)}: "
+                      "their map values are NaN (repair or exclude them)", stacklevel=2)
+    symmetry = int(getattr(model.config, "angle_symmetry", 1))
+    shift = merged.get("shift")
+    shift_std = merged.get("shift_std")
+    return LatentMaps(
+        angle=merged["angle"].reshape(sy, sx), angle_std=merged["angle_std"].reshape(sy, sx),
+        latents=np.ascontiguousarray(merged["z"].T.reshape(k, sy, sx)),
+        latents_std=np.ascontiguousarray(merged["z_std"].T.reshape(k, sy, sx)),
+        shift=None if shift is None else np.ascontiguousarray(shift.T.reshape(2, sy, sx)),
+        shift_std=None if shift_std is None else np.ascontiguousarray(shift_std.T.reshape(2, sy, sx)),
+        angle_concentration=merged["angle_concentration"].reshape(sy, sx),
+        novelty=None if novelty_map is None else novelty_map.reshape(sy, sx),
+        angle_symmetric=None if symmetry <= 1 else symmetric_angle(merged["angle"], symmetry).reshape(sy, sx),
+    )

@@ -1,0 +1,86 @@
+"""Beyond one process (#14, the parts built so far): the COM pass and the encoding of every
+pattern on a dask cluster (a LocalCluster of worker processes here), with maps equal to the
+single-process run, and a worker killed with SIGKILL during encoding survived."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from napari_4dstem_rvae.io.emd_writer import save_dataset
+from napari_4dstem_rvae.simulate import graphene
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as c, \
+            Client(c) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def trained():
+    from napari_4dstem_rvae.rvae import fit
+
+    ds = graphene(scan_shape=(12, 12), det_shape=(32, 32), seed=2)
+    return ds, fit(ds, epochs=3, threads=1, seed=0)
+
+
+def test_encoding_on_the_cluster_equals_one_process(cluster, trained):
+    from napari_4dstem_rvae.rvae import encode
+    from napari_4dstem_rvae.rvae.distributed import encode_on_cluster
+
+    ds, result = trained
+    ref = encode(result.model, ds, novelty=True)
+    maps = encode_on_cluster(result.model, ds, cluster, novelty=True)
+    for name in ("angle", "angle_std", "angle_concentration", "latents", "latents_std", "novelty"):
+        np.testing.assert_allclose(getattr(maps, name), getattr(ref, name), rtol=1e-6, atol=1e-6, err_msg=name)
+
+
+def test_a_worker_killed_during_encoding_is_survived(cluster, trained, monkeypatch):
+    from napari_4dstem_rvae.rvae import distributed, encode
+
+    ds, result = trained
+    monkeypatch.setattr(distributed, "TASK_BYTES", 1)   # one scan row per task: 12 tasks over 2 workers
+    killed = []
+
+    def kill_one(futures):
+        pids = cluster.run(os.getpid)
+        address, pid = sorted(pids.items())[0]
+        os.kill(pid, signal.SIGKILL)                     # kill -9 of a worker process, work in flight
+        killed.append(address)
+
+    maps = distributed.encode_on_cluster(result.model, ds, cluster, novelty=True, submitted=kill_one)
+    assert killed
+    ref = encode(result.model, ds, novelty=True)
+    np.testing.assert_allclose(maps.latents, ref.latents, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(maps.novelty, ref.novelty, rtol=1e-6, atol=1e-6)
+
+
+def test_stem_rvae_run_with_local_workers_equals_one_process(tmp_path):
+    ds = graphene(scan_shape=(12, 12), det_shape=(32, 32), seed=3)
+    source = save_dataset(ds, tmp_path / "scan.h5")
+    exe = Path(sys.executable).with_name("stem-rvae")
+    common = ["run", source, "--bin", "32", "--epochs", "3", "--seed", "1", "--threads", "1"]
+    one = subprocess.run([str(exe), *common, "--out", str(tmp_path / "one.h5")], capture_output=True, text=True,
+                         timeout=300)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([str(exe), *common, "--workers", "2", "--out", str(tmp_path / "two.h5")],
+                         capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-2000:]
+    assert "local cluster of 2 worker processes" in two.stdout and "on the cluster" in two.stdout
+    with h5py.File(tmp_path / "one.h5", "r") as a, h5py.File(tmp_path / "two.h5", "r") as b:
+        for name in ("angle", "latents", "com/com_x", "com/com_y"):
+            np.testing.assert_allclose(b[name][()], a[name][()], rtol=1e-6, atol=1e-6, err_msg=name)
+    bad = subprocess.run([str(exe), *common, "--workers", "0", "--out", str(tmp_path / "x.h5")],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "--workers must be at least 1" in bad.stderr and "Traceback" not in bad.stderr

@@ -67,7 +67,7 @@ def test_a_worker_killed_during_encoding_is_survived(cluster, trained, monkeypat
 
 
 def test_stem_rvae_run_with_local_workers_equals_one_process(tmp_path):
-    ds = graphene(scan_shape=(12, 12), det_shape=(32, 32), seed=3)
+    ds = graphene(scan_shape=(12, 12), det_shape=(64, 64), seed=3)   # binned ×2 by the workers
     source = save_dataset(ds, tmp_path / "scan.h5")
     exe = Path(sys.executable).with_name("stem-rvae")
     common = ["run", source, "--bin", "32", "--epochs", "3", "--seed", "1", "--threads", "1"]

@@ -254,7 +254,11 @@ def _run(source: Any, results_file: Path, png_file: Path, *, read_options: dict 
             log(f"encoding {prepared.scan_shape[0] * prepared.scan_shape[1]} patterns on the cluster in "
                 f"{len(futures)} tasks (dashboard {client.dashboard_link})")
 
-        fit_args["encoder"] = lambda model: encode_on_cluster(model, prepared, client, novelty=True,
+        from .processing.chain import preprocess
+
+        # the workers read and bin their own blocks of the file (not the copy in this process)
+        lazy = preprocess(ds, bin_detector=factor) if factor > 1 else ds
+        fit_args["encoder"] = lambda model: encode_on_cluster(model, lazy, client, novelty=True,
                                                               submitted=announce)
     try:
         result = fit(prepared, cfg, resume=start_from, **fit_args)

@@ -125,12 +125,20 @@ def test_broken_file_notifies_and_keeps_layers(make_napari_viewer, tmp_path, cal
         bad = tmp_path / "image.h5"
         with h5py.File(bad, "w") as f:
             f["image"] = np.zeros((10, 10))
+    import napari.utils.notifications as notifications
+
+    infos = []
+    monkeypatch.setattr(notifications, "show_info", lambda msg: infos.append(str(msg)))
     viewer.open(str(bad), plugin=PLUGIN)
-    assert list(viewer.layers) == [existing]
-    assert len(messages) == 1
-    assert str(bad) in messages[0]
-    assert ("truncated" in messages[0]) if kind == "truncated" else ("no 4D dataset" in messages[0])
-    assert "Traceback" not in messages[0]
+    if kind == "truncated":
+        assert list(viewer.layers) == [existing]
+        assert len(messages) == 1 and str(bad) in messages[0] and "truncated" in messages[0]
+        assert "Traceback" not in messages[0]
+    else:  # a 2D image and no 4D data: opened as an image series of one frame, and said so
+        assert list(viewer.layers)[0] is existing and len(viewer.layers) == 2
+        assert viewer.layers[1].data.shape == (1, 10, 10)
+        assert not messages and len(infos) == 1
+        assert str(bad) in infos[0] and "no 4D dataset" in infos[0] and "image series" in infos[0]
 
 
 def test_open_widget_reads_raw_and_reports_size_mismatch(make_napari_viewer, tmp_path, monkeypatch):

@@ -87,7 +87,7 @@ def test_stop_mid_training_then_resume(trained_setup, qtbot):
     _click(qtbot, widget.resume_button)
     qtbot.waitUntil(lambda: widget.session.epochs_done >= done + 1, timeout=60000)
     _click(qtbot, widget.stop_button)
-    _wait_done(qtbot, widget, timeout=15000)
+    _wait_done(qtbot, widget)
     assert widget.session.epochs_done > done
     changed = any(not np.array_equal(v.numpy(), widget.session.trainer.model.state_dict()[k].numpy())
                   for k, v in state.items())
@@ -105,8 +105,8 @@ def test_closing_viewer_during_training_stops_the_thread(trained_setup, qtbot):
     qtbot.waitUntil(lambda: widget.session is not None and widget.session.trainer.step >= 1, timeout=60000)
     worker = widget.worker
     viewer.close()
-    qtbot.waitUntil(lambda: worker.done, timeout=15000)
-    qtbot.waitUntil(lambda: QThreadPool.globalInstance().activeThreadCount() == 0, timeout=15000)
+    qtbot.waitUntil(lambda: worker.done, timeout=120000)
+    qtbot.waitUntil(lambda: QThreadPool.globalInstance().activeThreadCount() == 0, timeout=120000)
 
 
 def test_errors_are_notifications_and_keep_layers(trained_setup, qtbot, monkeypatch):
@@ -145,7 +145,7 @@ def test_resume_refuses_a_changed_dataset(trained_setup, qtbot):
     _click(qtbot, widget.start_button)
     qtbot.waitUntil(lambda: widget.session is not None and widget.session.epochs_done >= 1, timeout=60000)
     _click(qtbot, widget.stop_button)
-    _wait_done(qtbot, widget, timeout=15000)
+    _wait_done(qtbot, widget)
     # the layer now holds another data set (e.g. re-opened or reprocessed under the widget)
     from dataclasses import replace
 
@@ -195,7 +195,7 @@ def test_checkpoint_path_set_before_start_keeps_the_training_while_it_runs(train
     saved = read_checkpoint(path)["epoch"]     # written during the run, before any Stop
     assert saved % 10 == 0                     # every total/20 epochs
     _click(qtbot, widget.stop_button)
-    _wait_done(qtbot, widget, timeout=15000)
+    _wait_done(qtbot, widget)
     widget.session = None                      # as after a crash: nothing in memory
     widget.load_checkpoint()
     _wait_done(qtbot, widget)
@@ -204,7 +204,7 @@ def test_checkpoint_path_set_before_start_keeps_the_training_while_it_runs(train
     _click(qtbot, widget.resume_button)
     qtbot.waitUntil(lambda: widget.session.epochs_done >= done + 2, timeout=60000)
     _click(qtbot, widget.stop_button)
-    _wait_done(qtbot, widget, timeout=15000)
+    _wait_done(qtbot, widget)
     assert not messages, messages
 
 

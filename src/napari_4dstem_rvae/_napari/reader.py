@@ -72,6 +72,9 @@ def _reader(path: str | list[str]) -> list:
     except ReadError as exc:
         series = _as_series(path)  # an image or image series (2D/3D) rather than 4D-STEM
         if series is not None:
+            shape = "×".join(str(v) for v in series[0][0].shape)
+            _notify_info(f"{path}: no 4D dataset ({exc}); opened as an image series of {shape} px for the Atoms "
+                         "tab")
             return series
         _notify_error(str(exc))
         return _NOTHING
@@ -242,6 +245,15 @@ def _dock_browser_later(viewer=None) -> None:
             pass  # the dock is optional for reading
 
     QTimer.singleShot(0, dock)
+
+
+def _notify_info(message: str) -> None:
+    try:
+        from napari.utils.notifications import show_info
+
+        show_info(message)
+    except Exception:  # pragma: no cover - napari missing
+        pass
 
 
 def _notify_error(message: str) -> None:

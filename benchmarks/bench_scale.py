@@ -1,6 +1,6 @@
 """A scan larger than a worker's memory, end to end on a local dask cluster.
 
-    python benchmarks/bench_scale.py [--size-gb 2] [--worker-memory-gb 0.5] [--det 128] [--epochs 2]
+    python benchmarks/bench_scale.py [--size-gb 4] [--worker-memory-gb 1] [--det 128] [--epochs 2]
 
 Writes a synthetic scan to a temporary ``.npy`` file (uint16 counts: a bright-field disk whose
 position follows a smooth field, Poisson noise; ``--size-gb`` on disk, by default 4 × the
@@ -69,8 +69,8 @@ def main(argv=None) -> int:
     from napari_4dstem_rvae.rvae.distributed import encode_on_cluster
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size-gb", type=float, default=2.0)
-    parser.add_argument("--worker-memory-gb", type=float, default=0.5)
+    parser.add_argument("--size-gb", type=float, default=4.0)
+    parser.add_argument("--worker-memory-gb", type=float, default=1.0)
     parser.add_argument("--det", type=int, default=128)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--dir", default=None)
@@ -121,7 +121,8 @@ def main(argv=None) -> int:
                   f"{n / enc_s:,.0f} patterns/s ({n / enc_s / loop_rate:.2f}× the single-process loop); "
                   f"time shares: COM {com_s / total:.0%}, training {train_s / total:.0%}, encoding "
                   f"{enc_s / total:.0%}; peak RSS per worker {', '.join(f'{p:.2f}' for p in peaks)} GB "
-                  f"(limit {args.worker_memory_gb:g} GB)", flush=True)
+                  f"(limit {args.worker_memory_gb:g} GB; peaks of the processes alive at the end — the scheduler's log "
+                  f"names any worker restarted for exceeding its limit)", flush=True)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     return 0

@@ -1,6 +1,6 @@
 """Encoding every pattern of a scan on a ``dask.distributed`` cluster.
 
-The trained model is sent once to every worker (``Client.scatter(..., broadcast=True)``);
+The trained model is one node of the task graph, sent once to each worker that needs it;
 the patterns stay where dask reads them: each block of scan rows is read on a worker and
 encoded there (one torch thread per worker), and only the posterior parameters (a few
 numbers per pattern, and the residuals of the novelty map when asked) come back. Tasks are
@@ -20,11 +20,13 @@ import numpy as np
 from .infer import NOVELTY_PIXELS, NOVELTY_VALUES, LatentMaps, encode_patterns, name_positions, novelty_scores, \
     symmetric_angle
 
-#: Scan rows per task are chosen so that a task holds about this many bytes of patterns.
-TASK_BYTES = 64 * 2**20
+#: Scan rows per task are chosen so that a task holds about this many bytes of patterns (a
+#: worker holds a few tasks' patterns at a time, besides torch's ~0.2 GB).
+TASK_BYTES = 8 * 2**20
 
 
 def _encode_block(block: np.ndarray, model: Any, pixels: Any, novelty: bool, per_batch: int) -> dict:
+    """One block of scan rows ``(rows, scan_x, det_y, det_x)`` → its posterior parameters."""
     import torch
 
     torch.set_num_threads(1)
@@ -55,6 +57,7 @@ def encode_on_cluster(model: Any, data: Any, client: Any, *, batch_size: int = 2
     (a ``distributed.Client``). ``data``: Dataset4D, numpy or dask array
     ``(scan_y, scan_x, det_y, det_x)``. ``submitted``: called with the list of futures once
     the work is on the cluster (e.g. ``distributed.progress`` for a progress bar)."""
+    import dask
     import dask.array as da
     import torch
 
@@ -74,14 +77,17 @@ def encode_on_cluster(model: Any, data: Any, client: Any, *, batch_size: int = 2
         pick = torch.randperm(model.n_pixels, generator=torch.Generator().manual_seed(0))[:keep]
         pixels = torch.sort(pick).values.numpy()  # the same subset as encode() draws
     model = model.to("cpu").eval()
-    shared = client.scatter(model, broadcast=True, hash=False)
-    blocks = client.compute(list(array.to_delayed().ravel()), retries=retries)
-    futures = client.map(_encode_block, blocks, model=shared, pixels=pixels, novelty=novelty,
-                         per_batch=batch_size, retries=retries, pure=False)  # (map has its own batch_size)
+    # the model is one node of the graph (not scattered data): the scheduler holds it, sends it
+    # to each worker once, and can send it again to a worker that was restarted
+    node = dask.delayed(model, pure=True, traverse=False)
+    encode_block = dask.delayed(_encode_block, pure=True)
+    # read → (bin) → encode fused per block: only the small results wait on the workers
+    tasks = [encode_block(block, node, pixels, novelty, batch_size) for block in array.to_delayed().ravel()]
+    futures = client.compute(tasks, retries=retries)
     if submitted is not None:
         submitted(futures)
     parts = client.gather(futures)
-    del blocks, futures
+    del futures
     merged = {key: np.concatenate([p[key] for p in parts]) for key in parts[0] if key != "bad"}
     offsets = np.cumsum([0] + [len(p["angle"]) for p in parts])
     bad = np.concatenate([p["bad"] + o for p, o in zip(parts, offsets[:-1])]).astype(int)

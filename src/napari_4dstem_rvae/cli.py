@@ -220,9 +220,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pixel-size", help="pixel size overriding the file's, e.g. 0.16Å or 0.016nm")
     p.add_argument("--window", default="5Å", help="side of the window around each atom: 5Å (default), 1.5nm, 40px")
     p.add_argument("--pixels", type=int, default=32, help="window pixels after resampling (default 32)")
-    p.add_argument("--method", default="log", choices=["log", "unet"],
-                   help="atom finding: log (band-pass and peaks, default) or unet (the study's network, trained "
-                        "on simulated images, shipped with the package)")
+    p.add_argument("--method", default="auto", choices=["auto", "log", "unet"],
+                   help="atom finding: unet (the study's network, trained on simulated images, shipped with the "
+                        "package), log (band-pass and peaks), auto (default: unet when the pixel size is known, "
+                        "else log)")
     p.add_argument("--window-from", default="frames", choices=["frames", "probabilities"],
                    help="cut the windows from the raw frames (default) or from the U-Net's class probabilities")
     p.add_argument("--edge", default="drop", choices=["drop", "pad"],

@@ -89,7 +89,10 @@ def test_no_atoms_is_a_clear_sentence():
     flat = ImageSeries(np.random.default_rng(0).poisson(5.0, (2, 64, 64)).astype(np.float32), 0.16, "Å")
     assert len(find_atoms(flat.frame(0), 0.16)) == 0
     with pytest.raises(ValueError, match="no atoms were found"):
-        find(flat)
+        find(flat, "log")
+    blank = ImageSeries(np.zeros((1, 64, 64), np.float32), 0.16, "Å")
+    with pytest.raises(ValueError, match="no atoms were found"):
+        find(blank)  # the U-Net (default for a calibrated series) draws none into a blank frame
     with pytest.raises(ValueError, match="too small to find"):
         find_atoms(flat.frame(0), 5.0)  # 5 Å pixels: atoms are a fraction of a pixel
 
@@ -237,7 +240,8 @@ def test_cli_atoms(tmp_path, small):
     assert same.returncode != 0 and "Traceback" not in same.stderr and tif.read_bytes() == before
     # no atoms: a clear sentence, no file left behind
     np.save(tmp_path / "flat.npy", np.random.default_rng(1).poisson(5.0, (2, 64, 64)).astype(np.float32))
-    none = _cli("atoms", tmp_path / "flat.npy", "--pixel-size", "0.16", "--out", tmp_path / "flat.h5")
+    none = _cli("atoms", tmp_path / "flat.npy", "--pixel-size", "0.16", "--method", "log", "--out",
+                tmp_path / "flat.h5")
     assert none.returncode != 0 and "no atoms were found" in none.stderr and "Traceback" not in none.stderr
     assert not (tmp_path / "flat.h5").exists()
     # a bad path

@@ -47,10 +47,21 @@ def test_shipped_unet_finds_atoms_it_never_saw(kwargs):
     series, truth = haadf_series(n_frames=2, **{"shape": (160, 160), **kwargs})
     table = find(series, "unet")
     recall, precision, agree, rms = _scores(table, truth)
-    assert recall >= 0.98 and precision >= 0.98, (recall, precision)
+    # 15 counts per atom with a 1.2 Å probe: 0.962 measured — the significance check (no atoms
+    # drawn into noise) costs recall there; 0.998–1.000 on the other series
+    assert recall >= (0.95 if kwargs.get("counts_carbon") else 0.98) and precision >= 0.98, (recall, precision)
     assert agree >= 0.99 and rms < 0.1
     assert table.method == "unet" and table.class_names == ("C", "Si")
     assert (table.track >= 0).all()
+
+
+def test_no_atoms_drawn_into_noise_or_blank_frames():
+    from napari_4dstem_rvae.series import ImageSeries
+
+    for data in (np.zeros((2, 64, 64), np.float32), np.random.default_rng(1).poisson(50.0, (2, 64, 64))):
+        series = ImageSeries(np.asarray(data, np.float32), 0.16, "Å")
+        assert len(find_atoms_unet(series)) == 0
+        assert len(find_atoms_unet(series, min_significance=0)) > 0  # the network alone would
 
 
 def test_probabilities_on_the_frame_grid():

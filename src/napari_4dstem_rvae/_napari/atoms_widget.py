@@ -68,7 +68,7 @@ class AtomsWidget(Container, WorkerMixin):
         self.layer = ComboBox(label="image series", choices=lambda _: [l.name for l in image_layers(viewer)],
                               nullable=True)
         self.method = ComboBox(label="find atoms by", choices=["band-pass + peaks", "U-Net (study)", "Points layer"],
-                               value="band-pass + peaks")
+                               value="U-Net (study)")
         self.points_layer = ComboBox(label="points layer", nullable=True,
                                      choices=lambda _: [l.name for l in viewer.layers if layer_kind(l) == "points"])
         self.fwhm = FloatSpinBox(label="atom FWHM (Å)", value=1.0, min=0.2, max=10.0, step=0.1)

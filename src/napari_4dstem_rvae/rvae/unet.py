@@ -25,7 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..processing.atoms import MIN_SPACING, AtomTable, _intensity, empty_table, link_frames
+from ..processing.atoms import ATOM_FWHM, MIN_SPACING, AtomTable, _filter_norm, _intensity, empty_table, link_frames, \
+    pixel_noise
 
 TRAIN_PIXEL_SIZE = 0.16  # Å per pixel of the training images
 CLASS_NAMES = ("C", "Si")
@@ -245,12 +246,29 @@ def blobs(prob: np.ndarray, frame: int = 0, threshold: float = 0.5, min_pixels: 
     return centres[keep, 0], centres[keep, 1], (np.asarray(silicon) > np.asarray(carbon))[keep].astype(np.int64)
 
 
+def significance(frame: np.ndarray, pixel_size: float) -> np.ndarray:
+    """The band-pass (LoG at the atom size) of a frame in units of its own pixel noise, the
+    largest value within 3 × 3 pixels — the band-pass finder's measure of an atom."""
+    from scipy import ndimage
+
+    sigma = max(0.5, ATOM_FWHM / pixel_size / (2 * math.sqrt(2 * math.log(2))))
+    image = np.asarray(frame, np.float64)
+    band = -ndimage.gaussian_laplace(image, sigma) * sigma**2
+    noise = pixel_noise(image) * _filter_norm(sigma)
+    return ndimage.maximum_filter(band / (noise if noise > 0 else 1.0), size=3)
+
+
 def find_atoms_unet(series: Any, *, weights: str | os.PathLike | None = None, threshold: float = 0.5,
-                    link: bool = True, threads: int | None = None, progress: Any = None,
-                    return_probabilities: bool = False, **_: Any) -> Any:
+                    min_significance: float = 3.0, link: bool = True, threads: int | None = None,
+                    progress: Any = None, return_probabilities: bool = False, **_: Any) -> Any:
     """Atoms of every frame by the network (see the module docstring): an
     :class:`~napari_4dstem_rvae.processing.atoms.AtomTable` with classes ``("C", "Si")``
-    (and the probabilities ``(frames, 3, y, x)`` with ``return_probabilities``)."""
+    (and the probabilities ``(frames, 3, y, x)`` with ``return_probabilities``).
+
+    A blob is kept only where the frame itself shows an atom: its band-passed intensity at
+    least ``min_significance`` noise SDs (:func:`significance`). Without this check the network
+    draws atoms into pure noise or a blank frame (measured: 21 and 8 in 64 × 64 px); with it
+    none, at a recall cost of 0.001–0.02 on simulated series at 12–25 counts per atom."""
     model = load_unet(weights)
     zoom = _zoom_for(series)
     frame_shape = tuple(series.frame_shape)
@@ -266,6 +284,11 @@ def find_atoms_unet(series: Any, *, weights: str | os.PathLike | None = None, th
             if p.shape[1:] != frame_shape:  # zoom's grid: corners aligned
                 y = y * (frame_shape[0] - 1) / (p.shape[1] - 1)
                 x = x * (frame_shape[1] - 1) / (p.shape[2] - 1)
+            if len(y) and min_significance > 0:
+                z = significance(frame, series.pixel_size_angstrom or TRAIN_PIXEL_SIZE)
+                real = z[np.clip(np.round(y).astype(int), 0, frame_shape[0] - 1),
+                         np.clip(np.round(x).astype(int), 0, frame_shape[1] - 1)] >= min_significance
+                y, x, cls, score = y[real], x[real], cls[real], score[real]
             if prob is not None:
                 prob[f] = _to_frame_grid(p, frame_shape)
             if len(y):

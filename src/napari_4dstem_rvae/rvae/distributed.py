@@ -12,13 +12,11 @@ per-pattern arithmetic; tested to float32 rounding).
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import numpy as np
 
-from .infer import NOVELTY_PIXELS, NOVELTY_VALUES, LatentMaps, encode_patterns, name_positions, novelty_scores, \
-    symmetric_angle
+from .infer import LatentMaps, encode_batch, maps_from, novelty_pixels
 
 #: Scan rows per task are chosen so that a task holds about this many bytes of patterns (a
 #: worker holds a few tasks' patterns at a time, besides torch's ~0.2 GB).
@@ -26,7 +24,8 @@ TASK_BYTES = 8 * 2**20
 
 
 def _encode_block(block: np.ndarray, model: Any, pixels: Any, novelty: bool, per_batch: int) -> dict:
-    """One block of scan rows ``(rows, scan_x, det_y, det_x)`` → its posterior parameters."""
+    """One block of scan rows ``(rows, scan_x, det_y, det_x)`` → its :func:`.infer.encode_batch`
+    values, and the block's positions whose patterns hold NaN/Inf (encoded as zeros)."""
     import torch
 
     torch.set_num_threads(1)
@@ -39,13 +38,8 @@ def _encode_block(block: np.ndarray, model: Any, pixels: Any, novelty: bool, per
     model.eval()
     with torch.no_grad():
         for start in range(0, len(frames), per_batch):
-            batch = frames[start:start + per_batch]
-            for key, value in encode_patterns(model, batch).items():
+            for key, value in encode_batch(model, frames[start:start + per_batch], novelty, pixels).items():
                 parts.setdefault(key, []).append(value)
-            if novelty:
-                pick = None if pixels is None else torch.as_tensor(pixels)
-                res = model.residuals(torch.as_tensor(batch), pick)
-                parts.setdefault("residuals", []).append(res.float().numpy())
     out = {key: np.concatenate(values) for key, values in parts.items()}
     out["bad"] = np.flatnonzero(~finite)
     return out
@@ -59,7 +53,6 @@ def encode_on_cluster(model: Any, data: Any, client: Any, *, batch_size: int = 2
     the work is on the cluster (e.g. ``distributed.progress`` for a progress bar)."""
     import dask
     import dask.array as da
-    import torch
 
     array = getattr(data, "data", data)
     if not hasattr(array, "dask"):
@@ -70,12 +63,7 @@ def encode_on_cluster(model: Any, data: Any, client: Any, *, batch_size: int = 2
     row_bytes = sx * ky * kx * 4
     rows = int(max(1, min(sy, TASK_BYTES // max(row_bytes, 1))))
     array = array.rechunk((rows, -1, -1, -1))
-    n = sy * sx
-    pixels = None
-    if novelty and (n * model.n_pixels > NOVELTY_VALUES or model.n_pixels > NOVELTY_PIXELS):
-        keep = max(64, NOVELTY_VALUES // n) if n * model.n_pixels > NOVELTY_VALUES else NOVELTY_PIXELS
-        pick = torch.randperm(model.n_pixels, generator=torch.Generator().manual_seed(0))[:keep]
-        pixels = torch.sort(pick).values.numpy()  # the same subset as encode() draws
+    pixels = novelty_pixels(model, sy * sx) if novelty else None  # the same subset as encode()
     model = model.to("cpu").eval()
     # the model is one node of the graph (not scattered data): the scheduler holds it, sends it
     # to each worker once, and can send it again to a worker that was restarted
@@ -87,36 +75,7 @@ def encode_on_cluster(model: Any, data: Any, client: Any, *, batch_size: int = 2
     if submitted is not None:
         submitted(futures)
     parts = client.gather(futures)
-    del futures
-    merged = {key: np.concatenate([p[key] for p in parts]) for key in parts[0] if key != "bad"}
+    values = {key: np.concatenate([p[key] for p in parts]) for key in parts[0] if key != "bad"}
     offsets = np.cumsum([0] + [len(p["angle"]) for p in parts])
-    bad = np.concatenate([p["bad"] + o for p, o in zip(parts, offsets[:-1])]).astype(int)
-    k = model.config.latent_dim
-    for key in ("angle", "angle_std", "angle_concentration", "z", "z_std", "shift", "shift_std"):
-        if key in merged:
-            merged[key] = merged[key].astype(np.float32)
-            if len(bad):
-                merged[key][bad] = np.nan
-    novelty_map = None
-    if novelty:
-        keep_rows = np.ones(n, bool)
-        keep_rows[bad] = False
-        novelty_map = np.full(n, np.nan, np.float32)
-        if keep_rows.any():
-            novelty_map[keep_rows] = novelty_scores(merged["residuals"][keep_rows])
-    if len(bad):
-        warnings.warn(f"{len(bad)} pattern(s) hold NaN or Inf values, at {name_positions(bad, sx)}: "
-                      "their map values are NaN (repair or exclude them)", stacklevel=2)
-    symmetry = int(getattr(model.config, "angle_symmetry", 1))
-    shift = merged.get("shift")
-    shift_std = merged.get("shift_std")
-    return LatentMaps(
-        angle=merged["angle"].reshape(sy, sx), angle_std=merged["angle_std"].reshape(sy, sx),
-        latents=np.ascontiguousarray(merged["z"].T.reshape(k, sy, sx)),
-        latents_std=np.ascontiguousarray(merged["z_std"].T.reshape(k, sy, sx)),
-        shift=None if shift is None else np.ascontiguousarray(shift.T.reshape(2, sy, sx)),
-        shift_std=None if shift_std is None else np.ascontiguousarray(shift_std.T.reshape(2, sy, sx)),
-        angle_concentration=merged["angle_concentration"].reshape(sy, sx),
-        novelty=None if novelty_map is None else novelty_map.reshape(sy, sx),
-        angle_symmetric=None if symmetry <= 1 else symmetric_angle(merged["angle"], symmetry).reshape(sy, sx),
-    )
+    bad = np.concatenate([p["bad"] + o for p, o in zip(parts, offsets[:-1])]).astype(np.int64)
+    return maps_from(values, (sy, sx), model, bad)

@@ -160,6 +160,67 @@ NOVELTY_PIXELS = 4096
 NOVELTY_VALUES = 2**28
 
 
+def novelty_pixels(model: RVAE, n_positions: int) -> torch.Tensor | None:
+    """The detector pixels decoded for the novelty map of ``n_positions`` patterns (sorted
+    indices, a fixed random subset; None: all): at most :data:`NOVELTY_PIXELS`, and fewer when
+    the residuals of the whole scan would exceed :data:`NOVELTY_VALUES` values."""
+    if n_positions * model.n_pixels > NOVELTY_VALUES:  # bounded memory for the residuals of large scans
+        keep = max(64, NOVELTY_VALUES // n_positions)
+    elif model.n_pixels > NOVELTY_PIXELS:
+        keep = NOVELTY_PIXELS
+    else:
+        return None
+    pick = torch.randperm(model.n_pixels, generator=torch.Generator().manual_seed(0))[:keep]
+    return torch.sort(pick).values
+
+
+def encode_batch(model: RVAE, frames: np.ndarray, novelty: bool = False,
+                 pixels: torch.Tensor | None = None) -> dict[str, np.ndarray]:
+    """:func:`encode_patterns` of finite patterns ``(B, det_y, det_x)``, and with ``novelty``
+    their standardised residuals at ``pixels`` (``"residuals"``, ``(B, P)``)."""
+    post = encode_patterns(model, frames)
+    if novelty:
+        device = model_device(model)
+        res = model.residuals(torch.as_tensor(frames, device=device), None if pixels is None else pixels.to(device))
+        post["residuals"] = res.float().cpu().numpy()
+    return post
+
+
+def maps_from(values: dict[str, np.ndarray], scan_shape: tuple[int, int], model: RVAE, bad: Any = ()) -> LatentMaps:
+    """The :class:`LatentMaps` of per-position values (the keys of :func:`encode_batch`, flat
+    over the scan); positions in ``bad`` (their patterns held NaN/Inf) are NaN in every map and
+    named in a warning."""
+    sy, sx = scan_shape
+    n, k = sy * sx, model.config.latent_dim
+    bad = np.asarray(bad, dtype=np.int64)
+    if bad.size:
+        for key in ("angle", "angle_std", "angle_concentration", "z", "z_std", "shift", "shift_std"):
+            if key in values:
+                values[key][bad] = np.nan
+    novelty_map = None
+    if "residuals" in values:
+        keep = np.ones(n, bool)
+        keep[bad] = False
+        novelty_map = np.full(n, np.nan, np.float32)
+        if keep.any():
+            novelty_map[keep] = novelty_scores(values["residuals"][keep])
+    if bad.size:
+        warnings.warn(f"{bad.size} pattern(s) hold NaN or Inf values, at {name_positions(bad, sx)}: "
+                      "their map values are NaN (repair or exclude them)", stacklevel=3)
+    symmetry = int(getattr(model.config, "angle_symmetry", 1))
+    angle, shift, shift_std = values["angle"], values.get("shift"), values.get("shift_std")
+    return LatentMaps(
+        angle=angle.reshape(sy, sx), angle_std=values["angle_std"].reshape(sy, sx),
+        latents=np.ascontiguousarray(values["z"].T.reshape(k, sy, sx)),
+        latents_std=np.ascontiguousarray(values["z_std"].T.reshape(k, sy, sx)),
+        shift=None if shift is None else np.ascontiguousarray(shift.T.reshape(2, sy, sx)),
+        shift_std=None if shift_std is None else np.ascontiguousarray(shift_std.T.reshape(2, sy, sx)),
+        angle_concentration=values["angle_concentration"].reshape(sy, sx),
+        novelty=None if novelty_map is None else novelty_map.reshape(sy, sx),
+        angle_symmetric=None if symmetry <= 1 else symmetric_angle(angle, symmetry).reshape(sy, sx),
+    )
+
+
 def encode(model: RVAE, data: Any, batch_size: int = 256, novelty: bool = False) -> LatentMaps:
     """Encode every probe position of ``data`` (Dataset4D, numpy or dask, 4D) to maps.
 
@@ -174,69 +235,22 @@ def encode(model: RVAE, data: Any, batch_size: int = 256, novelty: bool = False)
                          f"{model.det_shape}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
-    n, k = patterns.n_positions, model.config.latent_dim
-    angle = np.empty(n, np.float32)
-    angle_std = np.empty(n, np.float32)
-    concentration = np.empty(n, np.float32)
-    residuals = None
-    z = np.empty((n, k), np.float32)
-    z_std = np.empty((n, k), np.float32)
-    has_shift = model.n_shift > 0
-    shift = np.empty((n, 2), np.float32) if has_shift else None
-    shift_std = np.empty((n, 2), np.float32) if has_shift else None
-    pixels = None
-    if novelty and n * model.n_pixels > NOVELTY_VALUES:  # bounded memory for the residuals of large scans
-        pick = torch.randperm(model.n_pixels, generator=torch.Generator().manual_seed(0))
-        pixels = torch.sort(pick[:max(64, NOVELTY_VALUES // n)]).values.to(model_device(model))
-    elif novelty and model.n_pixels > NOVELTY_PIXELS:
-        pick = torch.randperm(model.n_pixels, generator=torch.Generator().manual_seed(0))[:NOVELTY_PIXELS]
-        pixels = torch.sort(pick).values.to(model_device(model))
+    n = patterns.n_positions
+    pixels = novelty_pixels(model, n) if novelty else None
+    values: dict[str, np.ndarray] = {}
     was_training = model.training
     model.eval()
     bad: list[int] = []
     try:
         for index, block in _batches(patterns, batch_size, bad=bad):
-            frames = block.reshape(len(block), *patterns.det_shape)
-            post = encode_patterns(model, frames)
-            angle[index], angle_std[index] = post["angle"], post["angle_std"]
-            concentration[index] = post["angle_concentration"]
-            z[index], z_std[index] = post["z"], post["z_std"]
-            if has_shift:
-                shift[index], shift_std[index] = post["shift"], post["shift_std"]
-            if novelty:
-                res = model.residuals(torch.as_tensor(frames, device=model_device(model)), pixels)
-                if residuals is None:
-                    residuals = np.empty((n, res.shape[1]), np.float32)
-                residuals[index] = res.float().cpu().numpy()
+            post = encode_batch(model, block.reshape(len(block), *patterns.det_shape), novelty, pixels)
+            for key, value in post.items():
+                if key not in values:
+                    values[key] = np.empty((n, *value.shape[1:]), np.float32)
+                values[key][index] = value
     finally:
         model.train(was_training)
-    sy, sx = patterns.scan_shape
-    symmetry = int(getattr(model.config, "angle_symmetry", 1))
-    novelty_map = None
-    if residuals is not None:
-        keep = np.ones(n, bool)
-        keep[bad] = False
-        novelty_map = np.full(n, np.nan, np.float32)
-        if keep.any():
-            novelty_map[keep] = novelty_scores(residuals[keep])
-    if bad:
-        for values in (angle, angle_std, concentration, z, z_std, shift, shift_std):
-            if values is not None:
-                values[bad] = np.nan
-        warnings.warn(f"{len(bad)} pattern(s) hold NaN or Inf values, at {name_positions(bad, sx)}: "
-                      "their map values are NaN (repair or exclude them)", stacklevel=2)
-    return LatentMaps(
-        angle=angle.reshape(sy, sx), angle_std=angle_std.reshape(sy, sx),
-        latents=np.ascontiguousarray(z.T.reshape(k, sy, sx)),
-        latents_std=np.ascontiguousarray(z_std.T.reshape(k, sy, sx)),
-        shift=None if shift is None else np.ascontiguousarray(shift.T.reshape(2, sy, sx)),
-        shift_std=None if shift_std is None else np.ascontiguousarray(shift_std.T.reshape(2, sy, sx)),
-        angle_concentration=concentration.reshape(sy, sx),
-        novelty=None if novelty_map is None else novelty_map.reshape(sy, sx),
-        angle_symmetric=None if symmetry <= 1 else symmetric_angle(angle, symmetry).reshape(sy, sx),
-    )
-
-
+    return maps_from(values, patterns.scan_shape, model, bad)
 
 
 def novelty_scores(residuals: np.ndarray) -> np.ndarray:

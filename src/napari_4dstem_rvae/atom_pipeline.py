@@ -226,10 +226,9 @@ def analyse(series: ImageSeries, table: AtomTable | None = None, *, window: Any 
         values[f"latent_{i + 1}_std"] = maps.latents_std[i, :, 0]
     if maps.shift is not None:
         # the engine's shift is (x, y) in window pixels: in Å of the image when calibrated
-        scale = (windows_scale := note["side_px"] / pixels) * (series.pixel_size_angstrom or 1.0)
+        scale = note["side_px"] / pixels * (series.pixel_size_angstrom or 1.0)
         values["shift_x"] = maps.shift[0, :, 0] * scale
         values["shift_y"] = maps.shift[1, :, 0] * scale
-        del windows_scale
     if maps.novelty is not None:
         values["novelty"] = maps.novelty[:, 0]
     extra = baselines(windows, seed=cfg.seed) if with_baselines else {}

@@ -118,10 +118,7 @@ def find_atoms(image: np.ndarray, pixel_size: float | None = None, *, fwhm: floa
         raise ValueError(f"atoms of {fwhm} Å FWHM are {2.355 * sigma:.2f} px wide at this pixel size: "
                          "too small to find (expected ≥ 1.2 px); check the pixel size")
     spacing = _pixels(min_spacing, pixel_size, min_spacing)
-    band = -ndimage.gaussian_laplace(image, sigma) * sigma**2
-    # z: the band-passed image in units of the noise it carries (the pixel noise, estimated
-    # from the image's 3×3 second differences, through the filter's L2 norm)
-    z = band / (pixel_noise(image) * _filter_norm(sigma))
+    z = band_pass_z(image, sigma)
     # local maxima within a disk of 0.4 × the spacing (a square footprint would reach the
     # shoulder of a brighter diagonal neighbour), then at least 0.6 × the spacing apart
     radius = max(1, int(round(0.4 * spacing)))
@@ -142,6 +139,17 @@ def find_atoms(image: np.ndarray, pixel_size: float | None = None, *, fwhm: floa
     cls, names = classify_intensity(intensity, classes)
     return AtomTable(np.full(len(y), frame), y, x, intensity, cls, z[peaks[:, 0], peaks[:, 1]], None,
                      "log", names)
+
+
+def band_pass_z(image: np.ndarray, sigma: float) -> np.ndarray:
+    """The image band-passed at the atom size (negated, scale-normalised Laplacian of Gaussian
+    of ``sigma`` px) in units of the noise it carries: the pixel noise (:func:`pixel_noise`)
+    through the filter's L2 norm."""
+    from scipy import ndimage
+
+    image = np.asarray(image, np.float64)
+    band = -ndimage.gaussian_laplace(image, sigma) * sigma**2
+    return band / (pixel_noise(image) * _filter_norm(sigma))
 
 
 def pixel_noise(image: np.ndarray) -> float:

@@ -25,8 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..processing.atoms import ATOM_FWHM, MIN_SPACING, AtomTable, _filter_norm, _intensity, empty_table, link_frames, \
-    pixel_noise
+from ..processing.atoms import ATOM_FWHM, MIN_SPACING, AtomTable, _intensity, band_pass_z, empty_table, link_frames
 
 TRAIN_PIXEL_SIZE = 0.16  # Å per pixel of the training images
 CLASS_NAMES = ("C", "Si")
@@ -248,14 +247,12 @@ def blobs(prob: np.ndarray, frame: int = 0, threshold: float = 0.5, min_pixels: 
 
 def significance(frame: np.ndarray, pixel_size: float) -> np.ndarray:
     """The band-pass (LoG at the atom size) of a frame in units of its own pixel noise, the
-    largest value within 3 × 3 pixels — the band-pass finder's measure of an atom."""
+    largest value within 3 × 3 pixels — the band-pass finder's measure of an atom
+    (:func:`~napari_4dstem_rvae.processing.atoms.band_pass_z`)."""
     from scipy import ndimage
 
     sigma = max(0.5, ATOM_FWHM / pixel_size / (2 * math.sqrt(2 * math.log(2))))
-    image = np.asarray(frame, np.float64)
-    band = -ndimage.gaussian_laplace(image, sigma) * sigma**2
-    noise = pixel_noise(image) * _filter_norm(sigma)
-    return ndimage.maximum_filter(band / (noise if noise > 0 else 1.0), size=3)
+    return ndimage.maximum_filter(band_pass_z(frame, sigma), size=3)
 
 
 def find_atoms_unet(series: Any, *, weights: str | os.PathLike | None = None, threshold: float = 0.5,

@@ -30,6 +30,7 @@ class FrameHistograms(QWidget):
         import matplotlib
 
         from ..atom_pipeline import frame_histograms
+        from .atoms_widget import angle_mod_120
 
         columns = result.columns()
         self.figure.clear()
@@ -40,7 +41,7 @@ class FrameHistograms(QWidget):
         cmap = matplotlib.colormaps["viridis"]
         self.curves = {}
         frames = columns["frame"]
-        angle = np.degrees((columns["angle"].astype(np.float64) + np.pi / 3) % (2 * np.pi / 3) - np.pi / 3)
+        angle = angle_mod_120(columns["angle"])
         panels = [("angle mod 120° (°)", angle, (-60.0, 60.0))]
         if "latent_1" in columns:
             panels.append(("latent 1", columns["latent_1"].astype(np.float64), None))

@@ -208,23 +208,9 @@ class AtomsWidget(Container, WorkerMixin):
         return points
 
     def _features(self):
-        import pandas as pd
-
         if self.result is not None:
-            columns = self.result.columns()
-        else:
-            columns = self.table.columns()
-        out = {k: np.asarray(v) for k, v in columns.items() if np.ndim(v) == 1}
-        names = np.asarray(self.table.class_names if self.result is None else self.result.table.class_names)
-        if "class" in out and len(names):
-            out["class name"] = names[np.clip(out["class"].astype(int), 0, len(names) - 1)]
-        if "angle_symmetric" in out:
-            out["angle_symmetric"] = np.degrees(out["angle_symmetric"].astype(np.float64))
-        if "angle" in out:
-            angle = out["angle"].astype(np.float64)
-            out["angle mod 120°"] = np.degrees((angle + np.pi / 3) % (2 * np.pi / 3) - np.pi / 3)
-            out["angle"] = np.degrees(angle)
-        return pd.DataFrame(out)
+            return atom_features(self.result.columns(), self.result.table.class_names)
+        return atom_features(self.table.columns(), self.table.class_names)
 
     def _recolour(self) -> None:
         """Face colours from the feature chosen in *colour by* (cyclic map for angles, diverging
@@ -259,15 +245,9 @@ class AtomsWidget(Container, WorkerMixin):
 
             from ..atom_pipeline import analyse
 
-            progress = []
-
-            def callback(event):
-                if event.kind == "epoch":
-                    progress.append(event.epoch)
-
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                result = analyse(series, table, stop=self._stop, callback=callback, **settings)
+                result = analyse(series, table, stop=self._stop, **settings)
             return result, [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
 
         return self.run_worker(work, controls=[self.train_button, self.find_button],
@@ -325,6 +305,30 @@ class AtomsWidget(Container, WorkerMixin):
             return None
         self.status.value = f"saved {path}"
         return path
+
+
+def angle_mod_120(angle: np.ndarray) -> np.ndarray:
+    """Angles (rad) modulo 120° — the 3-fold symmetry of a window around a graphene atom — in
+    degrees, in [−60°, 60°)."""
+    angle = np.asarray(angle, np.float64)
+    return np.degrees((angle + np.pi / 3) % (2 * np.pi / 3) - np.pi / 3)
+
+
+def atom_features(columns: dict[str, np.ndarray], class_names: Any = ()) -> Any:
+    """The Points layer's features of a per-atom table (:meth:`AtomResult.columns` or a results
+    file's): every 1D column, angles in degrees, the angle modulo 120° and the class names."""
+    import pandas as pd
+
+    out = {k: np.asarray(v) for k, v in columns.items() if np.ndim(v) == 1}
+    names = np.asarray(class_names)
+    if "class" in out and len(names):
+        out["class name"] = names[np.clip(out["class"].astype(int), 0, len(names) - 1)]
+    if "angle_symmetric" in out:
+        out["angle_symmetric"] = np.degrees(out["angle_symmetric"].astype(np.float64))
+    if "angle" in out:
+        out["angle mod 120°"] = angle_mod_120(out["angle"])
+        out["angle"] = np.degrees(out["angle"].astype(np.float64))
+    return pd.DataFrame(out)
 
 
 def feature_colours(values: np.ndarray, feature: str) -> np.ndarray:

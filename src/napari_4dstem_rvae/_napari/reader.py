@@ -102,9 +102,8 @@ def _as_series(path: str) -> list | None:
 def atom_results_layers(path: str) -> list:
     """The per-atom table of a results file as a Points layer (frame, y, x) with its features,
     scaled like the series it came from."""
-    import pandas as pd
-
     from ..results import read_atom_results
+    from .atoms_widget import atom_features, feature_colours
 
     try:
         atoms = read_atom_results(path)
@@ -114,19 +113,13 @@ def atom_results_layers(path: str) -> list:
     columns = atoms.columns
     coords = np.column_stack([columns["frame"], columns["y"], columns["x"]]).astype(np.float64)
     pixel = atoms.pixel_size_angstrom
-    features = {k: v for k, v in columns.items() if np.ndim(v) == 1}
-    if "angle" in features:
-        angle = features["angle"].astype(np.float64)
-        features["angle mod 120°"] = np.degrees((angle + np.pi / 3) % (2 * np.pi / 3) - np.pi / 3)
-        features["angle"] = np.degrees(angle)
-    kwargs = {"name": f"{os.path.splitext(os.path.basename(path))[0]} atoms", "features": pd.DataFrame(features),
+    features = atom_features(columns, atoms.class_names)
+    kwargs = {"name": f"{os.path.splitext(os.path.basename(path))[0]} atoms", "features": features,
               "size": 0.9 / pixel if pixel else 6.0, "border_width": 0}
     if pixel:
         kwargs.update(scale=(1.0, pixel, pixel), units=("pixel", "angstrom", "angstrom"))
-    from .atoms_widget import feature_colours
-
-    kwargs["face_color"] = feature_colours(features.get("angle mod 120°", np.full(len(coords), np.nan)),
-                                           "angle mod 120°")
+    angle = features["angle mod 120°"].to_numpy() if "angle mod 120°" in features else np.full(len(coords), np.nan)
+    kwargs["face_color"] = feature_colours(angle, "angle mod 120°")
     return [(coords, kwargs, "points")]
 
 

@@ -279,7 +279,9 @@ def _run(source: Any, results_file: Path, png_file: Path, *, read_options: dict 
     if result.maps.novelty is not None:
         top = float(np.nanmax(result.maps.novelty))
         where = tuple(int(v) for v in np.unravel_index(np.nanargmax(result.maps.novelty), result.maps.novelty.shape))
-        log(f"novelty: highest {top:.1f} robust SD at probe {where}")
+        against = ("the scan's periodic average" if result.maps.novelty_reference == "lattice"
+                   else "the model's reconstruction (no lattice found in the scan)")
+        log(f"novelty (against {against}): highest {top:.1f} robust SD at probe {where}")
     results_path = write_results(results_file, images=overview, com=com_result, rvae=result,
                                  parameters=parameters, **_results_args(ds))
     if checkpoint.exists():

@@ -158,10 +158,11 @@ MAPS: dict[str, MapSpec] = {s.name: s for s in (
           "The angle modulo 2π/n, n the lattice's rotational symmetry: rotations by a symmetry "
           "of the lattice look alike.", "rvae"),
     _spec("novelty", "rVAE novelty", "robust SD", "sequential",
-          "How poorly the trained model explains each pattern: its deviance from the "
-          "reconstruction with the posterior means (counting noise accounted for), as robust "
-          "z-scores over the scan. High at what the rest of the scan does not show: defects, "
-          "dopants, contamination.", "rvae", colormap="inferno"),
+          "What breaks the symmetry of the scan at each probe position, as robust z-scores: for "
+          "a crystal, how far each pattern departs from the scan's lattice-periodic average "
+          "(counting noise accounted for, pooled over 0.5 Å); for a scan without a lattice, how "
+          "poorly the trained model explains the pattern. High at what the rest of the scan "
+          "does not show: vacancies, dopants, contamination.", "rvae", colormap="inferno"),
     _spec("roi_mask", "rVAE training region", "1", "mask",
           "Probe positions the rVAE was trained on (train and test).", "rvae"),
 )}

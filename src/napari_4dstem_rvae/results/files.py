@@ -226,7 +226,10 @@ def _write_rvae(g: Any, result: Any, roi_mask: Any) -> None:
         values = getattr(maps, name, None)
         if values is not None:
             spec = MAPS[name]
-            _put_map(g, name, values, spec, spec.unit)
+            extra = {}
+            if name == "novelty" and getattr(maps, "novelty_reference", None):
+                extra["reference"] = maps.novelty_reference  # "lattice" or "model" (rvae.infer.LatentMaps)
+            _put_map(g, name, values, spec, spec.unit, **extra)
     g.attrs["conventions"] = RVAE_CONVENTIONS
     if full is not None:
         trainer = full.trainer

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .infer import LatentMaps, encode_batch, maps_from, novelty_pixels
+from .infer import LatentMaps, encode_batch, maps_from, novelty_pixels, scan_step_angstrom
 
 #: Scan rows per task are chosen so that a task holds about this many bytes of patterns (a
 #: worker holds a few tasks' patterns at a time, besides torch's ~0.2 GB).
@@ -78,4 +78,4 @@ def encode_on_cluster(model: Any, data: Any, client: Any, *, batch_size: int = 2
     values = {key: np.concatenate([p[key] for p in parts]) for key in parts[0] if key != "bad"}
     offsets = np.cumsum([0] + [len(p["angle"]) for p in parts])
     bad = np.concatenate([p["bad"] + o for p, o in zip(parts, offsets[:-1])]).astype(np.int64)
-    return maps_from(values, (sy, sx), model, bad)
+    return maps_from(values, (sy, sx), model, bad, scan_step_angstrom(data))

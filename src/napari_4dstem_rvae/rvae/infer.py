@@ -17,6 +17,8 @@ import numpy as np
 import torch
 
 from . import circular
+from ..processing.novelty import detector_blocks, lattice_novelty
+from ..units import length_factor
 from .data import as_patterns, check_finite
 from .model import RVAE
 
@@ -41,9 +43,12 @@ class LatentMaps:
         ``(scan_y, scan_x)`` mean resultant length of the angle's posterior, in [0, 1]: 1 for
         a certain angle, 0 for an angle the pattern does not determine.
     novelty
-        ``(scan_y, scan_x)`` how poorly the model explains each pattern, as robust z-scores
-        over the scan ((d − median) / (1.4826 · MAD)); ``None`` when not computed. See
-        :func:`novelty_scores`.
+        ``(scan_y, scan_x)`` what breaks the symmetry of the scan at each probe position, as
+        robust z-scores over the scan ((d − median) / (1.4826 · MAD)); ``None`` when not
+        computed. For a crystal, the deviation of each pattern from the scan's periodic
+        average (:mod:`napari_4dstem_rvae.processing.novelty`); when the scan shows no
+        lattice, how poorly the model explains each pattern (:func:`novelty_scores`).
+        ``novelty_reference`` says which (``"lattice"`` or ``"model"``).
     angle_symmetric
         ``(scan_y, scan_x)`` the angle modulo 2π/n (``config.angle_symmetry`` = n > 1), in
         (−π/n, π/n]; ``None`` otherwise.
@@ -58,6 +63,7 @@ class LatentMaps:
     angle_concentration: np.ndarray | None = None
     novelty: np.ndarray | None = None
     angle_symmetric: np.ndarray | None = None
+    novelty_reference: str | None = None
 
     @property
     def scan_shape(self) -> tuple[int, int]:
@@ -177,19 +183,32 @@ def novelty_pixels(model: RVAE, n_positions: int) -> torch.Tensor | None:
 def encode_batch(model: RVAE, frames: np.ndarray, novelty: bool = False,
                  pixels: torch.Tensor | None = None) -> dict[str, np.ndarray]:
     """:func:`encode_patterns` of finite patterns ``(B, det_y, det_x)``, and with ``novelty``
-    their standardised residuals at ``pixels`` (``"residuals"``, ``(B, P)``)."""
+    their standardised residuals at ``pixels`` (``"residuals"``, ``(B, P)``) and their sums
+    over a grid of detector blocks (``"blocks"``, for the lattice novelty)."""
     post = encode_patterns(model, frames)
     if novelty:
+        post["blocks"] = detector_blocks(frames)
         device = model_device(model)
         res = model.residuals(torch.as_tensor(frames, device=device), None if pixels is None else pixels.to(device))
         post["residuals"] = res.float().cpu().numpy()
     return post
 
 
-def maps_from(values: dict[str, np.ndarray], scan_shape: tuple[int, int], model: RVAE, bad: Any = ()) -> LatentMaps:
+def scan_step_angstrom(data: Any) -> float | None:
+    """The scan step of ``data`` (Dataset4D or patterns) in Å (the smaller of y and x), or
+    ``None`` when it is not calibrated in a length unit."""
+    calibration = getattr(data, "calibration", None)
+    if calibration is None or calibration.scan_step is None:
+        return None
+    factor = length_factor(calibration.scan_unit)
+    return None if factor is None else factor * min(calibration.scan_step_yx)
+
+
+def maps_from(values: dict[str, np.ndarray], scan_shape: tuple[int, int], model: RVAE, bad: Any = (),
+              step_angstrom: float | None = None) -> LatentMaps:
     """The :class:`LatentMaps` of per-position values (the keys of :func:`encode_batch`, flat
     over the scan); positions in ``bad`` (their patterns held NaN/Inf) are NaN in every map and
-    named in a warning."""
+    named in a warning. ``step_angstrom``: the scan step, for the novelty's pooling."""
     sy, sx = scan_shape
     n, k = sy * sx, model.config.latent_dim
     bad = np.asarray(bad, dtype=np.int64)
@@ -197,11 +216,15 @@ def maps_from(values: dict[str, np.ndarray], scan_shape: tuple[int, int], model:
         for key in ("angle", "angle_std", "angle_concentration", "z", "z_std", "shift", "shift_std"):
             if key in values:
                 values[key][bad] = np.nan
-    novelty_map = None
-    if "residuals" in values:
-        keep = np.ones(n, bool)
-        keep[bad] = False
-        novelty_map = np.full(n, np.nan, np.float32)
+    novelty_map, reference = None, None
+    keep = np.ones(n, bool)
+    keep[bad] = False
+    if "blocks" in values and keep.any():
+        lattice = lattice_novelty(values["blocks"], (sy, sx), step_angstrom, counts=bool(model.count_data), valid=keep)
+        if lattice is not None:
+            novelty_map, reference = lattice.novelty.ravel(), "lattice"
+    if novelty_map is None and "residuals" in values:
+        novelty_map, reference = np.full(n, np.nan, np.float32), "model"
         if keep.any():
             novelty_map[keep] = novelty_scores(values["residuals"][keep])
     if bad.size:
@@ -218,6 +241,7 @@ def maps_from(values: dict[str, np.ndarray], scan_shape: tuple[int, int], model:
         angle_concentration=values["angle_concentration"].reshape(sy, sx),
         novelty=None if novelty_map is None else novelty_map.reshape(sy, sx),
         angle_symmetric=None if symmetry <= 1 else symmetric_angle(angle, symmetry).reshape(sy, sx),
+        novelty_reference=reference,
     )
 
 
@@ -250,7 +274,7 @@ def encode(model: RVAE, data: Any, batch_size: int = 256, novelty: bool = False)
                 values[key][index] = value
     finally:
         model.train(was_training)
-    return maps_from(values, patterns.scan_shape, model, bad)
+    return maps_from(values, patterns.scan_shape, model, bad, scan_step_angstrom(patterns))
 
 
 def novelty_scores(residuals: np.ndarray) -> np.ndarray:

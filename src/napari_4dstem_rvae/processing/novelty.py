@@ -1,0 +1,207 @@
+"""What breaks the crystal's periodicity: each pattern against the scan's periodic average.
+
+A crystal scanned with a probe gives patterns that repeat with the lattice: the pattern at a
+probe position ``p`` equals the pattern at ``p + n₁a₁ + n₂a₂``. A single vacancy or dopant
+breaks that symmetry only near itself, and by little (a few per cent of the pattern at
+10⁵ e⁻), far less than the patterns change across the unit cell. A model that explains every
+pattern from a few latents (the rVAE, PCA) does not separate the two: its misfit of the
+lattice is as large as the defect. The periodic average does: for every coarse detector
+region (an ``8 × 8`` grid of blocks, where a defect's change is smooth and the counting
+noise averages out), the intensity over the scan is fitted by a truncated Fourier series of
+the lattice, ``I(p) = Σ_G c_G exp(2πi G·p)`` with ``G = n₁g₁ + n₂g₂`` (|n| ≤ 3), and the
+residual in units of the noise (Pearson residuals for counts) is what the lattice does not
+explain. The lattice (``g₁, g₂``, in cycles per probe step) is found from the data: the
+strongest peaks of the power spectrum of the leading principal-component maps, refined by
+least squares. The idea is the Bragg filter of high-resolution imaging (the periodic image
+subtracted from the image shows the defects), applied to every detector region of a 4D scan.
+
+The fit is iterated once with the positions that deviate most left out, so that a defect
+does not bend the average; the map of squared residuals is smoothed over ``0.5 Å`` (below the
+probe size, so a defect's neighbourhood pools its evidence); the novelty is the larger of
+the pooled and the single-position robust z-scores (a single odd pattern keeps its score).
+When the scan shows no lattice (the periodic fit explains less than half of the variation of
+the principal-component maps), :func:`lattice_novelty` returns ``None`` and the caller falls
+back to the model's own residual.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+#: Detector blocks per side for the novelty (the patterns are summed over an 8 × 8 grid).
+GRID = 8
+#: Harmonics of the lattice in the periodic average (|n₁|, |n₂| ≤ HARMONICS).
+HARMONICS = 3
+#: Share of the principal-component maps' variation the lattice must explain.
+MIN_PERIODIC_SHARE = 0.5
+#: Width (Å) of the Gaussian that pools the novelty over neighbouring probe positions.
+SMOOTH_ANGSTROM = 0.5
+
+
+@dataclass
+class LatticeNovelty:
+    """The novelty map (robust z-scores, ``(scan_y, scan_x)``), the lattice's reciprocal
+    vectors ``g`` (2 × (gy, gx), cycles per probe step) and the share of the principal-component
+    maps' variation that the lattice explains."""
+
+    novelty: np.ndarray
+    g: np.ndarray
+    periodic_share: float
+
+
+def detector_blocks(patterns: np.ndarray, grid: int = GRID) -> np.ndarray:
+    """Patterns ``(B, det_y, det_x)`` summed over a ``grid × grid`` grid of detector blocks →
+    ``(B, grid²)`` float64 (blocks of nearly equal size when the sides do not divide)."""
+    patterns = np.asarray(patterns)
+    out = patterns.astype(np.float64, copy=False)
+    for axis in (1, 2):
+        size = patterns.shape[axis]
+        n = min(grid, size)
+        edges = np.linspace(0, size, n + 1).round().astype(int)[:-1]
+        out = np.add.reduceat(out, edges, axis=axis)
+    return out.reshape(len(out), -1)
+
+
+def _design(g: np.ndarray, positions: np.ndarray, harmonics: int) -> np.ndarray:
+    cols = [np.ones(len(positions))]
+    for n1 in range(-harmonics, harmonics + 1):
+        for n2 in range(-harmonics, harmonics + 1):
+            if (n1, n2) <= (0, 0):
+                continue  # each ±G pair once
+            phase = 2 * np.pi * (positions @ (n1 * g[0] + n2 * g[1]))
+            cols += [np.cos(phase), np.sin(phase)]
+    return np.stack(cols, 1)
+
+
+def _residual(values: np.ndarray, design: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    if weights is None:
+        coef = np.linalg.lstsq(design, values, rcond=None)[0]
+    else:
+        coef = np.linalg.lstsq(design * weights[:, None], values * weights[:, None], rcond=None)[0]
+    return values - design @ coef
+
+
+def find_lattice(maps: np.ndarray, valid: np.ndarray | None = None, harmonics: int = 2,
+                 ) -> tuple[np.ndarray, float] | None:
+    """Reciprocal lattice vectors ``(2, 2)`` (rows g₁, g₂ as (gy, gx), cycles per probe step)
+    of scan maps ``(k, scan_y, scan_x)`` and the share of their variation a periodic fit
+    explains; ``None`` when the maps show no two independent periodicities."""
+    from scipy.optimize import minimize
+
+    k, sy, sx = maps.shape
+    valid = np.ones((sy, sx), bool) if valid is None else valid
+    centred = np.where(valid, maps - np.array([m[valid].mean() for m in maps])[:, None, None], 0.0)
+    py, px = (max(128, 1 << int(np.ceil(np.log2(4 * s)))) for s in (sy, sx))
+    power = sum(np.abs(np.fft.fft2(m, (py, px))) ** 2 for m in centred)
+    fy = np.fft.fftfreq(py)[:, None]
+    fx = np.fft.fftfreq(px)[None, :]
+    radius = np.hypot(fy, fx)
+    power = np.where(radius < 1.5 / min(sy, sx), 0.0, power)  # fewer than 1.5 periods across the scan
+    power = np.where(radius > 0.5, 0.0, power)
+
+    def peak(p: np.ndarray) -> np.ndarray:
+        i, j = np.unravel_index(np.argmax(p), p.shape)
+        return np.array([fy[i, 0], fx[0, j]])
+
+    g1 = peak(power)
+    if not power.any():
+        return None
+    direction = np.arctan2(g1[0], g1[1])
+    other = np.where(np.abs(np.sin(np.arctan2(fy, fx) - direction)) < 0.5, 0.0, power)
+    if not other.any():
+        return None
+    g2 = peak(other)
+    yy, xx = np.nonzero(valid)
+    positions = np.stack([yy, xx], 1).astype(np.float64)
+    values = centred[:, yy, xx].T
+    if len(positions) > 16384:  # the refinement on a random subset of large scans
+        pick = np.random.default_rng(0).choice(len(positions), 16384, replace=False)
+        positions, values = positions[pick], values[pick]
+    cols = (2 * harmonics + 1) ** 2
+    if len(positions) < 4 * cols:
+        return None
+
+    def cost(v: np.ndarray) -> float:
+        return float((_residual(values, _design(v.reshape(2, 2), positions, harmonics)) ** 2).sum())
+
+    start = np.r_[g1, g2]
+    best = minimize(cost, start, method="Nelder-Mead", options={"xatol": 1e-6, "fatol": 1e-9, "maxiter": 600})
+    g = (best.x if best.fun < cost(start) else start).reshape(2, 2)
+    total = float((values ** 2).sum())
+    share = 1.0 - min(best.fun, cost(start)) / total if total > 0 else 0.0
+    return g, share
+
+
+def lattice_novelty(blocks: np.ndarray, scan_shape: tuple[int, int], step_angstrom: float | None = None,
+                    counts: bool = False, valid: np.ndarray | None = None,
+                    smooth_angstrom: float = SMOOTH_ANGSTROM) -> LatticeNovelty | None:
+    """The novelty of every probe position against the scan's periodic average (module doc).
+
+    ``blocks``: ``(n, m)`` detector-block sums of every pattern (:func:`detector_blocks`),
+    flat over ``scan_shape``; ``counts``: the patterns are counts (Pearson residuals, else
+    each block's residual in units of its robust spread over the scan); ``valid``: flat
+    boolean mask of usable positions (others are NaN in the map); ``step_angstrom``: the scan
+    step, for the ``smooth_angstrom`` pooling (1 probe step when unknown).
+    Returns ``None`` when the scan shows no lattice.
+    """
+    from scipy.ndimage import gaussian_filter
+    from sklearn.decomposition import PCA
+
+    sy, sx = scan_shape
+    n = sy * sx
+    blocks = np.asarray(blocks, np.float64)
+    valid = np.ones(n, bool) if valid is None else np.asarray(valid, bool) & np.isfinite(blocks).all(1)
+    if min(sy, sx) < 8 or valid.sum() < 64:
+        return None
+    features = 2 * np.sqrt(np.clip(blocks[valid], 0, None) + 0.375) if counts else blocks[valid]
+    scale = features.std(0)
+    features = features / np.where(scale > 0, scale, 1.0)
+    k = min(4, features.shape[1], len(features) - 1)
+    scores = PCA(k, random_state=0).fit_transform(features)
+    maps = np.zeros((k, n))
+    maps[:, valid] = scores.T
+    found = find_lattice(maps.reshape(k, sy, sx), valid.reshape(sy, sx))
+    if found is None or found[1] < MIN_PERIODIC_SHARE:
+        return None
+    g, share = found
+    yy, xx = np.divmod(np.flatnonzero(valid), sx)
+    positions = np.stack([yy, xx], 1).astype(np.float64)
+    harmonics = HARMONICS
+    while harmonics > 1 and valid.sum() < 8 * (2 * harmonics + 1) ** 2:
+        harmonics -= 1
+    design = _design(g, positions, harmonics)
+    y = blocks[valid]
+    weights = np.ones(len(y))
+    for _ in range(2):  # once more without the positions that deviate most (the defects)
+        residual = _residual(y, design, weights)
+        if counts:
+            fit = np.clip(y - residual, 0, None)
+            standard = residual / np.sqrt(fit + 1.0)
+        else:
+            spread = 1.4826 * np.median(np.abs(residual - np.median(residual, 0)), 0)
+            spread = np.where(spread > 0, spread, residual.std(0))
+            standard = residual / np.where(spread > 0, spread, 1.0)
+        chi = (standard ** 2).sum(1)
+        median = np.median(chi)
+        mad = 1.4826 * np.median(np.abs(chi - median)) or chi.std() or 1.0
+        weights = (chi < median + 5 * mad).astype(np.float64)
+    full = np.full(n, np.nan)
+    full[valid] = chi
+    image = full.reshape(sy, sx)
+    z = _robust_z(image)
+    sigma = smooth_angstrom / step_angstrom if step_angstrom else 1.0
+    if sigma > 0.2:  # pooled: a defect changes every pattern within the probe's reach
+        filled = np.where(np.isnan(image), np.nanmedian(image), image)
+        pooled = _robust_z(np.where(np.isnan(image), np.nan, gaussian_filter(filled, sigma, mode="nearest")))
+        z = np.fmax(z, pooled)  # a single odd pattern keeps its own score
+    return LatticeNovelty(novelty=np.where(np.isnan(image), np.nan, z).astype(np.float32), g=g,
+                          periodic_share=float(share))
+
+
+def _robust_z(image: np.ndarray) -> np.ndarray:
+    values = image[np.isfinite(image)]
+    median = np.median(values)
+    mad = 1.4826 * np.median(np.abs(values - median))
+    return (image - median) / (mad if mad > 0 else (values.std() or 1.0))

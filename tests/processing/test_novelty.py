@@ -1,0 +1,95 @@
+"""The novelty map against the scan's periodic average: a single vacancy and a single Si
+dopant in graphene, with counting noise, against the simulator's known defect position."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_4dstem_rvae.processing.novelty import detector_blocks, find_lattice, lattice_novelty
+from napari_4dstem_rvae.simulate import graphene
+
+
+def _defect_distance(ds) -> np.ndarray:
+    step = ds.calibration.scan_step_yx[0]
+    y0, x0 = ds.metadata["defect"]["position_angstrom"]
+    yy, xx = np.mgrid[0:ds.scan_shape[0], 0:ds.scan_shape[1]] * step
+    return np.hypot(yy - y0, xx - x0)
+
+
+def _novelty(ds, counts: bool):
+    x = np.asarray(ds.data)
+    return lattice_novelty(detector_blocks(x.reshape(-1, *x.shape[2:])), ds.scan_shape,
+                           ds.calibration.scan_step_yx[0], counts=counts)
+
+
+def test_detector_blocks_sum_every_pixel_once():
+    x = np.arange(2 * 10 * 13, dtype=np.float32).reshape(2, 10, 13)
+    blocks = detector_blocks(x, grid=4)
+    assert blocks.shape == (2, 16)
+    np.testing.assert_allclose(blocks.sum(1), x.sum((1, 2)))
+    np.testing.assert_allclose(blocks[0, 0], x[0, :2, :3].sum())  # rows 0–1 (10 / 4 rounded), cols 0–2
+
+
+@pytest.mark.parametrize("defect", ["vacancy", "si"])
+def test_a_single_defect_is_marked_at_1e5_electrons(defect):
+    """Poisson counts, 10⁵ e⁻ per pattern (a few per cent of a pattern change at the defect):
+    robust contrast > 5 within 1.5 Å, the top 1 % of the map within 3 Å."""
+    ds = graphene(scan_shape=(32, 32), det_shape=(64, 64), defect=defect, dose=1e5, seed=7)
+    result = _novelty(ds, counts=True)
+    assert result is not None and result.periodic_share > 0.8
+    dist = _defect_distance(ds)
+    z = result.novelty
+    outside = z[dist > 4]
+    contrast = abs(z[dist <= 1.5].mean() - np.median(z)) / np.median(np.abs(outside - np.median(outside)))
+    top = z >= np.quantile(z, 0.99)
+    assert contrast > 5, contrast
+    assert (dist[top] <= 3).all()
+
+
+def test_lattice_found_and_perfect_lattice_quiet():
+    """The reciprocal vectors of graphene (d = 2.13 Å planes) found from the data; a perfect
+    lattice with noise shows nothing like a defect."""
+    ds = graphene(scan_shape=(32, 32), det_shape=(64, 64), dose=1e5, seed=8)
+    result = _novelty(ds, counts=True)
+    assert result is not None
+    spacing = ds.calibration.scan_step_yx[0] / np.linalg.norm(result.g, axis=1)
+    np.testing.assert_allclose(spacing, 2.46 * np.sqrt(3) / 2, rtol=0.03)
+    assert np.nanmax(result.novelty) < 8
+
+
+def test_no_lattice_no_lattice_novelty():
+    """A scan without periodicity (patterns that change at random) has no periodic average:
+    ``None`` (the caller falls back to the model's residual)."""
+    rng = np.random.default_rng(0)
+    blocks = rng.poisson(100 * rng.gamma(2.0, size=(32 * 32, 64)))
+    assert lattice_novelty(blocks, (32, 32), 0.25, counts=True) is None
+    maps = rng.normal(size=(3, 32, 32))
+    found = find_lattice(maps)
+    assert found is None or found[1] < 0.5
+
+
+def test_encode_uses_the_lattice_and_falls_back_to_the_model(tmp_path):
+    """Through the rVAE: ``encode(..., novelty=True)`` gives the lattice novelty for a
+    calibrated crystal (defect on top) and the model's residual for a scan without lattice;
+    the results file records which."""
+    import h5py
+
+    from napari_4dstem_rvae import rvae
+    from napari_4dstem_rvae.results import write_results
+
+    ds = graphene(scan_shape=(24, 24), det_shape=(32, 32), defect="vacancy", dose=1e5, seed=9)
+    result = rvae.fit(ds, steps=60, threads=2)
+    maps = rvae.encode(result.model, ds, novelty=True)
+    assert maps.novelty_reference == "lattice"
+    where = np.unravel_index(np.nanargmax(maps.novelty), maps.novelty.shape)
+    assert _defect_distance(ds)[where] <= 1.5
+    path = write_results(tmp_path / "r.h5", calibration=ds.calibration, scan_shape=ds.scan_shape, rvae=maps)
+    with h5py.File(path, "r") as f:
+        assert f["rvae/novelty"].attrs["reference"] == "lattice"
+        np.testing.assert_array_equal(f["rvae/novelty"][()], maps.novelty)
+
+    rng = np.random.default_rng(1)
+    noise = rng.poisson(5.0, size=(24, 24, 32, 32)).astype(np.float32)
+    maps = rvae.encode(result.model, noise, novelty=True)
+    assert maps.novelty_reference == "model" and np.isfinite(maps.novelty).all()

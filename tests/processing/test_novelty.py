@@ -6,7 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_4dstem_rvae.processing.novelty import detector_blocks, find_lattice, lattice_novelty
+from napari_4dstem_rvae.processing.novelty import (
+    detector_blocks,
+    find_lattice,
+    lattice_novelty,
+)
 from napari_4dstem_rvae.simulate import graphene
 
 

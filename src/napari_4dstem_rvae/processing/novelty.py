@@ -90,7 +90,7 @@ def find_lattice(maps: np.ndarray, valid: np.ndarray | None = None, harmonics: i
     explains; ``None`` when the maps show no two independent periodicities."""
     from scipy.optimize import minimize
 
-    k, sy, sx = maps.shape
+    _, sy, sx = maps.shape
     valid = np.ones((sy, sx), bool) if valid is None else valid
     centred = np.where(valid, maps - np.array([m[valid].mean() for m in maps])[:, None, None], 0.0)
     py, px = (max(128, 1 << int(np.ceil(np.log2(4 * s)))) for s in (sy, sx))

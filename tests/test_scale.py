@@ -78,6 +78,7 @@ def test_stem_rvae_run_with_local_workers_equals_one_process(tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-2000:]
     assert "local cluster of 2 worker processes" in two.stdout and "on the cluster" in two.stdout
+    assert "tasks done" in two.stdout  # progress over the cluster's futures
     with h5py.File(tmp_path / "one.h5", "r") as a, h5py.File(tmp_path / "two.h5", "r") as b:
         for name in ("angle", "latents", "com/com_x", "com/com_y"):
             np.testing.assert_allclose(b[name][()], a[name][()], rtol=1e-6, atol=1e-6, err_msg=name)

@@ -251,8 +251,15 @@ def _run(source: Any, results_file: Path, png_file: Path, *, read_options: dict 
         from .rvae.distributed import encode_on_cluster
 
         def announce(futures: list) -> None:
+            from distributed import as_completed
+
+            total = len(futures)
             log(f"encoding {prepared.scan_shape[0] * prepared.scan_shape[1]} patterns on the cluster in "
-                f"{len(futures)} tasks (dashboard {client.dashboard_link})")
+                f"{total} tasks (dashboard {client.dashboard_link})")
+            every = max(1, total // 10)
+            for done, _ in enumerate(as_completed(futures), 1):  # progress as the tasks finish
+                if done % every == 0 or done == total:
+                    log(f"encoding: {done}/{total} tasks done")
 
         from .processing.chain import preprocess
 

@@ -90,7 +90,8 @@ def cmd_run(args) -> int:
     resume = args.resume if args.resume is not None else not args.fresh
     if args.checkpoint_every is not None and args.checkpoint_every < 1:
         raise ValueError(f"--checkpoint-every must be at least 1 epoch, got {args.checkpoint_every}")
-    run(args.file, args.out, read_options=_read_options(args), bin_to=args.bin, roi=args.roi,
+    binning = {} if args.bin is None else {"bin_to": args.bin}
+    run(args.file, args.out, read_options=_read_options(args), **binning, roi=args.roi,
         resume=resume, checkpoint_every=args.checkpoint_every, client=getattr(args, "scheduler", None), workers=getattr(args, "workers", None),
         **changes)
     return 0
@@ -177,7 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_com)
     p = sub.add_parser("run", help="read → bin → subtract mean → COM → rVAE → results.h5 + overview PNG")
     add_file(p)
-    p.add_argument("--bin", type=int, default=64, help="detector pixels after binning (default 64; 0: no binning)")
+    p.add_argument("--bin", type=int, default=None,
+                   help="detector pixels after binning (default 32, processing.chain.RVAE_DETECTOR_PIXELS; "
+                        "0: no binning)")
     p.add_argument("--latent", type=int, default=None, help="content latents (default: the engine's)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: about 2,400 optimisation steps)")
     p.add_argument("--shift", action="store_true", help="also learn a shift of each pattern")

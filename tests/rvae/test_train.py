@@ -401,3 +401,27 @@ def test_correlation_helpers():
     mask = np.zeros((5, 10), bool)
     mask[:, :5] = True
     assert rvae.pearson_r(a, np.where(mask, a, -a), mask) == pytest.approx(1.0)
+
+
+def test_signal_rms_of_counts_uses_the_known_poisson_noise():
+    """The likelihood's σ is set from the signal RMS: for Poisson counts the variance less the
+    mean per pixel (1 after the Anscombe transform). With fewer patterns than pixels and a weak
+    signal, the principal-component estimate counts leading noise eigenvalues as signal."""
+    from napari_4dstem_rvae.rvae.data import as_patterns, signal_rms
+
+    rng = np.random.default_rng(0)
+    n, pixels = 600, 1024
+    profile = rng.uniform(0.5, 1.5, pixels)
+    amplitude = rng.normal(size=(n, 1))
+    mean = 3.0 * profile * (1 + 0.1 * amplitude)       # the signal: ±10 % of a 3-count pattern
+    truth = float(np.sqrt(np.mean((0.3 * profile) ** 2)))
+    counts = rng.poisson(mean).astype(np.float32).reshape(n, 1, 32, 32)
+    patterns = as_patterns(counts)
+    index = np.arange(n)
+    exact = signal_rms(patterns, index, None, 0, fallback=1.0, poisson=True)
+    pca = signal_rms(patterns, index, None, 0, fallback=1.0)
+    assert abs(exact / truth - 1) < 0.1, (exact, truth)
+    assert pca / truth > 1.3  # what the counts' estimate corrects
+    anscombe = signal_rms(patterns, index, None, 0, fallback=1.0, counts=True, poisson=True)
+    # after 2√(y + 3/8) the signal's RMS is about the raw one / √mean
+    assert abs(anscombe / np.sqrt(np.mean((0.3 * profile) ** 2 / (3.0 * profile))) - 1) < 0.15

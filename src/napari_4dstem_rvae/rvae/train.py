@@ -144,7 +144,8 @@ class Trainer:
         if not stats["std"] > 0:
             raise ValueError("data: the training patterns are all equal (zero standard deviation); "
                              "there is nothing to learn")
-        signal = signal_rms(patterns, self.train_index, det, cfg.seed, fallback=stats["std"], counts=counts)
+        signal = signal_rms(patterns, self.train_index, det, cfg.seed, fallback=stats["std"], counts=counts,
+                            poisson=self._count_data)
         normalise = ("std" if counts else "signal") if cfg.normalise == "auto" else cfg.normalise
         scale = {"std": stats["std"], "signal": signal, "none": 1.0}[normalise]
         sigma = cfg.noise_std * signal           # the likelihood's σ, in the (transformed) data's units

@@ -27,6 +27,7 @@ from magicgui.widgets import (
 )
 from qtpy.QtWidgets import QProgressBar
 
+from ..processing.chain import RVAE_DETECTOR_PIXELS
 from ..rvae.config import DEVICES, LIKELIHOODS, RVAEConfig
 from ..rvae.selection import EPOCH_SELECTIONS
 from .common import chosen_layer, dataset_combo
@@ -60,8 +61,9 @@ class TrainWidget(WorkerMixin, Container):
                                tooltip="Shapes or Labels layer over the scan: positions used for training")
         self.label = SpinBox(label="label (0 = any)", value=0, min=0, max=2**31 - 1)
         self.count = Label(value="", label="positions")
-        self.study_preprocessing = CheckBox(label="bin the detector to 64 px", value=True,
-                                            tooltip="As in the published study; off for data you preprocessed")
+        self.study_preprocessing = CheckBox(label=f"bin the detector to {RVAE_DETECTOR_PIXELS} px", value=True,
+                                            tooltip="Binned and the mean pattern subtracted, as in the published "
+                                                    "study (which binned to 64 px); off for data you preprocessed")
         cfg = RVAEConfig
         self.latent = option_field(cfg, "latent_dim", "content latents", minimum=1, maximum=16)
         self.shift = option_field(cfg, "learn_shift", "learn shifts")

@@ -30,7 +30,7 @@ class TrainingSession:
     def create(cls, dataset: Dataset4D, config: Any, *, train_mask: Any = None,
                study_preprocessing: bool = True, correlate: bool = True,
                source_layer_name: str = "") -> TrainingSession:
-        """Prepare the data (as in the study: detector binned to 64 px and the mean pattern
+        """Prepare the data (as in the study: detector binned to 32 px and the mean pattern
         subtracted, unless ``study_preprocessing`` is off), the COM maps (``correlate``: the
         latent–COM |r| is computed every epoch, plotted live, and drives the epoch selection)
         and the trainer. ``config``: an :class:`RVAEConfig` or a dict of its fields."""

@@ -88,7 +88,7 @@ def fit(data: Any, config: RVAEConfig | dict[str, Any] | None = None, *, roi_mas
     ----------
     data
         :class:`~napari_4dstem_rvae.dataset.Dataset4D`, numpy or dask array
-        ``(scan_y, scan_x, det_y, det_x)``; the pipeline passes it binned to 64 × 64 with the
+        ``(scan_y, scan_x, det_y, det_x)``; the pipeline passes it binned to 32 × 32 with the
         mean pattern subtracted (as in the study). Scaling is done inside.
     config
         :class:`RVAEConfig` or dict; ``changes`` override single fields

@@ -51,14 +51,17 @@ class TrainingSession:
     @classmethod
     def load(cls, path: str, dataset: Dataset4D, *, source_layer_name: str = "") -> TrainingSession:
         """Reopen a checkpoint over ``dataset`` (prepared the way the checkpoint says)."""
-        from ..processing.chain import RVAE_DETECTOR_PIXELS, prepare_for_rvae
+        from ..processing.chain import prepare_for_rvae
         from ..rvae import Trainer, read_checkpoint
 
         state = read_checkpoint(path)
         steps = [p.get("step") for p in state.get("provenance", []) if isinstance(p, dict)]
         study = "subtract_mean_pattern" in steps and "subtract_mean_pattern" not in \
             [p.get("step") for p in dataset.provenance]
-        train_data = prepare_for_rvae(dataset, RVAE_DETECTOR_PIXELS if study else None, subtract_mean=study)
+        # the detector binned as the model saw it (the checkpoint's detector shape)
+        target = min(int(v) for v in state["det_shape"])
+        binned = target if min(dataset.det_shape) > target else None
+        train_data = prepare_for_rvae(dataset, binned, subtract_mean=study)
         if tuple(train_data.scan_shape) != tuple(state.get("scan_shape", train_data.scan_shape)):
             raise ValueError(f"checkpoint {path} was trained on a scan of {tuple(state['scan_shape'])} "
                              f"positions; this data set has {train_data.scan_shape}")

@@ -105,9 +105,9 @@ def find_lattice(maps: np.ndarray, valid: np.ndarray | None = None, harmonics: i
         i, j = np.unravel_index(np.argmax(p), p.shape)
         return np.array([fy[i, 0], fx[0, j]])
 
-    g1 = peak(power)
     if not power.any():
         return None
+    g1 = peak(power)
     direction = np.arctan2(g1[0], g1[1])
     other = np.where(np.abs(np.sin(np.arctan2(fy, fx) - direction)) < 0.5, 0.0, power)
     if not other.any():
@@ -184,24 +184,24 @@ def lattice_novelty(blocks: np.ndarray, scan_shape: tuple[int, int], step_angstr
             spread = np.where(spread > 0, spread, residual.std(0))
             standard = residual / np.where(spread > 0, spread, 1.0)
         chi = (standard ** 2).sum(1)
-        median = np.median(chi)
-        mad = 1.4826 * np.median(np.abs(chi - median)) or chi.std() or 1.0
-        weights = (chi < median + 5 * mad).astype(np.float64)
+        weights = (robust_z(chi) < 5).astype(np.float64)
     full = np.full(n, np.nan)
     full[valid] = chi
     image = full.reshape(sy, sx)
-    z = _robust_z(image)
+    z = robust_z(image)
     sigma = smooth_angstrom / step_angstrom if step_angstrom else 1.0
     if sigma > 0.2:  # pooled: a defect changes every pattern within the probe's reach
         filled = np.where(np.isnan(image), np.nanmedian(image), image)
-        pooled = _robust_z(np.where(np.isnan(image), np.nan, gaussian_filter(filled, sigma, mode="nearest")))
-        z = np.fmax(z, pooled)  # a single odd pattern keeps its own score
-    return LatticeNovelty(novelty=np.where(np.isnan(image), np.nan, z).astype(np.float32), g=g,
-                          periodic_share=float(share))
+        pooled = robust_z(np.where(np.isnan(image), np.nan, gaussian_filter(filled, sigma, mode="nearest")))
+        z = np.fmax(z, pooled)  # a single odd pattern keeps its own score (NaN stays NaN)
+    return LatticeNovelty(novelty=z.astype(np.float32), g=g, periodic_share=float(share))
 
 
-def _robust_z(image: np.ndarray) -> np.ndarray:
-    values = image[np.isfinite(image)]
-    median = np.median(values)
-    mad = 1.4826 * np.median(np.abs(values - median))
-    return (image - median) / (mad if mad > 0 else (values.std() or 1.0))
+def robust_z(values: np.ndarray) -> np.ndarray:
+    """(v − median) / (1.4826 · MAD) over the finite values (NaN stays NaN): z-scores that a few
+    outliers (the defects) do not inflate; the standard deviation when the MAD is 0."""
+    values = np.asarray(values, np.float64)
+    finite = values[np.isfinite(values)]
+    median = np.median(finite)
+    mad = 1.4826 * np.median(np.abs(finite - median))
+    return (values - median) / (mad if mad > 0 else (finite.std() or 1.0))

@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import circular
-from ..processing.novelty import detector_blocks, lattice_novelty
+from ..processing.novelty import detector_blocks, lattice_novelty, robust_z
 from ..units import length_factor
+from . import circular
 from .data import as_patterns, check_finite
 from .model import RVAE
 
@@ -292,14 +292,6 @@ def novelty_scores(residuals: np.ndarray) -> np.ndarray:
     """
     r = np.asarray(residuals, np.float64)
     return robust_z((r * r).sum(1))
-
-
-def robust_z(values: np.ndarray) -> np.ndarray:
-    """(v − median) / (1.4826 · MAD): z-scores that a few outliers (the defects) do not inflate."""
-    values = np.asarray(values, np.float64)
-    median = np.median(values)
-    mad = 1.4826 * np.median(np.abs(values - median))
-    return (values - median) / (mad if mad > 0 else (values.std() or 1.0))
 
 
 def symmetric_angle(angle: np.ndarray, n: int) -> np.ndarray:

@@ -146,7 +146,7 @@ def main() -> None:
     args = parser.parse_args()
     configs = {"old": OLD, "new": {}}
     names = args.configs.split(",")
-    header = (f"{'data':<16}{'config':<8}{'|r|':>14}{'rho':>16}{'R':>7}{'contrast':>16}{'top1%':>12}{'s':>12}")
+    header = (f"{'data':<16}{'config':<8}{'|r|':>14}{'rho':>17}{'R':>11}{'contrast':>16}{'top1%':>12}{'s':>12}")
     print(header)
     for defect in args.defects.split(","):
         for dose_name in args.doses.split(","):
@@ -159,7 +159,7 @@ def main() -> None:
                 print(_row(label, name, rows), flush=True)
             base = [baselines(case) for case in cases]
             print(f"{label:<16}{'COM':<8}{_stat([b['com_r'] for b in base]):>14}"
-                  f"{'':>16}{'':>7}{_stat([b['pca_contrast'] for b in base], 1):>16}"
+                  f"{'':>17}{'':>11}{_stat([b['pca_contrast'] for b in base], 1):>16}"
                   f"{_stat([b['pca_top'] for b in base], 2):>12}   (PCA residual novelty)", flush=True)
             print(f"{label:<16}{'PCA+COM':<8}{_stat([b['pca_com_r'] for b in base]):>14}", flush=True)
 
@@ -172,8 +172,8 @@ def _stat(values: list[float], digits: int = 3) -> str:
 
 
 def _row(label: str, name: str, rows: list[dict[str, float]]) -> str:
-    return (f"{label:<16}{name:<8}{_stat([r['r'] for r in rows]):>14}{_stat([r['rho'] for r in rows]):>16}"
-            f"{_stat([r['R'] for r in rows], 2):>7}{_stat([r['contrast'] for r in rows], 1):>16}"
+    return (f"{label:<16}{name:<8}{_stat([r['r'] for r in rows]):>14}{_stat([r['rho'] for r in rows]):>17}"
+            f"{_stat([r['R'] for r in rows], 2):>11}{_stat([r['contrast'] for r in rows], 1):>16}"
             f"{_stat([r['top'] for r in rows], 2):>12}{_stat([r['s'] for r in rows], 0):>12}")
 
 

@@ -14,7 +14,11 @@ GB/s for:
 - ``thin-gemm engine``: the engine as it was before its matrix–vector path (every mask
   group one thin BLAS gemm), single-threaded;
 - ``per-pattern loop``: a straightforward per-pattern numpy COM (float64, one pattern at
-  a time), timed on a subset of the frames.
+  a time), timed on a subset of the frames;
+- ``LiberTEM CoMUDF``: when LiberTEM is installed (an optional benchmark dependency, never a
+  runtime one: ``pip install libertem``), its centre-of-mass UDF on the same array (a
+  ``memory`` data set in memory, a ``npy`` data set on disk) with the inline executor (one
+  thread, LiberTEM's own tiling) and with a ``threads`` executor of the engine's thread count.
 
 Ratios are printed against the floor and the loop measured in the same run (these
 machines are shared and noisy: every timing is the best of ``--repeat`` runs).
@@ -79,6 +83,31 @@ def com_loop(data: np.ndarray, n_frames: int) -> np.ndarray:
     return out
 
 
+def libertem_rows(array: np.ndarray, det: int, repeat: int, gb: float, threads: int) -> list[tuple[str, float]]:
+    """GB/s of LiberTEM's CoMUDF on ``array`` (inline and threaded), or nothing without LiberTEM."""
+    try:
+        from libertem.api import Context
+        from libertem.udf.com import CoMUDF
+    except ImportError:
+        print("(LiberTEM not installed: pip install libertem for its CoMUDF baseline)")
+        return []
+    rows = []
+    path = getattr(array, "filename", None)
+    for how, ctx in (("inline, 1 thread", Context.make_with("inline")),
+                     (f"{threads} threads", Context.make_with("threads", cpus=threads))):
+        try:
+            if path is not None:   # a memmapped .npy: LiberTEM's own npy reader
+                ds = ctx.load("npy", path=str(path), sig_dims=2)
+            else:
+                ds = ctx.load("memory", data=array, sig_dims=2)
+            udf = CoMUDF.with_params(cy=det / 2, cx=det / 2)
+            ctx.run_udf(dataset=ds, udf=udf)          # warm-up: numba compilation
+            rows.append((f"LiberTEM CoMUDF, {how}", gb / best_time(lambda: ctx.run_udf(dataset=ds, udf=udf), repeat)))
+        finally:
+            ctx.close()
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size-gb", type=float, default=1.07, help="data size in GB (default 1.07)")
@@ -135,8 +164,11 @@ def main(argv: list[str] | None = None) -> int:
             many = gb / best_time(lambda: reduce_masks(target, stack), args.repeat)
             how = "dask threads" if lazy is not None else f"{threads} threads"
             rows.append((f"engine {name}, {how}", many))
-        whole = gb / best_time(lambda: compute_com(target), 1)
+        if lazy is None:
+            rows += libertem_rows(array, det, args.repeat, gb, threads)
+        whole = gb / best_time(lambda: compute_com(target), args.repeat)
         rows.append(("compute_com (detect disk + pass + rotation)", whole))
+        engine_default = dict(rows)[f"engine COM (3 masks), {how}"]
         print(f"\n== {label} ({gb:.2f} GB float32) ==")
         print(f"{'':52s} {'GB/s':>7s} {'/floor':>7s} {'/loop':>7s}")
         for name, rate in rows:
@@ -148,6 +180,13 @@ def main(argv: list[str] | None = None) -> int:
         total = check["com_total"].reshape(-1)[k]
         err = np.max(np.abs(check["com_y"].reshape(-1)[k] / total + center[0] - ref[:, 1]))
         print(f"max |COM engine − COM loop| over {len(ref)} patterns: {err:.2e} px")
+        print(f"compute_com end to end / the engine's pass (3 masks, {how}): {whole / engine_default:.2f}")
+        libertem = [rate for name, rate in rows if name.startswith("LiberTEM")]
+        if libertem:
+            best = max(libertem)
+            print("engine / LiberTEM CoMUDF (the faster of each): COM "
+                  f"{max(r for n, r in rows if n.startswith('engine COM (3')) / best:.2f}, COM+BF+ADF "
+                  f"{max(r for n, r in rows if n.startswith('engine COM+BF')) / best:.2f}")
 
     # Warm up: imports and first-call costs are not throughput.
     compute_com(data[:2, :4])

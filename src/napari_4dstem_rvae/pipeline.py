@@ -148,9 +148,20 @@ def run(source: str | os.PathLike | Dataset4D, out: str | os.PathLike = "out", *
     ``client`` (a ``distributed.Client`` or a scheduler address) or ``workers`` (a local
     cluster of that many worker processes): the COM pass and the encoding of every pattern
     run on the cluster (training itself stays in this process).
+    Started by ``torchrun --nproc_per_node N`` (``WORLD_SIZE`` > 1 in the environment), the
+    processes train one model together (:mod:`rvae.parallel`: each reads its share of every
+    minibatch; gloo on CPUs, NCCL on GPUs); rank 0 writes the checkpoints, the results and the
+    log, the other ranks return ``None`` for each entry.
     Returns the written paths and the :class:`rvae.RVAEResult`.
     """
     from .results import claim_output
+    from .rvae.parallel import init_from_environment, share_of_threads
+
+    rank, ranks = init_from_environment(config_changes.get("device") or "auto")
+    if ranks > 1:
+        if client is not None or workers is not None:
+            raise ValueError("--scheduler/--workers cannot be combined with torchrun: use one or the other")
+        config_changes["threads"] = share_of_threads(config_changes.get("threads"))
 
     inputs = [source] if not isinstance(source, Dataset4D) else [source.source]
     if not isinstance(resume, bool) and resume is not None:
@@ -158,6 +169,10 @@ def run(source: str | os.PathLike | Dataset4D, out: str | os.PathLike = "out", *
     results_file, png_file = _output_paths(out, "results", inputs)
     if png_file.name == "results.png":
         png_file = png_file.with_name("overview.png")
+    if rank:  # trains along with rank 0: reads the same checkpoint, writes nothing, prints nothing
+        return _run(source, results_file, png_file, read_options=read_options, bin_to=bin_to, roi=roi,
+                    config=config, log=lambda *_: None, com_result=com_result, images=images, resume=resume,
+                    checkpoint_every=checkpoint_every, **config_changes)
     if workers is not None and int(workers) < 1:
         raise ValueError(f"--workers must be at least 1, got {workers}")
     with claim_output(results_file, inputs), _cluster(client, workers, log) as dask_client:
@@ -230,6 +245,13 @@ def _run(source: Any, results_file: Path, png_file: Path, *, read_options: dict 
         f"{'Poisson' if counts else 'Gaussian'} noise; epoch selection: {describe(cfg, True)}"
         + (f"; {cfg.restarts} restarts" if cfg.restarts > 1 else ""))
     cfg = cfg.replace(likelihood=likelihood)
+    from .rvae.parallel import world
+
+    if world()[1] > 1:
+        import torch.distributed as dist
+
+        log(f"training on {world()[1]} processes together (torchrun, {dist.get_backend()}; "
+            f"{cfg.threads or 'default'} threads each); this process writes the results")
     checkpoint = results_file.with_name(results_file.stem + ".checkpoint.pt")
     start_from = None
     if resume is not True and resume not in (False, None):
@@ -276,6 +298,8 @@ def _run(source: Any, results_file: Path, png_file: Path, *, read_options: dict 
             raise
         log(f"the checkpoint {start_from} does not fit this run ({exc}); starting afresh")
         result = fit(prepared, cfg, **fit_args)
+    if result is None:  # another rank of a torchrun job: rank 0 writes the results
+        return {"results": None, "overview": None, "result": None}
     parameters = {"bin_to": bin_to, "bin_factor": factor, "likelihood": result.config.likelihood,
                   "roi_positions": None if roi is None else int(roi.sum()),
                   "epoch_selection": describe(result.config, True), "rvae": result.config.to_dict(),

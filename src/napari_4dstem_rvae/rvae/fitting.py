@@ -81,7 +81,7 @@ def fit(data: Any, config: RVAEConfig | dict[str, Any] | None = None, *, roi_mas
         epochs: int | None = None, stop: threading.Event | None = None,
         callback: Callable[[TrainEvent], Any] | None = None, checkpoint_path: Any = None,
         checkpoint_every: int | None = 0, resume: Any = None, encoder: Callable[[Any], Any] | None = None,
-        **changes: Any) -> RVAEResult:
+        **changes: Any) -> RVAEResult | None:
     """Train an rVAE on ``data`` and map every probe position.
 
     Parameters
@@ -121,6 +121,9 @@ def fit(data: Any, config: RVAEConfig | dict[str, Any] | None = None, *, roi_mas
 
     With ``config.restarts`` > 1 the model that goes on is picked by held-out loss after a
     short competition (:func:`start`).
+
+    In a process group (``torchrun``, :mod:`.parallel`) every rank trains on its share of each
+    minibatch; rank 0 returns the result, the other ranks ``None``.
     """
     if config is None:
         config = RVAEConfig()
@@ -144,6 +147,10 @@ def fit(data: Any, config: RVAEConfig | dict[str, Any] | None = None, *, roi_mas
             callback(event)
         stopped = event.kind == "stopped"
     trainer.finish()
+    from .parallel import is_main
+
+    if not is_main():  # torchrun: the other ranks trained along; rank 0 makes the maps
+        return None
     return RVAEResult.from_trainer(trainer, stopped=stopped, maps=None if encoder is None else encoder(trainer.model))
 
 

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import checkpoint, selection
+from . import checkpoint, parallel, selection
 from .config import COUNT_LIKELIHOOD, RVAEConfig
 from .data import (
     TrainingSource,
@@ -263,6 +263,10 @@ class Trainer:
         model.train()
         n_pixels = model.n_pixels
         subset = cfg.pixels_per_step is not None and cfg.pixels_per_step < n_pixels
+        ranks = parallel.world()[1]        # > 1: one of several data-parallel processes (torchrun)
+        main = parallel.is_main()
+        if ranks > 1:
+            parallel.broadcast_parameters(model)
         while self.epoch < target:
             if self._plan is None:
                 self._plan = self.epoch_plan()
@@ -271,14 +275,15 @@ class Trainer:
             beta = self.kl_weight_at(self.epoch)
             while self._position < self._plan.numel():
                 if stop is not None and stop.is_set():
-                    if checkpoint_path is not None:
+                    if checkpoint_path is not None and main:
                         self.save(checkpoint_path)
                     yield self._event("stopped", target, message=(
                         f"stopped in epoch {self.epoch + 1} after step {self.step}; run again to continue"))
                     return
                 started = time.perf_counter()
                 index = self._plan[self._position:self._position + cfg.batch_size]
-                x, y = model.prepare(self._source.batch(index).to(self.device, non_blocking=True))
+                mine = parallel.local_share(index)   # this rank's patterns of the minibatch
+                x, y = model.prepare(self._source.batch(mine).to(self.device, non_blocking=True))
                 pixels = None
                 if subset:
                     pixels = torch.randperm(n_pixels, generator=self.generator)[:cfg.pixels_per_step]
@@ -286,12 +291,17 @@ class Trainer:
                 lr = self.learning_rate_at(self.epoch + self._position / self._plan.numel())
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
-                loss, parts = model.loss(x, y, self.device_generator, pixels, beta)
-                loss_value = float(loss.detach())
+                self.optimizer.zero_grad(set_to_none=True)
+                if mine.numel():
+                    loss, parts = model.loss(x, y, self.device_generator, pixels, beta)
+                    loss.backward()
+                    loss_value = float(loss.detach())
+                else:  # a minibatch smaller than the number of ranks
+                    loss_value, parts = 0.0, {name: torch.zeros(()) for name in PARTS}
+                if ranks > 1:  # the whole minibatch's gradient on every rank, the same step everywhere
+                    loss_value = parallel.average_gradients(model, loss_value, mine.numel(), index.numel())
                 if not math.isfinite(loss_value):
                     self._diverged()
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
                 self.optimizer.step()
                 self._position += index.numel()
                 self.step += 1
@@ -331,10 +341,10 @@ class Trainer:
             event = self._event("epoch", target, train_loss=train_loss, train_parts=train_parts,
                                 test_loss=test_loss, test_parts=test_parts, kl_weight=beta,
                                 diagnostics=diagnostics)
-            if checkpoint_path is not None and checkpoint_every and self.epoch % checkpoint_every == 0:
+            if checkpoint_path is not None and checkpoint_every and self.epoch % checkpoint_every == 0 and main:
                 self.save(checkpoint_path)
             yield event
-        if checkpoint_path is not None:
+        if checkpoint_path is not None and main:
             self.save(checkpoint_path)
         yield self._event("finished", target, message=f"finished {self.epoch} epochs")
 

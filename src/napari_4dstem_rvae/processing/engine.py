@@ -486,10 +486,14 @@ def sample_mean_pattern(data: Any, max_frames: int = 1024, max_rows: int = 8) ->
     count = 0
     for r in rows:
         frames = np.asarray(_computed(data[int(r), ::step]))
-        finite = np.isfinite(frames) if frames.dtype.kind in "fc" else None
-        if finite is not None and not finite.all():
-            frames = np.where(finite, frames, 0)
-        total += frames.sum(axis=0, dtype=np.float64)
+        # ≤ 4-byte data summed in float32 (a row holds ≤ max_frames patterns: ample for finding
+        # the disk, and 2-3× faster than a float64 sum); a NaN/Inf shows in the row's sum
+        small = frames.dtype.itemsize <= 4 and frames.dtype.kind in "fiub"
+        row = frames.sum(axis=0, dtype=np.float32 if small else np.float64)
+        if frames.dtype.kind in "fc" and not np.isfinite(row).all():
+            frames = np.where(np.isfinite(frames), frames, 0)
+            row = frames.sum(axis=0, dtype=np.float64)
+        total += row
         count += frames.shape[0]
     return total / count
 

@@ -74,10 +74,13 @@ def test_stem_rvae_run_with_local_workers_equals_one_process(tmp_path):
     one = subprocess.run([str(exe), *common, "--out", str(tmp_path / "one.h5")], capture_output=True, text=True,
                          timeout=300)
     assert one.returncode == 0, one.stderr[-2000:]
-    two = subprocess.run([str(exe), *common, "--workers", "2", "--out", str(tmp_path / "two.h5")],
+    two = subprocess.run([str(exe), *common, "--workers", "2", "--reduced", "always", "--out", str(tmp_path / "two.h5")],
                          capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-2000:]
     assert "local cluster of 2 worker processes" in two.stdout and "on the cluster" in two.stdout
+    # the binned patterns were written once to a store that training and encoding read, then removed
+    assert "written once to" in two.stdout and str(tmp_path / "two.reduced.zarr") in two.stdout
+    assert not (tmp_path / "two.reduced.zarr").exists()
     assert "tasks done" in two.stdout  # progress over the cluster's futures
     with h5py.File(tmp_path / "one.h5", "r") as a, h5py.File(tmp_path / "two.h5", "r") as b:
         for name in ("angle", "latents", "com/com_x", "com/com_y"):
@@ -98,11 +101,13 @@ def test_torchrun_two_processes_train_one_model_as_well_as_one_process(tmp_path)
                           "--out", str(tmp_path / "one.h5")], capture_output=True, text=True, timeout=400)
     assert one.returncode == 0, one.stderr[-2000:]
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                          "-m", "napari_4dstem_rvae.cli", *common, "--out", str(tmp_path / "two.h5")],
+                          "-m", "napari_4dstem_rvae.cli", *common, "--reduced", "always",
+                          "--out", str(tmp_path / "two.h5")],
                          capture_output=True, text=True, timeout=400)
     assert two.returncode == 0, two.stderr[-3000:]
     assert "training on 2 processes together (torchrun, gloo; 1 threads each)" in two.stdout
     assert two.stdout.count("results: ") == 1          # one rank prints and writes
+    assert two.stdout.count("written once to") == 1    # rank 0 wrote the reduced store, rank 1 waited and read it
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one.h5", "one_overview.png", "scan.h5",
                                                           "two.h5", "two_overview.png"]  # no checkpoint left
 
@@ -117,3 +122,40 @@ def test_torchrun_two_processes_train_one_model_as_well_as_one_process(tmp_path)
     r_one, r_two = quality(tmp_path / "one.h5"), quality(tmp_path / "two.h5")
     assert r_one > 0.95 and r_two > 0.95, (r_one, r_two)
     assert abs(r_one - r_two) < 0.03, (r_one, r_two)
+
+
+def test_reduced_store_is_written_once_reused_after_a_crash_and_never_over_foreign_files(tmp_path):
+    import dask.array as da
+
+    from napari_4dstem_rvae import read
+    from napari_4dstem_rvae.processing.chain import prepare_for_rvae, remove_reduced_store
+
+    ds = graphene(scan_shape=(10, 12), det_shape=(64, 64), seed=3, dose=1e4)
+    lazy = read(save_dataset(ds, tmp_path / "scan.h5"))
+    assert lazy.is_lazy
+    plain = prepare_for_rvae(lazy, 32)                                  # small: computed into memory
+    assert not plain.is_lazy
+    store = tmp_path / "r.reduced.zarr"
+    assert not prepare_for_rvae(lazy, 32, store=store).is_lazy          # auto: fits, no store
+    assert not store.exists()
+    said = []
+    stored = prepare_for_rvae(lazy, 32, store=store, reduced="auto", limit=1000, log=said.append)  # too big
+    assert stored.is_lazy and store.exists() and "written once" in said[0]
+    np.testing.assert_array_equal(np.asarray(stored.data), np.asarray(plain.data))
+    assert stored.calibration == plain.calibration
+    # a rerun after a crash reads the complete store again instead of re-binning the file
+    said.clear()
+    again = prepare_for_rvae(lazy, 32, store=store, reduced="always", log=said.append)
+    assert said == [f"reduced patterns: reusing {store}"]
+    np.testing.assert_array_equal(np.asarray(again.data), np.asarray(plain.data))
+    # a half-written store (killed while writing) is never read: it has another name
+    remove_reduced_store(store)
+    (tmp_path / "r.reduced.zarr.partial").mkdir()
+    prepare_for_rvae(lazy, 32, store=store, reduced="always")
+    assert not (tmp_path / "r.reduced.zarr.partial").exists()
+    # someone else's data at that path are refused, untouched
+    remove_reduced_store(store)
+    da.to_zarr(da.zeros((4, 4), chunks=2), str(store))
+    with pytest.raises(ValueError, match="is not a store of reduced patterns written by this package"):
+        prepare_for_rvae(lazy, 32, store=store, reduced="always")
+    assert store.exists()

@@ -92,8 +92,8 @@ def cmd_run(args) -> int:
         raise ValueError(f"--checkpoint-every must be at least 1 epoch, got {args.checkpoint_every}")
     binning = {} if args.bin is None else {"bin_to": args.bin}
     run(args.file, args.out, read_options=_read_options(args), **binning, roi=args.roi,
-        resume=resume, checkpoint_every=args.checkpoint_every, client=getattr(args, "scheduler", None), workers=getattr(args, "workers", None),
-        **changes)
+        resume=resume, checkpoint_every=args.checkpoint_every, client=getattr(args, "scheduler", None),
+        workers=getattr(args, "workers", None), reduced=args.reduced, **changes)
     return 0
 
 
@@ -209,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="start afresh, ignoring (and replacing) a checkpoint of an earlier run")
     p.add_argument("--checkpoint-every", type=int, default=None, metavar="EPOCHS",
                    help="epochs between checkpoints (default: about 20 checkpoints per training)")
+    p.add_argument("--reduced", default="auto", choices=["auto", "always", "never"],
+                   help="write the binned patterns once to RESULTS.reduced.zarr and train and encode from it: "
+                        "when they exceed the memory budget (auto, default), always, or never (re-read the file)")
     cluster = p.add_mutually_exclusive_group()
     cluster.add_argument("--scheduler", help="dask.distributed scheduler address (e.g. tcp://host:8786): the COM "
                                              "pass and the encoding of every pattern run on its workers")

@@ -25,6 +25,7 @@ from .processing.chain import (
     RVAE_DETECTOR_PIXELS,
     detector_bin_factor,
     prepare_for_rvae,
+    remove_reduced_store,
 )
 
 
@@ -126,7 +127,8 @@ def run(source: str | os.PathLike | Dataset4D, out: str | os.PathLike = "out", *
         read_options: dict[str, Any] | None = None, bin_to: int | None = RVAE_DETECTOR_PIXELS,
         roi: Any = None, config: Any = None, log=print, com_result: Any = None, images: dict | None = None,
         resume: str | os.PathLike | bool = True, checkpoint_every: int | None = None,
-        client: Any = None, workers: int | None = None, **config_changes: Any) -> dict[str, Any]:
+        client: Any = None, workers: int | None = None, reduced: str = "auto",
+        **config_changes: Any) -> dict[str, Any]:
     """The headless rVAE pipeline: read → bin the detector to ``bin_to`` px → COM → rVAE (which
     centres its input on the mean pattern, as the study did) → ``out/results.h5`` and
     ``out/overview.png``; ``out`` may also be the results file itself (``RESULTS.h5``: the PNG
@@ -148,6 +150,11 @@ def run(source: str | os.PathLike | Dataset4D, out: str | os.PathLike = "out", *
     ``client`` (a ``distributed.Client`` or a scheduler address) or ``workers`` (a local
     cluster of that many worker processes): the COM pass and the encoding of every pattern
     run on the cluster (training itself stays in this process).
+    ``reduced``: when the binned patterns exceed the memory budget (``"auto"``), or always, they
+    are written once to ``RESULTS.reduced.zarr`` beside the results (by the cluster's workers
+    when there is one) and training and encoding read that store instead of the raw file; it
+    is reused by a rerun after a crash and removed with the checkpoint once the results are
+    written (``"never"``: read and bin the file lazily at every step).
     Started by ``torchrun --nproc_per_node N`` (``WORLD_SIZE`` > 1 in the environment), the
     processes train one model together (:mod:`rvae.parallel`: each reads its share of every
     minibatch; gloo on CPUs, NCCL on GPUs); rank 0 writes the checkpoints, the results and the
@@ -172,13 +179,14 @@ def run(source: str | os.PathLike | Dataset4D, out: str | os.PathLike = "out", *
     if rank:  # trains along with rank 0: reads the same checkpoint, writes nothing, prints nothing
         return _run(source, results_file, png_file, read_options=read_options, bin_to=bin_to, roi=roi,
                     config=config, log=lambda *_: None, com_result=com_result, images=images, resume=resume,
-                    checkpoint_every=checkpoint_every, **config_changes)
+                    checkpoint_every=checkpoint_every, reduced=reduced, **config_changes)
     if workers is not None and int(workers) < 1:
         raise ValueError(f"--workers must be at least 1, got {workers}")
     with claim_output(results_file, inputs), _cluster(client, workers, log) as dask_client:
         return _run(source, results_file, png_file, read_options=read_options, bin_to=bin_to, roi=roi,
                     config=config, log=log, com_result=com_result, images=images, resume=resume,
-                    checkpoint_every=checkpoint_every, client=dask_client, **config_changes)
+                    checkpoint_every=checkpoint_every, client=dask_client, reduced=reduced,
+                    **config_changes)
 
 
 @contextmanager
@@ -208,9 +216,26 @@ def _cluster(client: Any, workers: int | None, log: Any) -> Iterator[Any]:
         yield own
 
 
+def _prepared(ds: Dataset4D, bin_to: int | None, store: Path, reduced: str, log: Any) -> Dataset4D:
+    """The binned data the rVAE reads (:func:`prepare_for_rvae`); under torchrun rank 0 writes
+    the reduced store (when one is needed) and the other ranks wait for it, then read it."""
+    from .rvae.parallel import world
+
+    rank, ranks = world()
+    prepared = prepare_for_rvae(ds, bin_to, store=store, reduced=reduced, log=log) if rank == 0 else None
+    if ranks > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+        if rank:
+            prepared = prepare_for_rvae(ds, bin_to, store=store, reduced=reduced)
+    return prepared
+
+
 def _run(source: Any, results_file: Path, png_file: Path, *, read_options: dict | None, bin_to: int | None,
          roi: Any, config: Any, log: Any, com_result: Any, images: dict | None, resume: Any,
-         checkpoint_every: int | None, client: Any = None, **config_changes: Any) -> dict[str, Any]:
+         checkpoint_every: int | None, client: Any = None, reduced: str = "auto",
+         **config_changes: Any) -> dict[str, Any]:
     from .processing import compute_com
     from .results import overview_figure, write_results
     from .rvae import RVAEConfig, fit, resolve_likelihood
@@ -237,7 +262,8 @@ def _run(source: Any, results_file: Path, png_file: Path, *, read_options: dict 
         com_result = compute_com(ds) if client is None else compute_com(ds, client=client)
     log(f"COM: rotation {com_result.rotation_deg:.2f}°, flip {com_result.flip}")
     factor = detector_bin_factor(ds.det_shape, bin_to)
-    prepared = prepare_for_rvae(ds, bin_to)
+    store = results_file.with_name(results_file.stem + ".reduced.zarr")
+    prepared = _prepared(ds, bin_to, store, reduced, log)
     likelihood = resolve_likelihood(cfg, prepared)
     counts = looks_like_counts(as_patterns(prepared), np.arange(int(np.prod(prepared.scan_shape))))
     log(f"rVAE input: {prepared.shape} (detector binned ×{factor}), {'counts' if counts else 'not counts'}; "
@@ -285,8 +311,9 @@ def _run(source: Any, results_file: Path, png_file: Path, *, read_options: dict 
 
         from .processing.chain import preprocess
 
-        # the workers read and bin their own blocks of the file (not the copy in this process)
-        lazy = preprocess(ds, bin_detector=factor) if factor > 1 else ds
+        # the workers read their own blocks: of the reduced store when there is one, else of
+        # the file, binned as they read (not the copy in this process)
+        lazy = prepared if prepared.is_lazy else (preprocess(ds, bin_detector=factor) if factor > 1 else ds)
         fit_args["encoder"] = lambda model: encode_on_cluster(model, lazy, client, novelty=True,
                                                               submitted=announce)
     try:
@@ -317,6 +344,7 @@ def _run(source: Any, results_file: Path, png_file: Path, *, read_options: dict 
                                  parameters=parameters, **_results_args(ds))
     if checkpoint.exists():
         checkpoint.unlink()  # the results hold everything now; a new run starts afresh
+    remove_reduced_store(store)
     adf = overview.get("adf", overview["sum"])
     png = overview_figure(png_file, result, adf=adf, com=com_result, calibration=ds.calibration)
     log(f"latent–COM magnitude r: {', '.join(f'{r:+.3f}' for r in result.latent_r)}; "

@@ -86,7 +86,8 @@ def cmd_run(args) -> int:
     selection = "last" if args.last_epoch else args.epoch_selection
     changes = {"latent_dim": args.latent, "epochs": args.epochs, "learn_shift": True if args.shift else None,
                "seed": args.seed, "threads": args.threads, "device": args.device, "epoch_selection": selection,
-               "likelihood": args.likelihood, "restarts": args.restarts, "angle_symmetry": args.symmetry}
+               "likelihood": args.likelihood, "restarts": args.restarts, "angle_symmetry": args.symmetry,
+               "train_positions": args.train_positions}
     resume = args.resume if args.resume is not None else not args.fresh
     if args.checkpoint_every is not None and args.checkpoint_every < 1:
         raise ValueError(f"--checkpoint-every must be at least 1 epoch, got {args.checkpoint_every}")
@@ -209,6 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="start afresh, ignoring (and replacing) a checkpoint of an earlier run")
     p.add_argument("--checkpoint-every", type=int, default=None, metavar="EPOCHS",
                    help="epochs between checkpoints (default: about 20 checkpoints per training)")
+    p.add_argument("--train-positions", type=int, default=None, metavar="N",
+                   help="train on N positions of the region, a subsample stratified over the scan (default: as many "
+                        "as the step budget visits, 153,600; every position with --epochs); maps cover the whole scan")
     p.add_argument("--reduced", default="auto", choices=["auto", "always", "never"],
                    help="write the binned patterns once to RESULTS.reduced.zarr and train and encode from it: "
                         "when they exceed the memory budget (auto, default), always, or never (re-read the file)")

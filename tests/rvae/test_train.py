@@ -425,3 +425,34 @@ def test_signal_rms_of_counts_uses_the_known_poisson_noise():
     anscombe = signal_rms(patterns, index, None, 0, fallback=1.0, counts=True, poisson=True)
     # after 2√(y + 3/8) the signal's RMS is about the raw one / √mean
     assert abs(anscombe / np.sqrt(np.mean((0.3 * profile) ** 2 / (3.0 * profile))) - 1) < 0.15
+
+
+def test_a_stratified_subsample_of_a_huge_region_trains_and_spreads_over_the_scan():
+    from napari_4dstem_rvae.rvae.data import split_positions, stratified_sample
+
+    rng = np.random.default_rng(0)
+    chosen = np.arange(60 * 80)
+    sample = stratified_sample(chosen, (60, 80), 300, rng)
+    assert sample.size == 300 and np.unique(sample).size == 300
+    # every 4 × 4 tile (16 positions for 300 of 4,800: one per tile) gets exactly one
+    tiles = (sample // 80 // 4) * 20 + (sample % 80) // 4
+    assert np.bincount(tiles, minlength=300).max() == 1
+    # a plain random draw of the same size leaves tiles empty and doubles others
+    plain = rng.choice(chosen, 300, replace=False)
+    assert np.bincount((plain // 80 // 4) * 20 + (plain % 80) // 4, minlength=300).max() > 1
+    # the region mask is honoured; the split is deterministic for a seed
+    roi = np.zeros((60, 80), bool)
+    roi[10:50, 5:45] = True
+    train, test = split_positions(roi, 4800, 0.25, 7, (60, 80), 400)
+    both = np.concatenate([train, test])
+    assert both.size == 400 and roi.ravel()[both].all() and test.size == 100
+    again = split_positions(roi, 4800, 0.25, 7, (60, 80), 400)
+    assert np.array_equal(again[0], train)
+    # the trainer uses it; the maps still cover every position
+    data = comet_data(scan=(10, 12))[0]
+    trainer = Trainer(data, RVAEConfig(**TINY, epochs=1, train_positions=40))
+    assert trainer.train_index.size + trainer.test_index.size == 40
+    maps = trainer.maps()
+    assert maps.angle.shape == (10, 12) and np.isfinite(maps.angle).all()
+    with pytest.raises(ValueError, match="train_positions"):
+        RVAEConfig(train_positions=1)

@@ -112,6 +112,11 @@ class RVAEConfig:
         of the reconstruction term, scaled to the full pixel count); ``None``: all pixels.
     test_fraction
         Fraction of the training positions held out for the test loss (0 for none).
+    train_positions
+        Positions drawn from the region for training and the held-out loss, as a subsample
+        stratified over the scan when the region is larger (a huge scan need not be read
+        whole to train); ``None``: as many as the step budget visits (``steps × batch_size``,
+        153,600 by default), or all with ``epochs`` given. The maps always cover every position.
     seed
         Seed of the run's own random generators (split, shuffling, sampling).
     normalise
@@ -169,6 +174,7 @@ class RVAEConfig:
     lr_final: float = 0.05
     pixels_per_step: int | None = 256
     test_fraction: float = 0.25
+    train_positions: int | None = None
     seed: int = 0
     normalise: str = "auto"
     device: str = "auto"
@@ -182,6 +188,15 @@ class RVAEConfig:
     def steps_per_epoch(self, n_train: int) -> int:
         """Optimisation steps of one epoch over ``n_train`` training positions."""
         return max(1, math.ceil(int(n_train) / self.batch_size))
+
+    def max_train_positions(self) -> int | None:
+        """Positions (training and held-out) drawn from the region: ``train_positions``, or by
+        default, when the training length is a step budget, as many as that budget visits
+        (``steps × batch_size``: every drawn position is seen about once); all of them when
+        ``epochs`` is given. Fewer than the region: a subsample stratified over the scan."""
+        if self.train_positions is not None:
+            return int(self.train_positions)
+        return None if self.epochs is not None else self.steps * self.batch_size
 
     def epochs_for(self, n_train: int) -> int:
         """Epochs trained for ``n_train`` training positions: ``epochs``, or about ``steps``
@@ -249,6 +264,8 @@ class RVAEConfig:
             fail("pixels_per_step", "≥ 1 or None (all pixels)")
         if not 0 <= self.test_fraction < 1:
             fail("test_fraction", "in [0, 1)")
+        if self.train_positions is not None and self.train_positions < 2:
+            fail("train_positions", "at least 2 (or None)")
         if self.normalise not in NORMALISATIONS:
             fail("normalise", f"one of {NORMALISATIONS}")
         if self.device not in DEVICES:

@@ -146,13 +146,41 @@ def n_test_of(n_chosen: int, test_fraction: float) -> int:
 
 
 def split_positions(roi_mask: np.ndarray | None, n_positions: int, test_fraction: float,
-                    seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted flat indices of the training and test positions (``numpy.random.default_rng(seed)``)."""
+                    seed: int, scan_shape: tuple[int, int] | None = None,
+                    max_positions: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted flat indices of the training and test positions (``numpy.random.default_rng(seed)``).
+
+    With ``max_positions`` smaller than the region (a huge scan), a subsample of that size
+    stratified over the scan (:func:`stratified_sample`) is split instead."""
     chosen = np.arange(n_positions) if roi_mask is None else np.flatnonzero(roi_mask.ravel())
     rng = np.random.default_rng(seed)
+    if max_positions is not None and chosen.size > max_positions:
+        if scan_shape is None:
+            raise ValueError("split_positions: a subsample needs the scan shape")
+        chosen = stratified_sample(chosen, scan_shape, int(max_positions), rng)
     order = rng.permutation(chosen)
     n_test = n_test_of(chosen.size, test_fraction)
     return np.sort(order[n_test:]), np.sort(order[:n_test])
+
+
+def stratified_sample(chosen: np.ndarray, scan_shape: tuple[int, int], size: int,
+                      rng: np.random.Generator) -> np.ndarray:
+    """``size`` of the flat positions ``chosen``, spread evenly over the scan: the scan is cut
+    into square tiles of about ``len(chosen) / size`` positions, the positions of each tile
+    are shuffled, and the sample takes every tile's first position, then every tile's second,
+    … (in random order within each round) — so no tile gets a second sample before every tile
+    has one. Sorted flat indices."""
+    size = max(1, min(int(size), chosen.size))
+    ny, nx = int(scan_shape[0]), int(scan_shape[1])
+    side = max(1, int(np.floor(np.sqrt(chosen.size / size))))
+    tile = (chosen // nx // side) * (-(-nx // side)) + (chosen % nx) // side
+    shuffled = rng.permutation(chosen.size)
+    by_tile = shuffled[np.argsort(tile[shuffled], kind="stable")]    # shuffled within each tile
+    tiles = tile[by_tile]
+    starts = np.searchsorted(tiles, tiles, side="left")
+    round_ = np.arange(by_tile.size) - starts                        # 0 for each tile's first, …
+    order = np.lexsort((rng.random(by_tile.size), round_))
+    return np.sort(chosen[by_tile[order[:size]]])
 
 
 class TrainingSource:

@@ -133,7 +133,8 @@ class Trainer:
             raise ValueError(f"latent_dim={cfg.latent_dim} must be smaller than the number of detector "
                              f"pixels used ({n_det})")
         self.train_index, self.test_index = split_positions(
-            self.roi_mask, patterns.n_positions, cfg.test_fraction, cfg.seed)
+            self.roi_mask, patterns.n_positions, cfg.test_fraction, cfg.seed, patterns.scan_shape,
+            cfg.max_train_positions())
         if cfg.latent_dim > self.train_index.size:
             raise ValueError(f"latent_dim={cfg.latent_dim} is more than the {self.train_index.size} "
                              f"training positions: use fewer latents or a larger region")

@@ -190,6 +190,20 @@ def run(source: str | os.PathLike | Dataset4D, out: str | os.PathLike = "out", *
 
 
 @contextmanager
+def connect_scheduler(address: str, what: str = "scheduler", timeout: float = 20) -> Iterator[Any]:
+    """A ``distributed.Client`` connected to the scheduler at ``address``, closed afterwards; a
+    ValueError naming ``what`` (the option or field) when nothing answers there."""
+    from distributed import Client
+
+    try:
+        client = Client(address, timeout=timeout)
+    except (OSError, TimeoutError, ValueError, TypeError) as exc:
+        raise ValueError(f"{what} {address}: no dask scheduler answers there ({exc})") from None
+    with client:
+        yield client
+
+
+@contextmanager
 def _cluster(client: Any, workers: int | None, log: Any) -> Iterator[Any]:
     """The ``distributed.Client`` of a run: the one given, one connected to an address, a local
     cluster of ``workers`` processes, or None (this process only)."""
@@ -202,11 +216,7 @@ def _cluster(client: Any, workers: int | None, log: Any) -> Iterator[Any]:
         yield client
         return
     if client is not None:
-        try:
-            own = Client(client, timeout=20)
-        except (OSError, TimeoutError) as exc:
-            raise ValueError(f"--scheduler {client}: no dask scheduler answers there ({exc})") from None
-        with own:
+        with connect_scheduler(client, "--scheduler") as own:
             log(f"dask: {client}, {len(own.scheduler_info()['workers'])} workers; dashboard {own.dashboard_link}")
             yield own
         return

@@ -82,6 +82,36 @@ def test_com_widget_layers_match_compute_com(viewer_with_data, qtbot):
     assert all(w.enabled for w in widget._controls)
 
 
+def test_com_widget_runs_on_a_dask_scheduler_given_by_address(viewer_with_data, qtbot, monkeypatch):
+    from distributed import LocalCluster
+
+    viewer, adf, ds = viewer_with_data
+    widget = _dock(viewer).com
+    widget.auto_rotation.value = False
+    widget.rotation.value = 0.0
+    widget.flip.value = "no"
+    _click(qtbot, widget.run_button)
+    _wait(qtbot, widget)
+    here = viewer.layers["disks COM x"].data.copy()
+    n_layers = len(viewer.layers)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster:
+        widget.scheduler.value = cluster.scheduler_address
+        _click(qtbot, widget.run_button)
+        _wait(qtbot, widget)
+        assert f"on {cluster.scheduler_address} (dashboard http" in widget.status.value
+        assert cluster.scheduler.task_prefixes   # the fresh cluster's workers ran the pass
+    assert len(viewer.layers) == n_layers                       # the same layers, updated
+    np.testing.assert_allclose(viewer.layers["disks COM x"].data, here, rtol=1e-6, atol=1e-7)
+    messages = []
+    monkeypatch.setattr("napari_4dstem_rvae._napari.com_widget.notify_error", messages.append)
+    widget.scheduler.value = "tcp://127.0.0.1:9"                # nothing listens there
+    _click(qtbot, widget.run_button)
+    _wait(qtbot, widget)
+    assert len(messages) == 1 and "dask scheduler tcp://127.0.0.1:9: no dask scheduler answers there" in messages[0]
+    assert len(viewer.layers) == n_layers
+    assert all(w.enabled for w in widget._controls)
+
+
 def test_com_widget_bad_mask_is_a_notification(viewer_with_data, qtbot, monkeypatch):
 
     messages = []

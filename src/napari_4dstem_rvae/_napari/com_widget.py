@@ -3,7 +3,8 @@
 Choose the data set, the mask, the reference and the scan rotation (auto: exact curl
 minimisation, or manual); the maps come back as layers aligned with the ADF image:
 COM x and y, magnitude, angle (cyclic colormap), a colour-wheel composite of direction and
-magnitude, divergence and curl. Re-running updates the layers by name.
+magnitude, divergence and curl. Re-running updates the layers by name. With a dask
+scheduler address the pass runs on that cluster's workers (the status names its dashboard).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from magicgui.widgets import (
     Container,
     FloatSpinBox,
     Label,
+    LineEdit,
     PushButton,
 )
 
@@ -112,13 +114,16 @@ class COMWidget(WorkerMixin, Container):
         self.auto_rotation = CheckBox(label="auto rotation (min curl)", value=COMOptions.rotation == "auto")
         self.rotation = FloatSpinBox(label="rotation (deg)", value=0.0, min=-360, max=360, step=1)
         self.flip = ComboBox(label="flip", choices=["auto", "no", "yes"], value="auto")
+        self.scheduler = LineEdit(label="dask scheduler", value="")
+        self.scheduler.tooltip = ("optional: the address of a dask.distributed scheduler (tcp://host:8786); the "
+                                  "pass then runs on its workers, which must see the data set's file")
         self.run_button = PushButton(text="Compute COM")
         self.status = Label(value="")
         self.status.native.setWordWrap(True)
         self._option_fields = [self.mask, self.unit, self.radius, self.inner, self.outer, self.threshold,
                                self.reference]
         self.extend([self.layer, *self._option_fields, self.auto_rotation, self.rotation, self.flip,
-                     self.run_button])
+                     self.scheduler, self.run_button])
         self.native.layout().addWidget(self.status.native)  # full width, wrapped
         self._controls = [w for w in self if w is not self.status]
         self.mask.changed.connect(self._update_visibility)
@@ -156,7 +161,18 @@ class COMWidget(WorkerMixin, Container):
             notify_error(str(exc))
             return None
         options = self.options()
-        self.status.value = "computing …"
+        address = self.scheduler.value.strip() or None
+        self.status.value = "computing …" if address is None else f"computing on {address} …"
+        cluster = {}
+
+        def work():
+            if address is None:
+                return compute_com(dataset, options)
+            from ..pipeline import connect_scheduler
+
+            with connect_scheduler(address, "dask scheduler", timeout=10) as client:
+                cluster["dashboard"] = client.dashboard_link
+                return compute_com(dataset, options, client=client)
 
         def done(com):
             self.last_result = com
@@ -169,7 +185,8 @@ class COMWidget(WorkerMixin, Container):
             problem = com.rotation.problem if com.rotation is not None else None
             how = "given" if com.rotation is None else "calibrated" if problem is None else "fallback"
             self.status.value = (f"rotation {com.rotation_deg:.2f}° ({how}), flip {'yes' if com.flip else 'no'}, "
-                                 f"reference {com.reference}")
+                                 f"reference {com.reference}"
+                                 + (f"; on {address} (dashboard {cluster.get('dashboard')})" if address else ""))
             if problem is not None:
                 notify_warning(f"COM of '{dataset.name}': the automatic scan rotation is unreliable "
                                f"({problem}); 0° is used instead — set the rotation by hand if you know it.")
@@ -178,5 +195,5 @@ class COMWidget(WorkerMixin, Container):
             self.status.value = "failed"
             notify_error(f"COM of '{dataset.name}' failed: {friendly_error(exc)}")
 
-        return self.run_worker(lambda: compute_com(dataset, options), controls=self._controls,
+        return self.run_worker(work, controls=self._controls,
                                on_returned=done, on_error=failed)

@@ -159,3 +159,13 @@ def test_reduced_store_is_written_once_reused_after_a_crash_and_never_over_forei
     with pytest.raises(ValueError, match="is not a store of reduced patterns written by this package"):
         prepare_for_rvae(lazy, 32, store=store, reduced="always")
     assert store.exists()
+
+
+def test_torchrun_is_refused_in_one_sentence_for_commands_other_than_run(tmp_path):
+    ds = graphene(scan_shape=(4, 4), det_shape=(16, 16), seed=3)
+    source = save_dataset(ds, tmp_path / "scan.h5")
+    env = dict(os.environ, WORLD_SIZE="2", RANK="1", LOCAL_RANK="1")
+    out = subprocess.run([str(Path(sys.executable).with_name("stem-rvae")), "com", source, "--out", str(tmp_path / "o")],
+                         capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 2 and "torchrun starts several processes for `stem-rvae run` only" in out.stderr
+    assert "Traceback" not in out.stderr and not (tmp_path / "o").exists()

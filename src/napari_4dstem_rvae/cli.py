@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -264,6 +265,9 @@ def main(argv: list[str] | None = None) -> int:
     shown = warnings.showwarning
     warnings.showwarning = _one_line_warning
     try:
+        if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 and args.func is not cmd_run:
+            raise ValueError(f"torchrun starts several processes for `stem-rvae run` only; run "
+                             f"`stem-rvae {args.command}` as one process")
         return int(args.func(args) or 0)
     except (ReadError, ValueError, FileNotFoundError) as exc:
         print(f"stem-rvae: error: {' '.join(str(exc).split())}", file=sys.stderr)

@@ -68,7 +68,7 @@ def draw_wheel_legend(figure: Any, top: float, unit: str) -> None:
     ax.text(1.3, 0, "+x", va="center", fontsize=8, color="0.6")
     ax.text(0, 1.35, "+y", ha="center", va="top", fontsize=8, color="0.6")
     ax.set_xlim(-1.5, 1.6)
-    ax.set_ylim(1.5, -1.3)
+    ax.set_ylim(1.7, -1.3)   # room below for the +y label
     ax.set_axis_off()
     ax.set_title(f"colour wheel: hue = direction,\nbrightness = magnitude 0–{top:.3g} {unit}", fontsize=8)
 

@@ -255,3 +255,29 @@ def test_widget_keeps_the_epoch_the_shared_selection_rule_picks(trained_setup, q
     assert layer.metadata["napari_4dstem_rvae"]["epoch"] == best["epoch"]
     assert viewer.layers[f"{adf.name} rVAE novelty"].data.shape == ds.scan_shape
     assert not messages
+
+
+def test_final_maps_encoded_on_a_dask_scheduler_equal_those_made_here(trained_setup, qtbot, monkeypatch):
+    from distributed import LocalCluster
+
+    viewer, adf, ds, shapes, widget, messages = trained_setup
+    widget.epochs.value = 2
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster:
+        widget.scheduler.value = cluster.scheduler_address
+        _click(qtbot, widget.start_button)
+        _wait_done(qtbot, widget)
+        assert not messages, messages
+        assert f"maps encoded on {cluster.scheduler_address} (dashboard http" in widget.status.value
+        assert cluster.scheduler.task_prefixes                     # the workers encoded the patterns
+    here = widget.session.maps(novelty=True)                       # the same model, encoded in this process
+    n_layers = len(viewer.layers)
+    np.testing.assert_allclose(viewer.layers[f"{adf.name} rVAE latent 1"].data, here["latents"][0],
+                               rtol=1e-5, atol=1e-5)
+    # the novelty (robust SDs) refits the lattice on float32 block sums batched differently: to 0.1 SD
+    np.testing.assert_allclose(viewer.layers[f"{adf.name} rVAE novelty"].data, here["novelty"], atol=0.1)
+    # a scheduler that does not answer: one message naming it, the layers kept
+    widget.scheduler.value = "tcp://127.0.0.1:9"
+    _click(qtbot, widget.start_button)
+    _wait_done(qtbot, widget)
+    assert len(messages) == 1 and "tcp://127.0.0.1:9: no dask scheduler answers there" in messages[0]
+    assert len(viewer.layers) == n_layers

@@ -22,6 +22,7 @@ from magicgui.widgets import (
     Container,
     FileEdit,
     Label,
+    LineEdit,
     PushButton,
     SpinBox,
 )
@@ -89,6 +90,9 @@ class TrainWidget(WorkerMixin, Container):
                                self.restarts]
         self.maps_every = SpinBox(label="maps every (epochs)", value=0, min=0, max=100_000,
                                   tooltip="Update the map layers every N epochs while training; 0: at the end only")
+        self.scheduler = LineEdit(label="dask scheduler", value="")
+        self.scheduler.tooltip = ("optional: the address of a dask.distributed scheduler (tcp://host:8786); the "
+                                  "final maps (every pattern encoded, novelty) are then made by its workers")
         self.correlate = CheckBox(label="latent–COM correlation", value=True,
                                   tooltip="|r| of each latent map with the COM magnitude, every epoch (plotted); "
                                           "the maps of the best epoch are kept (the study's rule)")
@@ -112,7 +116,8 @@ class TrainWidget(WorkerMixin, Container):
                      self.latent, self.shift, self.epochs, self.correlate])
         self.advanced = Container(widgets=[self.study_preprocessing, self.likelihood, self.epoch_selection,
                                            self.restarts, self.batch, self.lr, self.rotation_prior, self.seed,
-                                           self.device, self.threads, self.maps_every], labels=True)
+                                           self.device, self.threads, self.maps_every, self.scheduler],
+                                  labels=True)
         self.keep = Container(widgets=[self.checkpoint_path, self.save_button, self.load_button,
                                        self.results_path, self.save_results_button], labels=True)
         from superqt import QCollapsible
@@ -142,7 +147,7 @@ class TrainWidget(WorkerMixin, Container):
         self._parameters = [self.layer, self.region, self.new_region_button, self.label, self.study_preprocessing,
                             self.likelihood, self.epoch_selection, self.restarts,
                             self.latent, self.shift, self.epochs, self.batch, self.lr, self.rotation_prior,
-                            self.seed, self.device, self.threads, self.maps_every, self.correlate,
+                            self.seed, self.device, self.threads, self.maps_every, self.scheduler, self.correlate,
                             self.start_button, self.resume_button, self.save_button, self.load_button,
                             self.save_results_button]
         self.stop_button.enabled = False
@@ -151,6 +156,7 @@ class TrainWidget(WorkerMixin, Container):
         self.session = None           # TrainingSession: model + data + history (kept after stop)
         self.maps: dict[str, np.ndarray] | None = None
         self.last_error: str | None = None
+        self._encoded_on: str | None = None   # "<scheduler> (dashboard …)" when a cluster made the maps
         self._stop = threading.Event()
 
         self.new_region_button.clicked.connect(self.new_region)
@@ -304,7 +310,9 @@ class TrainWidget(WorkerMixin, Container):
         stop = self._stop
         stop.clear()
         self.last_error = None
+        self._encoded_on = None
         every = self.maps_every.value
+        scheduler = self.scheduler.value.strip() or None
         keep_at = str(self.checkpoint_path.value)
         keep_at = None if not keep_at or keep_at == "." or os.path.isdir(keep_at) else keep_at
         self.progress.setRange(0, self.epochs.value if session is None else session.total_epochs)
@@ -320,7 +328,7 @@ class TrainWidget(WorkerMixin, Container):
                     raise TrainingFailed(f"could not start: {friendly_error(exc)}") from exc
                 yield {"kind": "session", "session": current}
             try:
-                yield from current.run(stop, maps_every=every, checkpoint_path=keep_at)
+                yield from current.run(stop, maps_every=every, checkpoint_path=keep_at, scheduler=scheduler)
             except RuntimeError as exc:  # torch raises RuntimeError (e.g. device out of memory)
                 raise TrainingFailed.failed(exc) from exc
 
@@ -359,6 +367,8 @@ class TrainWidget(WorkerMixin, Container):
             self.show_maps(event["maps"], event["epoch"])
         elif kind == "info":
             self.status.value = event["message"]  # the status line says it; no pop-up over the canvas
+            if event["message"].startswith("encoding every pattern on "):
+                self._encoded_on = event["message"][len("encoding every pattern on "):]
 
     def _on_finished(self) -> None:
         try:
@@ -371,7 +381,8 @@ class TrainWidget(WorkerMixin, Container):
         state = "stopped" if self._stop.is_set() else "finished"
         if session is not None:
             self.status.value = (f"{state} at epoch {session.epochs_done}/{session.total_epochs}; "
-                                 f"UI latency median {lat['median_ms']:.0f} ms, p95 {lat['p95_ms']:.0f} ms")
+                                 f"UI latency median {lat['median_ms']:.0f} ms, p95 {lat['p95_ms']:.0f} ms"
+                                 + (f"; maps encoded on {self._encoded_on}" if self._encoded_on else ""))
         self._stop.clear()
 
     def _on_worker_error(self, exc: BaseException) -> None:

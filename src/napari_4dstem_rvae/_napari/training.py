@@ -106,9 +106,12 @@ class TrainingSession:
                              "data): start a new training instead of resuming.")
 
     # -- work -----------------------------------------------------------------------------
-    def run(self, stop: Any, maps_every: int = 0, checkpoint_path: Any = None) -> Iterator[dict[str, Any]]:
+    def run(self, stop: Any, maps_every: int = 0, checkpoint_path: Any = None,
+            scheduler: str | None = None) -> Iterator[dict[str, Any]]:
         """Train, yielding ``{"kind": "epoch", ...}`` after each epoch and
         ``{"kind": "maps", "maps": ..., "epoch": n}`` every ``maps_every`` epochs and at the end.
+        ``scheduler``: the final maps are encoded by the workers of the dask scheduler at that
+        address (an ``{"kind": "info"}`` event names it and its dashboard).
         With ``checkpoint_path``, the training is saved there as the CLI saves it (atomically,
         checksummed, about 20 times per training and at a stop), so a crash loses at most one
         interval: Load checkpoint + Resume continues. When training finishes, the
@@ -126,15 +129,29 @@ class TrainingSession:
                 finished = event.kind == "finished"
                 yield {"kind": "info", "message": event.message}
         epoch = self.trainer.finish() if finished else self.epochs_done
-        yield {"kind": "maps", "maps": self.maps(novelty=True), "epoch": epoch}
+        if scheduler is None:
+            yield {"kind": "maps", "maps": self.maps(novelty=True), "epoch": epoch}
+            return
+        from ..pipeline import connect_scheduler
 
-    def maps(self, novelty: bool = False) -> dict[str, np.ndarray]:
+        with connect_scheduler(scheduler, "dask scheduler", timeout=10) as client:
+            yield {"kind": "info", "message": f"encoding every pattern on {scheduler} (dashboard "
+                                              f"{client.dashboard_link})"}
+            yield {"kind": "maps", "maps": self.maps(novelty=True, client=client), "epoch": epoch}
+
+    def maps(self, novelty: bool = False, client: Any = None) -> dict[str, np.ndarray]:
         """The rVAE maps of every probe position by schema name: ``angle`` (rad), ``angle_std``,
         ``angle_concentration``, ``latents`` (k, ny, nx), ``latents_std``, when learned
-        ``shift``/``shift_std`` (2, ny, nx), with ``novelty`` the novelty map."""
+        ``shift``/``shift_std`` (2, ny, nx), with ``novelty`` the novelty map; encoded by the
+        workers of ``client`` (a ``distributed.Client``) when given."""
         from ..results.files import RVAE_MAPS
 
-        maps = self.trainer.maps(novelty=novelty)
+        if client is None:
+            maps = self.trainer.maps(novelty=novelty)
+        else:
+            from ..rvae.distributed import encode_on_cluster
+
+            maps = encode_on_cluster(self.trainer.model, self.train_data, client, novelty=novelty)
         return {name: getattr(maps, name) for name in RVAE_MAPS if getattr(maps, name, None) is not None}
 
     def reconstruct(self, y: int, x: int) -> tuple[np.ndarray, np.ndarray]:

@@ -177,8 +177,9 @@ def run(source: str | os.PathLike | Dataset4D, out: str | os.PathLike = "out", *
     if png_file.name == "results.png":
         png_file = png_file.with_name("overview.png")
     if rank:  # trains along with rank 0: reads the same checkpoint, writes nothing, prints nothing
+        # (no overview images: they are only written, and rank 0 writes)
         return _run(source, results_file, png_file, read_options=read_options, bin_to=bin_to, roi=roi,
-                    config=config, log=lambda *_: None, com_result=com_result, images=images, resume=resume,
+                    config=config, log=lambda *_: None, com_result=com_result, images={}, resume=resume,
                     checkpoint_every=checkpoint_every, reduced=reduced, **config_changes)
     if workers is not None and int(workers) < 1:
         raise ValueError(f"--workers must be at least 1, got {workers}")
@@ -283,10 +284,11 @@ def _run(source: Any, results_file: Path, png_file: Path, *, read_options: dict 
     cfg = cfg.replace(likelihood=likelihood)
     from .rvae.parallel import world
 
-    if world()[1] > 1:
+    ranks = world()[1]
+    if ranks > 1:
         import torch.distributed as dist
 
-        log(f"training on {world()[1]} processes together (torchrun, {dist.get_backend()}; "
+        log(f"training on {ranks} processes together (torchrun, {dist.get_backend()}; "
             f"{cfg.threads or 'default'} threads each); this process writes the results")
     checkpoint = results_file.with_name(results_file.stem + ".checkpoint.pt")
     start_from = None

@@ -367,8 +367,7 @@ class TrainWidget(WorkerMixin, Container):
             self.show_maps(event["maps"], event["epoch"])
         elif kind == "info":
             self.status.value = event["message"]  # the status line says it; no pop-up over the canvas
-            if event["message"].startswith("encoding every pattern on "):
-                self._encoded_on = event["message"][len("encoding every pattern on "):]
+            self._encoded_on = event.get("cluster", self._encoded_on)
 
     def _on_finished(self) -> None:
         try:

@@ -111,7 +111,7 @@ class TrainingSession:
         """Train, yielding ``{"kind": "epoch", ...}`` after each epoch and
         ``{"kind": "maps", "maps": ..., "epoch": n}`` every ``maps_every`` epochs and at the end.
         ``scheduler``: the final maps are encoded by the workers of the dask scheduler at that
-        address (an ``{"kind": "info"}`` event names it and its dashboard).
+        address (an ``{"kind": "info"}`` event names it and its dashboard, also under ``"cluster"``).
         With ``checkpoint_path``, the training is saved there as the CLI saves it (atomically,
         checksummed, about 20 times per training and at a stop), so a crash loses at most one
         interval: Load checkpoint + Resume continues. When training finishes, the
@@ -135,8 +135,8 @@ class TrainingSession:
         from ..pipeline import connect_scheduler
 
         with connect_scheduler(scheduler, "dask scheduler", timeout=10) as client:
-            yield {"kind": "info", "message": f"encoding every pattern on {scheduler} (dashboard "
-                                              f"{client.dashboard_link})"}
+            where = f"{scheduler} (dashboard {client.dashboard_link})"
+            yield {"kind": "info", "message": f"encoding every pattern on {where}", "cluster": where}
             yield {"kind": "maps", "maps": self.maps(novelty=True, client=client), "epoch": epoch}
 
     def maps(self, novelty: bool = False, client: Any = None) -> dict[str, np.ndarray]:

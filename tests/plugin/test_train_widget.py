@@ -260,8 +260,14 @@ def test_widget_keeps_the_epoch_the_shared_selection_rule_picks(trained_setup, q
 def test_final_maps_encoded_on_a_dask_scheduler_equal_those_made_here(trained_setup, qtbot, monkeypatch):
     from distributed import LocalCluster
 
+    from napari_4dstem_rvae.rvae import distributed
+
     viewer, adf, ds, shapes, widget, messages = trained_setup
     widget.epochs.value = 2
+    monkeypatch.setattr(distributed, "TASK_BYTES", 1)              # one task per scan row: 32 tasks
+    seen = []                                                      # the progress bar as the user sees it
+    widget.progress.valueChanged.connect(
+        lambda value: seen.append((widget.progress.format(), value, widget.progress.maximum())))
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster:
         widget.scheduler.value = cluster.scheduler_address
         _click(qtbot, widget.start_button)
@@ -269,6 +275,11 @@ def test_final_maps_encoded_on_a_dask_scheduler_equal_those_made_here(trained_se
         assert not messages, messages
         assert f"maps encoded on {cluster.scheduler_address} (dashboard http" in widget.status.value
         assert cluster.scheduler.task_prefixes                     # the workers encoded the patterns
+    # the progress bar followed the cluster's tasks as they finished, then went back to epochs
+    encoding = [(value, top) for fmt, value, top in seen if fmt.startswith("encoding on the cluster")]
+    assert [value for value, _ in encoding] == list(range(1, ds.scan_shape[0] + 1))
+    assert {top for _, top in encoding} == {ds.scan_shape[0]}
+    assert widget.progress.format() == "%p%" and widget.progress.maximum() == widget.session.total_epochs
     here = widget.session.maps(novelty=True)                       # the same model, encoded in this process
     n_layers = len(viewer.layers)
     np.testing.assert_allclose(viewer.layers[f"{adf.name} rVAE latent 1"].data, here["latents"][0],

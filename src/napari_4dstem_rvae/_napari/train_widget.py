@@ -363,6 +363,12 @@ class TrainWidget(WorkerMixin, Container):
                 self.plot.add_correlation(event["epoch"], event["max_abs_r"])
             self.status.value = (f"epoch {event['epoch']}/{self.session.total_epochs}: loss {event['train_loss']:.4g}"
                                  + (f", max |r| {event['max_abs_r']:.3f}" if event.get("max_abs_r") is not None else ""))
+        elif kind == "encoding":  # the final maps, encoded on a dask cluster: its tasks as they finish
+            self._encoded_on = event.get("cluster", self._encoded_on)
+            self.progress.setRange(0, int(event["total"]))
+            self.progress.setValue(int(event["done"]))
+            self.progress.setFormat("encoding on the cluster: %v/%m tasks")
+            self.status.value = f"encoding every pattern on {self._encoded_on}: {event['done']}/{event['total']} tasks"
         elif kind == "maps":
             self.show_maps(event["maps"], event["epoch"])
         elif kind == "info":
@@ -378,7 +384,10 @@ class TrainWidget(WorkerMixin, Container):
         self._set_running(False)
         lat = self.latency.summary()
         state = "stopped" if self._stop.is_set() else "finished"
+        self.progress.setFormat("%p%")  # back to epochs after the cluster's task count
         if session is not None:
+            self.progress.setRange(0, session.total_epochs)
+            self.progress.setValue(session.epochs_done)
             self.status.value = (f"{state} at epoch {session.epochs_done}/{session.total_epochs}; "
                                  f"UI latency median {lat['median_ms']:.0f} ms, p95 {lat['p95_ms']:.0f} ms"
                                  + (f"; maps encoded on {self._encoded_on}" if self._encoded_on else ""))

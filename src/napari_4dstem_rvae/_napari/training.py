@@ -134,24 +134,43 @@ class TrainingSession:
             return
         from ..pipeline import connect_scheduler
 
+        from distributed import as_completed
+
+        from ..rvae.distributed import submit_encoding
+
         with connect_scheduler(scheduler, "dask scheduler", timeout=10) as client:
             where = f"{scheduler} (dashboard {client.dashboard_link})"
             yield {"kind": "info", "message": f"encoding every pattern on {where}", "cluster": where}
-            yield {"kind": "maps", "maps": self.maps(novelty=True, client=client), "epoch": epoch}
+            futures, assemble = submit_encoding(self.trainer.model, self.train_data, client, novelty=True)
+            total = len(futures)
+            yield {"kind": "encoding", "done": 0, "total": total, "cluster": where}
+            for done, _ in enumerate(as_completed(futures), 1):  # the cluster's progress, task by task
+                if stop.is_set():
+                    client.cancel(futures)
+                    yield {"kind": "info", "message": f"stopped while encoding on {where}: the maps of the "
+                                                      "last epoch shown are kept"}
+                    return
+                yield {"kind": "encoding", "done": done, "total": total, "cluster": where}
+            maps = assemble(futures)
+            yield {"kind": "maps", "maps": self._named(maps), "epoch": epoch}
 
     def maps(self, novelty: bool = False, client: Any = None) -> dict[str, np.ndarray]:
         """The rVAE maps of every probe position by schema name: ``angle`` (rad), ``angle_std``,
         ``angle_concentration``, ``latents`` (k, ny, nx), ``latents_std``, when learned
         ``shift``/``shift_std`` (2, ny, nx), with ``novelty`` the novelty map; encoded by the
         workers of ``client`` (a ``distributed.Client``) when given."""
-        from ..results.files import RVAE_MAPS
-
         if client is None:
             maps = self.trainer.maps(novelty=novelty)
         else:
             from ..rvae.distributed import encode_on_cluster
 
             maps = encode_on_cluster(self.trainer.model, self.train_data, client, novelty=novelty)
+        return self._named(maps)
+
+    @staticmethod
+    def _named(maps: Any) -> dict[str, np.ndarray]:
+        from ..results.files import RVAE_MAPS
+
         return {name: getattr(maps, name) for name in RVAE_MAPS if getattr(maps, name, None) is not None}
 
     def reconstruct(self, y: int, x: int) -> tuple[np.ndarray, np.ndarray]:

@@ -45,12 +45,12 @@ def _encode_block(block: np.ndarray, model: Any, pixels: Any, novelty: bool, per
     return out
 
 
-def encode_on_cluster(model: Any, data: Any, client: Any, *, batch_size: int = 256, novelty: bool = False,
-                      retries: int = 3, submitted: Any = None) -> LatentMaps:
-    """:func:`.infer.encode` with the patterns read and encoded on the workers of ``client``
-    (a ``distributed.Client``). ``data``: Dataset4D, numpy or dask array
-    ``(scan_y, scan_x, det_y, det_x)``. ``submitted``: called with the list of futures once
-    the work is on the cluster (e.g. ``distributed.progress`` for a progress bar)."""
+def submit_encoding(model: Any, data: Any, client: Any, *, batch_size: int = 256, novelty: bool = False,
+                    retries: int = 3) -> tuple[list, Any]:
+    """Put the encoding of every pattern of ``data`` on the workers of ``client`` and return at
+    once: ``(futures, assemble)``, one future per block of scan rows (watch them finish, e.g.
+    with ``distributed.as_completed``, for a progress bar) and ``assemble(futures)``, which
+    gathers them into the :class:`LatentMaps` of :func:`encode_on_cluster`."""
     import dask
     import dask.array as da
 
@@ -72,10 +72,25 @@ def encode_on_cluster(model: Any, data: Any, client: Any, *, batch_size: int = 2
     # read → (bin) → encode fused per block: only the small results wait on the workers
     tasks = [encode_block(block, node, pixels, novelty, batch_size) for block in array.to_delayed().ravel()]
     futures = client.compute(tasks, retries=retries)
+
+    def assemble(done: list) -> LatentMaps:
+        parts = client.gather(done)
+        values = {key: np.concatenate([p[key] for p in parts]) for key in parts[0] if key != "bad"}
+        offsets = np.cumsum([0] + [len(p["angle"]) for p in parts])
+        bad = np.concatenate([p["bad"] + o for p, o in zip(parts, offsets[:-1])]).astype(np.int64)
+        return maps_from(values, (sy, sx), model, bad, scan_step_angstrom(data))
+
+    return futures, assemble
+
+
+def encode_on_cluster(model: Any, data: Any, client: Any, *, batch_size: int = 256, novelty: bool = False,
+                      retries: int = 3, submitted: Any = None) -> LatentMaps:
+    """:func:`.infer.encode` with the patterns read and encoded on the workers of ``client``
+    (a ``distributed.Client``). ``data``: Dataset4D, numpy or dask array
+    ``(scan_y, scan_x, det_y, det_x)``. ``submitted``: called with the list of futures once
+    the work is on the cluster (e.g. ``distributed.progress`` for a progress bar)."""
+    futures, assemble = submit_encoding(model, data, client, batch_size=batch_size, novelty=novelty,
+                                        retries=retries)
     if submitted is not None:
         submitted(futures)
-    parts = client.gather(futures)
-    values = {key: np.concatenate([p[key] for p in parts]) for key in parts[0] if key != "bad"}
-    offsets = np.cumsum([0] + [len(p["angle"]) for p in parts])
-    bad = np.concatenate([p["bad"] + o for p, o in zip(parts, offsets[:-1])]).astype(np.int64)
-    return maps_from(values, (sy, sx), model, bad, scan_step_angstrom(data))
+    return assemble(futures)

@@ -5,6 +5,7 @@ single-process run, and a worker killed with SIGKILL during encoding survived.""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -82,6 +83,10 @@ def test_stem_rvae_run_with_local_workers_equals_one_process(tmp_path):
     assert "written once to" in two.stdout and str(tmp_path / "two.reduced.zarr") in two.stdout
     assert not (tmp_path / "two.reduced.zarr").exists()
     assert "tasks done" in two.stdout  # progress over the cluster's futures
+    # the COM pass's tasks are counted as they finish too (a line per tenth, the last complete)
+    com_lines = re.findall(r"COM: (\d+)/(\d+) tasks done", two.stdout)
+    assert com_lines and com_lines[-1][0] == com_lines[-1][1], two.stdout
+    assert re.search(rf"COM: {com_lines[-1][1]} tasks on the cluster", two.stdout)
     with h5py.File(tmp_path / "one.h5", "r") as a, h5py.File(tmp_path / "two.h5", "r") as b:
         for name in ("angle", "latents", "com/com_x", "com/com_y"):
             np.testing.assert_allclose(b[name][()], a[name][()], rtol=1e-6, atol=1e-6, err_msg=name)

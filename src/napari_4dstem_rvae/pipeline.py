@@ -90,6 +90,17 @@ def images(dataset: Dataset4D, out: str | os.PathLike, log=print,
     return files
 
 
+def task_progress(log: Any, what: str) -> Any:
+    """A ``progress(done, total)`` callback that logs a cluster's finished tasks about every
+    tenth of them (the CLI's progress over dask futures)."""
+    def progress(done: int, total: int) -> None:
+        if done == 0:
+            log(f"{what}: {total} tasks on the cluster")
+        elif done == total or done % max(1, total // 10) == 0:
+            log(f"{what}: {done}/{total} tasks done")
+    return progress
+
+
 def com(dataset: Dataset4D, out: str | os.PathLike, options: Any = None, log=print,
         **changes: Any) -> tuple[Any, dict[str, str]]:
     """COM/DPC maps of ``dataset`` (a :class:`processing.COMOptions` and/or its fields, plus
@@ -98,6 +109,8 @@ def com(dataset: Dataset4D, out: str | os.PathLike, options: Any = None, log=pri
     from .results import claim_output, com_figure, write_results
 
     h5, png = _output_paths(out, "com", [dataset.source])
+    if changes.get("client") is not None and "progress" not in changes:
+        changes["progress"] = task_progress(log, "COM")
     with claim_output(h5, [dataset.source]):
         result = compute_com(dataset, options, **changes)
         files = {"h5": write_results(h5, com=result, **_results_args(dataset)), "png": com_figure(png, result)}
@@ -270,7 +283,8 @@ def _run(source: Any, results_file: Path, png_file: Path, *, read_options: dict 
     roi = _load_roi(roi, ds.scan_shape)
     overview = overview_images(ds) if images is None else images
     if com_result is None:
-        com_result = compute_com(ds) if client is None else compute_com(ds, client=client)
+        com_result = (compute_com(ds) if client is None
+                      else compute_com(ds, client=client, progress=task_progress(log, "COM")))
     log(f"COM: rotation {com_result.rotation_deg:.2f}°, flip {com_result.flip}")
     factor = detector_bin_factor(ds.det_shape, bin_to)
     store = results_file.with_name(results_file.stem + ".reduced.zarr")

@@ -1,5 +1,7 @@
 """Preprocess, COM and virtual-detector widgets: results as layers aligned with the ADF image."""
 
+import re
+
 import numpy as np
 import pytest
 from qtpy.QtCore import Qt
@@ -94,12 +96,19 @@ def test_com_widget_runs_on_a_dask_scheduler_given_by_address(viewer_with_data, 
     _wait(qtbot, widget)
     here = viewer.layers["disks COM x"].data.copy()
     n_layers = len(viewer.layers)
+    statuses = []                                  # every text the status label shows
+    show = widget.status._widget._mgui_set_value
+    monkeypatch.setattr(widget.status._widget, "_mgui_set_value", lambda v: (statuses.append(str(v)), show(v)))
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster:
         widget.scheduler.value = cluster.scheduler_address
         _click(qtbot, widget.run_button)
         _wait(qtbot, widget)
         assert f"on {cluster.scheduler_address} (dashboard http" in widget.status.value
         assert cluster.scheduler.task_prefixes   # the fresh cluster's workers ran the pass
+    # while it ran, the status line counted the cluster's tasks up to all of them
+    counts = [tuple(map(int, m.groups())) for m in (re.search(r": (\d+)/(\d+) tasks$", v) for v in statuses) if m]
+    assert counts and counts[0][0] == 0 and counts[-1][0] == counts[-1][1] >= 1, statuses
+    assert [done for done, _ in counts] == sorted(done for done, _ in counts)
     assert len(viewer.layers) == n_layers                       # the same layers, updated
     np.testing.assert_allclose(viewer.layers["disks COM x"].data, here, rtol=1e-6, atol=1e-7)
     messages = []

@@ -165,14 +165,35 @@ class COMWidget(WorkerMixin, Container):
         self.status.value = "computing …" if address is None else f"computing on {address} …"
         cluster = {}
 
-        def work():
-            if address is None:
-                return compute_com(dataset, options)
+        def on_cluster(report):
             from ..pipeline import connect_scheduler
 
             with connect_scheduler(address, "dask scheduler", timeout=10) as client:
                 cluster["dashboard"] = client.dashboard_link
-                return compute_com(dataset, options, client=client)
+                return compute_com(dataset, options, client=client, progress=report)
+
+        def work():
+            if address is None:
+                return compute_com(dataset, options)
+            # the pass runs in a helper thread; this generator hands its task counts to the Qt
+            # side as they come (the status line follows the cluster's tasks)
+            import queue
+            from concurrent.futures import ThreadPoolExecutor
+
+            counts: queue.Queue = queue.Queue()
+            with ThreadPoolExecutor(1) as pool:
+                future = pool.submit(on_cluster, lambda done, total: counts.put((done, total)))
+                while not (future.done() and counts.empty()):
+                    try:
+                        yield counts.get(timeout=0.1)
+                    except queue.Empty:
+                        pass
+                return future.result()
+
+        def tasks(count):
+            done, total = count
+            self.status.value = (f"computing on {address} (dashboard {cluster.get('dashboard')}): "
+                                 f"{done}/{total} tasks")
 
         def done(com):
             self.last_result = com
@@ -195,5 +216,5 @@ class COMWidget(WorkerMixin, Container):
             self.status.value = "failed"
             notify_error(f"COM of '{dataset.name}' failed: {friendly_error(exc)}")
 
-        return self.run_worker(work, controls=self._controls,
+        return self.run_worker(work, controls=self._controls, on_yielded=tasks,
                                on_returned=done, on_error=failed)

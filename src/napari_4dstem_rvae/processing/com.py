@@ -299,6 +299,7 @@ def compute_com(
     client: Any = None,
     n_threads: int | None = None,
     precision: str = "auto",
+    progress: Any = None,
     **changes: Any,
 ) -> COMResult:
     """Centre of mass of every pattern, corrected and rotated into the scan frame.
@@ -351,8 +352,8 @@ def compute_com(
     detectors
         Extra virtual detectors ``{name: VirtualDetector or weights}`` reduced in the same
         pass; returned in ``COMResult.virtual``.
-    client, n_threads, precision
-        See :func:`.engine.reduce_masks`.
+    client, n_threads, precision, progress
+        See :func:`.engine.reduce_masks` (``progress``: the main pass's tasks on the cluster).
 
     Returns
     -------
@@ -419,7 +420,7 @@ def compute_com(
         stack = stack + build_mask_stack(extra, det_shape, geometry, calibration)
 
     sums = reduce_masks(data, stack, threshold=threshold, client=client, n_threads=n_threads,
-                        precision=precision, nonfinite="keep")
+                        precision=precision, nonfinite="keep", progress=progress)
     total = sums["com_total"]
     broken = ~np.all([np.isfinite(v) for v in sums.values()], axis=0)
     if broken.all():

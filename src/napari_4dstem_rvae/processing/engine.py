@@ -285,7 +285,7 @@ def _reduce_numpy(data: np.ndarray, plan: _Plan, n_threads: int) -> np.ndarray:
     return out
 
 
-def _reduce_dask(data: Any, plan: _Plan, client: Any) -> np.ndarray:
+def _reduce_dask(data: Any, plan: _Plan, client: Any, progress: Any = None) -> np.ndarray:
     import dask.array as da
 
     darr = data if _is_dask(data) else da.from_array(data, chunks=_chunks_for(data))
@@ -309,7 +309,17 @@ def _reduce_dask(data: Any, plan: _Plan, client: Any) -> np.ndarray:
 
         own_client = client = Client(client)
     try:
-        return np.asarray(client.compute(reduced).result())[:, :, 0, :]
+        if progress is None:
+            return np.asarray(client.compute(reduced).result())[:, :, 0, :]
+        from distributed import as_completed, futures_of
+
+        # the blocks' futures, watched as they finish (a progress bar over the cluster's tasks)
+        persisted = client.persist(reduced)
+        futures = futures_of(persisted)
+        progress(0, len(futures))
+        for done, _ in enumerate(as_completed(futures), 1):
+            progress(done, len(futures))
+        return np.asarray(client.compute(persisted).result())[:, :, 0, :]
     finally:
         if own_client is not None:
             own_client.close()
@@ -330,6 +340,7 @@ def reduce_masks(
     n_threads: int | None = None,
     precision: str = "auto",
     nonfinite: str = "raise",
+    progress: Any = None,
 ) -> dict[str, np.ndarray]:
     """Weighted sums of every diffraction pattern with every mask, in one pass.
 
@@ -357,6 +368,9 @@ def reduce_masks(
     precision
         ``"auto"`` (float32 products for ≤ 32-bit float and ≤ 16-bit integer data,
         float64 otherwise), ``"float32"`` or ``"float64"``. Results are always float64.
+    progress
+        With ``client``: called as ``progress(done, total)`` while the cluster's tasks finish
+        (``done`` from 0 to ``total`` blocks), in the calling thread.
 
     Returns
     -------
@@ -392,7 +406,7 @@ def reduce_masks(
     def reduce(plan: _Plan) -> np.ndarray:
         if client is None and isinstance(data, np.ndarray):
             return _reduce_numpy(data, plan, threads)
-        return _reduce_dask(data, plan, client)
+        return _reduce_dask(data, plan, client, progress if client is not None else None)
 
     values = reduce(plan)
     if dtype != np.float64 and not np.all(np.isfinite(values)):

@@ -11,6 +11,8 @@ GB/s for:
   default thread count;
 - ``compute_com``: the whole call (disk detection, one pass, reference, rotation
   calibration);
+- ``BLAS gemv engine``: the engine without its compiled (numba) loop: one BLAS
+  matrix–vector product per mask over cache-sized runs of frames (its fallback);
 - ``thin-gemm engine``: the engine as it was before its matrix–vector path (every mask
   group one thin BLAS gemm), single-threaded;
 - ``per-pattern loop``: a straightforward per-pattern numpy COM (float64, one pattern at
@@ -154,12 +156,19 @@ def main(argv: list[str] | None = None) -> int:
             if lazy is None:
                 one = gb / best_time(lambda: reduce_masks(target, stack, n_threads=1), args.repeat)
                 rows.append((f"engine {name}, 1 thread", one))
-                # the engine before the matrix-vector path (thin gemm only), in the same run
-                saved, engine_module._GEMV_MASKS = engine_module._GEMV_MASKS, 0
+                # the engine without its compiled loop (the BLAS matrix-vector path, the fallback
+                # without numba), and before that path (thin gemm only), in the same run
+                compiled, engine_module.USE_COMPILED = engine_module.USE_COMPILED, False
                 try:
-                    gemm = gb / best_time(lambda: reduce_masks(target, stack, n_threads=1), args.repeat)
+                    blas = gb / best_time(lambda: reduce_masks(target, stack, n_threads=1), args.repeat)
+                    saved, engine_module._GEMV_MASKS = engine_module._GEMV_MASKS, 0
+                    try:
+                        gemm = gb / best_time(lambda: reduce_masks(target, stack, n_threads=1), args.repeat)
+                    finally:
+                        engine_module._GEMV_MASKS = saved
                 finally:
-                    engine_module._GEMV_MASKS = saved
+                    engine_module.USE_COMPILED = compiled
+                rows.append((f"  (BLAS gemv engine {name}, 1 thread)", blas))
                 rows.append((f"  (thin-gemm engine {name}, 1 thread)", gemm))
             many = gb / best_time(lambda: reduce_masks(target, stack), args.repeat)
             how = "dask threads" if lazy is not None else f"{threads} threads"
@@ -188,8 +197,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"{max(r for n, r in rows if n.startswith('engine COM (3')) / best:.2f}, COM+BF+ADF "
                   f"{max(r for n, r in rows if n.startswith('engine COM+BF')) / best:.2f}")
 
-    # Warm up: imports and first-call costs are not throughput.
+    # Warm up: imports, kernel compilation and first-call costs are not throughput.
     compute_com(data[:2, :4])
+    reduce_masks(data[:1, :8], five)
     measure("in memory (numpy)", data)
     if not args.skip_disk:
         import dask.array as da

@@ -228,3 +228,37 @@ def test_engine_and_detector_errors():
         find_disk(np.ones((8, 8)))
     np.testing.assert_array_equal(data, before)
     assert math.isfinite(float(data.sum()))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.uint16, np.uint8, np.float16])
+def test_compiled_loop_equals_float64_sums_for_every_mask_count(dtype, monkeypatch):
+    """The numba loop (tiles of 4 or 2 frames × k masks) against float64 sums and the BLAS
+    path, for 1–8 masks, a frame count that is not a multiple of the tile, integer input read
+    as it is, and a cropped (non-contiguous) view."""
+    from napari_4dstem_rvae.processing import engine
+
+    rng = np.random.default_rng(1)
+    data = (rng.random((5, 7, 24, 20)) * 200).astype(dtype)        # 35 frames: not a multiple of 4
+    view = data[:, 1:6]                                              # a crop: not contiguous
+    for k in range(1, 9):
+        masks = rng.normal(size=(k, 24, 20))
+        plan = _make_plan(masks, np.dtype(np.float32), None)
+        assert plan.kernel is not None                               # the compiled loop is the one used
+        for array in (data, view):
+            want = np.einsum("yxij,kij->yxk", array.astype(np.float64), masks)
+            got = reduce_masks(array, MaskStack(tuple(f"m{j}" for j in range(k)), masks))
+            scale = np.abs(want).max()
+            for j in range(k):
+                np.testing.assert_allclose(got[f"m{j}"], want[..., j], atol=2e-6 * scale)
+            monkeypatch.setattr(engine, "USE_COMPILED", False)       # the fallback gives the same sums
+            blas = reduce_masks(array, MaskStack(tuple(f"m{j}" for j in range(k)), masks))
+            monkeypatch.setattr(engine, "USE_COMPILED", True)
+            for j in range(k):
+                np.testing.assert_allclose(got[f"m{j}"], blas[f"m{j}"], atol=2e-6 * scale)
+    # with a threshold the loop multiplies the thresholded float32 frames
+    masks = rng.normal(size=(3, 24, 20))
+    got = reduce_masks(data, MaskStack(("a", "b", "c"), masks), threshold=0.5)
+    frames = data.astype(np.float64)
+    kept = np.where(frames >= 0.5 * frames.max(axis=(2, 3), keepdims=True), frames, 0)
+    np.testing.assert_allclose(got["b"], np.einsum("yxij,ij->yx", kept, masks[1]),
+                               atol=2e-6 * np.abs(got["b"]).max())

@@ -228,7 +228,7 @@ def detector_geometry(data: Any, center: tuple[float, float] | None = None,
                       radius: float | None = None, threshold: float = 0.5) -> DiskGeometry:
     """Bright-field disk of a data set (pixels), from a sample of its patterns.
 
-    ``center`` / ``radius`` given here override the detected values. Reads at most ~1024
+    ``center`` / ``radius`` given here override the detected values. Reads at most ~256
     patterns from a few scan rows (see :func:`.engine.sample_mean_pattern`).
     """
     if center is not None and radius is not None:

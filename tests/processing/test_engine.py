@@ -262,3 +262,28 @@ def test_compiled_loop_equals_float64_sums_for_every_mask_count(dtype, monkeypat
     kept = np.where(frames >= 0.5 * frames.max(axis=(2, 3), keepdims=True), frames, 0)
     np.testing.assert_allclose(got["b"], np.einsum("yxij,ij->yx", kept, masks[1]),
                                atol=2e-6 * np.abs(got["b"]).max())
+
+
+def test_plan_token_follows_the_masks_and_pickles_without_its_compiled_loop():
+    """dask names tasks by the plan's token: equal masks give equal tokens, other masks or a
+    threshold another; a plan sent to a worker arrives with a working loop."""
+    import pickle
+
+    from dask.base import tokenize
+
+    rng = np.random.default_rng(0)
+    masks = rng.normal(size=(3, 16, 16))
+    plan = _make_plan(masks, np.dtype(np.float32), None)
+    assert tokenize(plan) == tokenize(_make_plan(masks.copy(), np.dtype(np.float32), None))
+    other = masks.copy()
+    other[1, 3, 4] += 1.0
+    assert tokenize(plan) != tokenize(_make_plan(other, np.dtype(np.float32), None))
+    assert tokenize(plan) != tokenize(_make_plan(masks, np.dtype(np.float32), 0.5))
+    assert tokenize(plan) != tokenize(_make_plan(masks, np.dtype(np.float64), None))
+    copy = pickle.loads(pickle.dumps(plan))
+    assert copy.kernel is not None
+    frames = rng.random((9, 256)).astype(np.float32)
+    a, b = np.empty((9, 3)), np.empty((9, 3))
+    _reduce_frames(frames, plan, a)
+    _reduce_frames(frames, copy, b)
+    np.testing.assert_array_equal(a, b)

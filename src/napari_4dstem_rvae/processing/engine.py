@@ -254,6 +254,29 @@ class _Plan:
     kernel: Any = None                    # the compiled one-pass loop, with its masks (k, pixels) float32
     kernel_masks: np.ndarray | None = None
 
+    def __dask_tokenize__(self) -> tuple:
+        # without this dask would hash the plan by pickling it, compiled loop included: ~10 ms
+        # per block, more than the block's own reduction
+        import hashlib
+
+        digest = hashlib.sha1()
+        for group in self.mask_groups:
+            digest.update(np.ascontiguousarray(group).tobytes())
+        return ("engine-plan", digest.hexdigest(), str(self.mask_groups[0].dtype), self.frames_per_step,
+                self.threshold, len(self.vectors), self.kernel is not None, len(self.pixel_blocks))
+
+    def __getstate__(self) -> dict:
+        # sent to dask workers without the compiled loop: each worker compiles (or reuses) its own
+        state = dict(self.__dict__)
+        state["kernel"] = None
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        for key, value in state.items():
+            object.__setattr__(self, key, value)
+        if state.get("kernel_masks") is not None:
+            object.__setattr__(self, "kernel", _compiled_kernel(state["kernel_masks"].shape[0]))
+
 
 def _make_plan(masks: np.ndarray, dtype: np.dtype, threshold: float | None) -> _Plan:
     n_masks = masks.shape[0]
@@ -568,7 +591,7 @@ def sample_mean_pattern(data: Any, max_frames: int = 256, max_rows: int = 8) -> 
 
     Takes up to ``max_rows`` evenly spaced scan rows and, within them, evenly spaced
     positions (``max_frames`` in all), so that a lazy file is read only in a few places;
-    one row of the sample is in memory at a time. Non-finite pixels count as 0. Used to
+    only the rows' sums are gathered (one dask graph for a lazy array). Non-finite pixels count as 0. Used to
     find the bright-field disk for default masks without a full pass.
     """
     data = as_array(data)
@@ -576,15 +599,22 @@ def sample_mean_pattern(data: Any, max_frames: int = 256, max_rows: int = 8) -> 
     rows = np.unique(np.linspace(0, ny - 1, min(ny, max_rows)).round().astype(int))
     per_row = max(1, max_frames // len(rows))
     step = max(1, int(np.ceil(nx / per_row)))
+    small = data.dtype.itemsize <= 4 and data.dtype.kind in "fiub"
+    # ≤ 4-byte data summed in float32 (≤ max_frames patterns: ample for finding the disk, and
+    # 2-3× faster than a float64 sum); a NaN/Inf shows in the sum
+    sampled = len(rows) * len(range(0, nx, step)) * int(np.prod(data.shape[2:])) * data.dtype.itemsize
+    if _is_dask(data) and sampled <= 64 * 2**20:
+        import dask
+
+        # one graph of plain slices: the sampled rows of a lazy file read in one go
+        picked: Any = dask.compute(*[data[int(r), ::step] for r in rows])
+    else:  # one row in memory at a time
+        picked = (np.asarray(_computed(data[int(r), ::step])) for r in rows)
     total = np.zeros(tuple(int(s) for s in data.shape[2:]), dtype=np.float64)
     count = 0
-    for r in rows:
-        frames = np.asarray(_computed(data[int(r), ::step]))
-        # ≤ 4-byte data summed in float32 (a row holds ≤ max_frames patterns: ample for finding
-        # the disk, and 2-3× faster than a float64 sum); a NaN/Inf shows in the row's sum
-        small = frames.dtype.itemsize <= 4 and frames.dtype.kind in "fiub"
+    for frames in picked:
         row = frames.sum(axis=0, dtype=np.float32 if small else np.float64)
-        if frames.dtype.kind in "fc" and not np.isfinite(row).all():
+        if data.dtype.kind in "fc" and not np.isfinite(row).all():
             frames = np.where(np.isfinite(frames), frames, 0)
             row = frames.sum(axis=0, dtype=np.float64)
         total += row

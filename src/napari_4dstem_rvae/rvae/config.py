@@ -132,7 +132,8 @@ class RVAEConfig:
     threads
         CPU threads for torch during training (restored afterwards); ``None``: unchanged.
     bf16
-        Autocast the decoder to bfloat16 on CPU (faster on CPUs with AMX/AVX-512 BF16).
+        Autocast the decoder to bfloat16 (mixed precision: faster on CPUs with AMX/AVX-512
+        BF16 and on recent GPUs; the loss and the encoder stay float32). Not measured on a GPU.
     correlate_every
         Every N epochs (and at the last one) encode the whole scan: the maps, and their
         correlations with the COM maps when given, come with that epoch's event; 0: as the

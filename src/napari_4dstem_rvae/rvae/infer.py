@@ -88,6 +88,20 @@ def model_device(model: RVAE) -> torch.device:
     return model.coords.device
 
 
+def to_device(values: Any, device: torch.device) -> torch.Tensor:
+    """float32 ``values`` (numpy or a CPU tensor) on ``device``; to a GPU through pinned host
+    memory, asynchronously (the CPU goes on preparing the next batch while it travels)."""
+    tensor = torch.as_tensor(np.asarray(values, dtype=np.float32)) if not torch.is_tensor(values) else values
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
+#: Patterns encoded per batch when none is given: GPUs want larger batches than CPUs (the
+#: novelty's decoding holds batch × 4,096 pixels × hidden units: 2 GiB at 1,024 and 128).
+ENCODE_BATCH = {"cpu": 256, "cuda": 1024}
+
+
 def _batches(data: Any, batch_size: int, index: np.ndarray | None = None, bad: list | None = None,
              ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """``(flat indices, float32 patterns (n, n_det))`` batches over ``index`` (default: all positions).
@@ -143,7 +157,7 @@ def encode_patterns(model: RVAE, patterns: Any) -> dict[str, np.ndarray]:
     ``z``, ``z_std`` ``(B, k)``;
     ``shift``, ``shift_std`` ``(B, 2)`` in pixels (x, y) when the model has shifts.
     """
-    x = torch.as_tensor(np.asarray(patterns, dtype=np.float32), device=model_device(model))
+    x = to_device(patterns, model_device(model))
     post = model.encode(model.flatten(x))
     if "angle_s" in post:  # projected normal
         concentration = circular.mean_resultant_length(post["angle_s"])
@@ -189,7 +203,7 @@ def encode_batch(model: RVAE, frames: np.ndarray, novelty: bool = False,
     if novelty:
         post["blocks"] = detector_blocks(frames)
         device = model_device(model)
-        res = model.residuals(torch.as_tensor(frames, device=device), None if pixels is None else pixels.to(device))
+        res = model.residuals(to_device(frames, device), None if pixels is None else pixels.to(device))
         post["residuals"] = res.float().cpu().numpy()
     return post
 
@@ -245,11 +259,12 @@ def maps_from(values: dict[str, np.ndarray], scan_shape: tuple[int, int], model:
     )
 
 
-def encode(model: RVAE, data: Any, batch_size: int = 256, novelty: bool = False) -> LatentMaps:
+def encode(model: RVAE, data: Any, batch_size: int | None = None, novelty: bool = False) -> LatentMaps:
     """Encode every probe position of ``data`` (Dataset4D, numpy or dask, 4D) to maps.
 
     The model's detector shape must match the data's; data are streamed in batches of
-    ``batch_size`` patterns (lazy data block of scan rows by block). ``novelty``: also the
+    ``batch_size`` patterns (default :data:`ENCODE_BATCH` for the model's device; lazy data
+    block of scan rows by block). ``novelty``: also the
     novelty map (each pattern decoded with its posterior means; costs about as much as the
     encoding again).
     """
@@ -257,6 +272,8 @@ def encode(model: RVAE, data: Any, batch_size: int = 256, novelty: bool = False)
     if patterns.det_shape != model.det_shape:
         raise ValueError(f"data have patterns of {patterns.det_shape} pixels; the model was trained on "
                          f"{model.det_shape}")
+    if batch_size is None:
+        batch_size = ENCODE_BATCH.get(model_device(model).type, ENCODE_BATCH["cpu"])
     if batch_size < 1:
         raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
     n = patterns.n_positions

@@ -298,8 +298,8 @@ class RVAE(nn.Module):
             c = c - (a @ shift.unsqueeze(-1)).squeeze(-1)
         h = torch.baddbmm(c.unsqueeze(1), coords.expand(z.shape[0], -1, -1), a.transpose(1, 2))
         h = self.act(h)                                                     # (B, P, H)
-        if self.config.bf16 and h.device.type == "cpu":
-            with torch.autocast("cpu", dtype=torch.bfloat16):
+        if self.config.bf16 and h.device.type in ("cpu", "cuda"):
+            with torch.autocast(h.device.type, dtype=torch.bfloat16):
                 for layer in self.dec_hidden:
                     h = self.act(layer(h))
                 out = self.dec_out(h)

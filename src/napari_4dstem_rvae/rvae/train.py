@@ -41,7 +41,7 @@ from .data import (
     split_positions,
 )
 from .diagnostics import Diagnostics, correlate
-from .infer import LatentMaps, encode
+from .infer import LatentMaps, encode, to_device
 from .likelihood import COUNT_LIKELIHOODS
 from .model import RVAE
 from .runtime import (
@@ -284,7 +284,7 @@ class Trainer:
                 started = time.perf_counter()
                 index = self._plan[self._position:self._position + cfg.batch_size]
                 mine = parallel.local_share(index)   # this rank's patterns of the minibatch
-                x, y = model.prepare(self._source.batch(mine).to(self.device, non_blocking=True))
+                x, y = model.prepare(to_device(self._source.batch(mine), self.device))
                 pixels = None
                 if subset:
                     pixels = torch.randperm(n_pixels, generator=self.generator)[:cfg.pixels_per_step]

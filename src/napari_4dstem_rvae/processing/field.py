@@ -135,6 +135,11 @@ def _eigen_rotation(dy: np.ndarray, dx: np.ndarray, spacing: tuple[float, float]
     Fourth-order differences: the discretisation error of the curl of a sampled gradient
     correlates with its divergence and biases θ; the higher order cuts that bias ~5×."""
     div, curl = _div_curl(dy, dx, spacing, order=4)
+    return _eigen_from(div, curl, weights)
+
+
+def _eigen_from(div: np.ndarray, curl: np.ndarray, weights: np.ndarray) -> tuple[float, float]:
+    """:func:`_eigen_rotation` from the field's divergence and curl."""
     m = np.array([[np.sum(weights * curl * curl), np.sum(weights * curl * div)],
                   [np.sum(weights * curl * div), np.sum(weights * div * div)]])
     trace = float(np.trace(m))
@@ -194,14 +199,19 @@ def calibrate_rotation(
     if not (np.all(np.isfinite(dy)) and np.all(np.isfinite(dx))):
         raise ValueError("field_y/field_x contain NaN or Inf; expected finite COM shifts")
     weights = np.ones(dy.shape)
-    if valid is not None:
+    if valid is not None and not np.all(valid):
         from scipy import ndimage
 
         good = np.asarray(valid, dtype=bool)
         # Derivatives next to an invalid position use its (meaningless) zero shift.
         weights = ndimage.binary_erosion(good, np.ones((3, 3)), border_value=1).astype(float)
     candidates = [False, True] if flip == "auto" else [bool(flip)]
-    fits = {f: _eigen_rotation(-dy if f else dy, dx, spacing, weights) for f in (False, True)}
+    # the four derivatives once for both flips (a flip negates dy: div and curl follow linearly)
+    sy, sx = float(spacing[0]), float(spacing[1])
+    dx_x, dy_y = _derivative(dx, 1, sx, 4), _derivative(dy, 0, sy, 4)
+    dy_x, dx_y = _derivative(dy, 1, sx, 4), _derivative(dx, 0, sy, 4)
+    fits = {False: _eigen_from(dx_x + dy_y, dy_x - dx_y, weights),
+            True: _eigen_from(dx_x - dy_y, -dy_x - dx_y, weights)}
     if all(math.isnan(fits[f][1]) for f in candidates):
         warnings.warn(
             "the COM field has no spatial variation (uniform field or a single probe "

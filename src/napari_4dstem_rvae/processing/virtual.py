@@ -62,8 +62,7 @@ def find_disk(pattern: Any, threshold: float = 0.5) -> DiskGeometry:
     if not 0 < threshold < 1:
         raise ValueError(f"threshold must be in (0, 1), got {threshold!r}")
     image = np.where(np.isfinite(image), image, 0.0)
-    background = float(np.percentile(image, 5))
-    peak = float(np.percentile(image, 99.5))
+    background, peak = (float(v) for v in np.percentile(image, [5, 99.5]))
     if not peak > background:
         peak = float(image.max())
     if not peak > background:

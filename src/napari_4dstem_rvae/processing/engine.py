@@ -9,7 +9,7 @@ data (the idea of LiberTEM's mask stacks). Adding a detector is adding a mask.
 How the product is organised, and why:
 
 - With numba (a dependency; the BLAS path below is the fallback) up to eight masks are
-  one compiled loop per tile of frames: each pixel of four frames (two above five masks) is
+  one compiled loop per tile of frames (:mod:`.kernels`): each pixel of four frames (two above five masks) is
   read once, cast to float32 in a register and multiplied into every mask, the partial sums
   held in SIMD registers (float32 over ≤ 65 536 pixels, then float64). Data are read from
   memory once and the masks from the cache once per tile, for any integer or float32 input
@@ -33,7 +33,12 @@ How the product is organised, and why:
   ``dask.distributed`` cluster when a client or a scheduler address is given. Only the
   ``(scan_y, scan_x, n_masks)`` result is ever gathered.
 
-Nothing here imports dask at module level.
+Nothing here imports dask or numba at module level.
+
+This module is longer than 500 lines because it holds the one pass whole: the mask stack,
+the plan of a pass (with its dask token), the in-memory, dask and distributed drivers, the
+float64 fallback and the sampled mean used to find the disk; the compiled loop itself is in
+:mod:`.kernels`.
 """
 
 from __future__ import annotations
@@ -46,6 +51,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from .kernels import compiled_kernel
 
 #: OpenBLAS uses its fast small-matrix kernel below about 10⁶ multiply-adds per call.
 _SMALL_GEMM_LIMIT = 900_000
@@ -67,56 +74,6 @@ _KERNEL_MASKS = 8
 USE_COMPILED = True
 #: Input types the compiled kernel reads as they are (others are cast to float32 first).
 _KERNEL_INPUTS = ("float32", "uint8", "uint16", "int8", "int16")
-
-_kernels: dict[int, Any] = {}
-_kernel_lock = threading.Lock()
-
-
-def _kernel_source(k: int, f: int) -> str:
-    """Python source of the tile function (``f`` frames × ``k`` masks, every product held in
-    its own float32 accumulator) and of the loop over a block of frames."""
-    acc = [f"a{i}_{j}" for i in range(f) for j in range(k)]
-    frames = [f"x{i}" for i in range(f)]
-    masks = [f"m{j}" for j in range(k)]
-    lines = [f"def tile({', '.join(frames + masks)}):"]
-    lines += [f"    {a} = np.float32(0)" for a in acc]
-    lines += ["    for p in range(x0.shape[0]):"]
-    lines += [f"        v{i} = np.float32(x{i}[p])" for i in range(f)]
-    lines += [f"        w{j} = m{j}[p]" for j in range(k)]
-    lines += [f"        a{i}_{j} += v{i} * w{j}" for i in range(f) for j in range(k)]
-    lines += [f"    return ({', '.join(acc)},)", "", "",
-              "def run(frames, masks, out):",
-              "    n = frames.shape[0]",
-              "    for i in range(0, n, " + str(f) + "):",
-              "        last = n - 1"]
-    rows = ", ".join(f"frames[min(i + {i}, last)]" for i in range(f))
-    cols = ", ".join(f"masks[{j}]" for j in range(k))
-    lines += [f"        r = tile({rows}, {cols})"]
-    for i in range(f):
-        lines += [f"        if i + {i} < n:"] + [f"            out[i + {i}, {j}] = r[{i * k + j}]" for j in range(k)]
-    return "\n".join(lines) + "\n"
-
-
-def _compiled_kernel(k: int) -> Any:
-    """``run(frames (n, P), masks (k, P) float32, out (n, k) float64)`` compiled by numba for
-    ``k`` masks, or None without numba. Four frames per tile up to five masks, else two (the
-    products then still fit the 32 vector registers of AVX-512, 16 of AVX2 with spills)."""
-    with _kernel_lock:
-        if k in _kernels:
-            return _kernels[k]
-        try:
-            import numba
-        except ImportError:  # pragma: no cover - numba is a dependency; the BLAS path remains
-            _kernels[k] = None
-            return None
-        namespace: dict[str, Any] = {"np": np, "min": min}
-        exec(compile(_kernel_source(k, 4 if k <= 5 else 2), f"<engine kernel {k} masks>", "exec"), namespace)
-        tile = numba.njit(fastmath=True, boundscheck=False, nogil=True)(namespace["tile"])
-        namespace["tile"] = tile
-        run = numba.njit(boundscheck=False, nogil=True)(namespace["run"])
-        _kernels[k] = run
-        return run
-
 
 @dataclass(frozen=True)
 class MaskStack:
@@ -275,7 +232,7 @@ class _Plan:
         for key, value in state.items():
             object.__setattr__(self, key, value)
         if state.get("kernel_masks") is not None:
-            object.__setattr__(self, "kernel", _compiled_kernel(state["kernel_masks"].shape[0]))
+            object.__setattr__(self, "kernel", compiled_kernel(state["kernel_masks"].shape[0]))
 
 
 def _make_plan(masks: np.ndarray, dtype: np.dtype, threshold: float | None) -> _Plan:
@@ -294,7 +251,7 @@ def _make_plan(masks: np.ndarray, dtype: np.dtype, threshold: float | None) -> _
         steps = max(1, _GEMV_BYTES // (n_pixels * np.dtype(dtype).itemsize))
     kernel, kernel_masks = None, None
     if USE_COMPILED and dtype == np.float32 and n_masks <= _KERNEL_MASKS and len(pixel_blocks) == 1:
-        kernel = _compiled_kernel(n_masks)
+        kernel = compiled_kernel(n_masks)
         if kernel is not None:
             kernel_masks = np.ascontiguousarray(flat.T)
             if threshold is None:  # one pass, nothing kept in the cache between masks: longer runs

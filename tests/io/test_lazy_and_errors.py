@@ -350,3 +350,45 @@ def test_calibration_given_by_the_user_overrides_the_file_and_is_recorded(tmp_pa
         io.read(path, scan_step=-1.0)
     with pytest.raises(ValueError, match="det_unit must be one of"):
         io.read(path, det_unit="furlong")
+
+
+def test_npy_streamed_whole_without_a_copy_keeps_resident_memory_bounded(tmp_path):
+    """The .npy reader hands dask read-only views of a mapping per block (no copy): a COM pass
+    over a 256 MiB file reads every pattern, and the process's peak resident memory does not grow
+    to the file's size (each block's pages are released with the block)."""
+    path = tmp_path / "scan.npy"
+    big = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint16, shape=(64, 64, 128, 128))
+    rng = np.random.default_rng(0)
+    for row in range(64):
+        big[row] = rng.poisson(3, (64, 128, 128))
+    big.flush()
+    expected = float(np.asarray(big[10, 20], np.float64).sum())
+    del big
+    if not os.path.exists("/proc/self/status"):
+        pytest.skip("needs /proc to measure resident memory")
+    code = textwrap.dedent("""
+        import sys
+        def peak():
+            with open("/proc/self/status") as fh:
+                return next(int(l.split()[1]) * 1024 for l in fh if l.startswith("VmHWM"))
+        from napari_4dstem_rvae import io
+        from napari_4dstem_rvae.processing import compute_com
+        import numpy
+        ds = io.read(sys.argv[1])
+        compute_com(numpy.asarray(ds.data[:4, :4]), rotation=0.0, flip=False)  # imports, compiling
+        before = peak()
+        com = compute_com(ds, rotation=0.0, flip=False)
+        print(peak() - before, float(ds.pattern(10, 20).sum()), float(com.magnitude.sum()))
+    """)
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True,
+                         timeout=300, check=True).stdout.split()
+    grown, total = int(out[0]), float(out[1])
+    assert total == expected and np.isfinite(float(out[2]))
+    print(f"peak resident memory grew by {grown / 2**20:.0f} MiB")
+    assert grown < 192 * 2**20, grown / 2**20         # not the whole file: each block's pages go with it
+    # what the reader hands dask is a read-only view of the file's pages, not a copy
+    from napari_4dstem_rvae.io.common import MemmapSource
+
+    source = MemmapSource(str(path), np.uint16, (64, 64, 128, 128), offset=128)
+    block = source[2:4]
+    assert not block.flags.writeable and not block.flags.owndata

@@ -132,10 +132,9 @@ class TrainingSession:
         if scheduler is None:
             yield {"kind": "maps", "maps": self.maps(novelty=True), "epoch": epoch}
             return
-        from ..pipeline import connect_scheduler
-
         from distributed import as_completed
 
+        from ..pipeline import connect_scheduler
         from ..rvae.distributed import submit_encoding
 
         with connect_scheduler(scheduler, "dask scheduler", timeout=10) as client:

@@ -9,11 +9,11 @@ data (the idea of LiberTEM's mask stacks). Adding a detector is adding a mask.
 How the product is organised, and why:
 
 - With numba (a dependency; the BLAS path below is the fallback) up to eight masks are
-  one compiled loop per tile of frames (:mod:`.kernels`): each pixel of four frames (two above five masks) is
-  read once, cast to float32 in a register and multiplied into every mask, the partial sums
-  held in SIMD registers (float32 over ≤ 65 536 pixels, then float64). Data are read from
-  memory once and the masks from the cache once per tile, for any integer or float32 input
-  without a cast copy; this reached 1.2–1.3 × a ``numpy.sum`` for the three COM masks and
+  one compiled loop per tile of frames (:mod:`.kernels`): each pixel of four frames (two
+  above five masks) is read once, cast to float32 in a register and multiplied into every
+  mask, the partial sums held in SIMD registers (float32 over ≤ 65 536 pixels, then
+  float64). Data are read from memory once and the masks from the cache once per tile, for
+  any integer or float32 input without a cast copy; this reached 1.2–1.3 × a ``numpy.sum`` for the three COM masks and
   ~1.0 × for five masks where the BLAS path below reached 0.8 × and 0.55 × (one thread,
   ``benchmarks/bench_com.py``). Kernels are generated for each mask count and compiled on
   first use (about a second per mask count and input type, in each process).
@@ -547,9 +547,10 @@ def sample_mean_pattern(data: Any, max_frames: int = 256, max_rows: int = 8) -> 
     """Mean of a sample of patterns spread over the scan (float64, ``(det_y, det_x)``).
 
     Takes up to ``max_rows`` evenly spaced scan rows and, within them, evenly spaced
-    positions (``max_frames`` in all), so that a lazy file is read only in a few places;
-    only the rows' sums are gathered (one dask graph for a lazy array). Non-finite pixels count as 0. Used to
-    find the bright-field disk for default masks without a full pass.
+    positions (``max_frames`` in all), so that a lazy file is read only in a few places: a
+    lazy array's sample (≤ 64 MiB) is read in one dask graph, a larger one a row at a time.
+    Non-finite pixels count as 0. Used to find the bright-field disk for default masks
+    without a full pass.
     """
     data = as_array(data)
     ny, nx = int(data.shape[0]), int(data.shape[1])

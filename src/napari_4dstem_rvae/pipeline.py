@@ -330,10 +330,9 @@ def _run(source: Any, results_file: Path, png_file: Path, *, read_options: dict 
             total = len(futures)
             log(f"encoding {prepared.scan_shape[0] * prepared.scan_shape[1]} patterns on the cluster in "
                 f"{total} tasks (dashboard {client.dashboard_link})")
-            every = max(1, total // 10)
+            report = task_progress(log, "encoding")
             for done, _ in enumerate(as_completed(futures), 1):  # progress as the tasks finish
-                if done % every == 0 or done == total:
-                    log(f"encoding: {done}/{total} tasks done")
+                report(done, total)
 
         from .processing.chain import preprocess
 

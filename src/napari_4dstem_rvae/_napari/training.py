@@ -153,18 +153,12 @@ class TrainingSession:
             maps = assemble(futures)
             yield {"kind": "maps", "maps": self._named(maps), "epoch": epoch}
 
-    def maps(self, novelty: bool = False, client: Any = None) -> dict[str, np.ndarray]:
+    def maps(self, novelty: bool = False) -> dict[str, np.ndarray]:
         """The rVAE maps of every probe position by schema name: ``angle`` (rad), ``angle_std``,
         ``angle_concentration``, ``latents`` (k, ny, nx), ``latents_std``, when learned
-        ``shift``/``shift_std`` (2, ny, nx), with ``novelty`` the novelty map; encoded by the
-        workers of ``client`` (a ``distributed.Client``) when given."""
-        if client is None:
-            maps = self.trainer.maps(novelty=novelty)
-        else:
-            from ..rvae.distributed import encode_on_cluster
-
-            maps = encode_on_cluster(self.trainer.model, self.train_data, client, novelty=novelty)
-        return self._named(maps)
+        ``shift``/``shift_std`` (2, ny, nx), with ``novelty`` the novelty map (encoded in this
+        process; :meth:`run` encodes on a cluster when given a scheduler)."""
+        return self._named(self.trainer.maps(novelty=novelty))
 
     @staticmethod
     def _named(maps: Any) -> dict[str, np.ndarray]:

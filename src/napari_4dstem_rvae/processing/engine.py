@@ -269,13 +269,11 @@ def _reduce_frames_unchecked(frames: np.ndarray, plan: _Plan, out: np.ndarray) -
     dtype = plan.mask_groups[0].dtype
     step = plan.frames_per_step
     single_block = len(plan.pixel_blocks) == 1
+    # the compiled loop reads integers and float32 as they are; a threshold needs them cast
     direct = plan.kernel is not None and frames.dtype.name in _KERNEL_INPUTS and plan.threshold is None
     for start in range(0, frames.shape[0], step):
         chunk = frames[start:start + step]
-        if direct:  # the compiled loop reads integers and float32 as they are
-            plan.kernel(np.ascontiguousarray(chunk), plan.kernel_masks, out[start:start + chunk.shape[0]])
-            continue
-        if chunk.dtype != dtype:
+        if chunk.dtype != dtype and not direct:
             chunk = chunk.astype(dtype)
         if plan.threshold is not None:
             # Per-pattern threshold: pixels below threshold × the pattern's maximum count 0.

@@ -92,6 +92,8 @@ def to_device(values: Any, device: torch.device) -> torch.Tensor:
     """float32 ``values`` (numpy or a CPU tensor) on ``device``; to a GPU through pinned host
     memory, asynchronously (the CPU goes on preparing the next batch while it travels)."""
     tensor = torch.as_tensor(np.asarray(values, dtype=np.float32)) if not torch.is_tensor(values) else values
+    if tensor.device == device:
+        return tensor
     if device.type == "cuda":
         return tensor.pin_memory().to(device, non_blocking=True)
     return tensor.to(device)
@@ -199,11 +201,12 @@ def encode_batch(model: RVAE, frames: np.ndarray, novelty: bool = False,
     """:func:`encode_patterns` of finite patterns ``(B, det_y, det_x)``, and with ``novelty``
     their standardised residuals at ``pixels`` (``"residuals"``, ``(B, P)``) and their sums
     over a grid of detector blocks (``"blocks"``, for the lattice novelty)."""
-    post = encode_patterns(model, frames)
+    device = model_device(model)
+    x = to_device(frames, device)  # one transfer for the encoding and the residuals
+    post = encode_patterns(model, x)
     if novelty:
         post["blocks"] = detector_blocks(frames)
-        device = model_device(model)
-        res = model.residuals(to_device(frames, device), None if pixels is None else pixels.to(device))
+        res = model.residuals(x, None if pixels is None else pixels.to(device))
         post["residuals"] = res.float().cpu().numpy()
     return post
 

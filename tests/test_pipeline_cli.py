@@ -29,6 +29,34 @@ def test_stem_rvae_run_writes_results_and_overview(tmp_path):
     assert (tmp_path / "results_overview.png").stat().st_size > 10_000
 
 
+def test_run_reads_the_data_once_for_the_overview_and_the_com(tmp_path, monkeypatch):
+    """The overview images (sum, ADF) ride along in the COM pass: before training, the run
+    reduces the whole scan once, and its images equal a separate overview pass."""
+    from napari_4dstem_rvae.pipeline import overview_images
+    from napari_4dstem_rvae.processing import engine
+    from napari_4dstem_rvae.io import read
+
+    ds = graphene(scan_shape=(8, 8), det_shape=(32, 32))
+    source = save_dataset(ds, tmp_path / "scan.h5")
+    passes = []
+    for name in ("_reduce_numpy", "_reduce_dask"):
+        original = getattr(engine, name)
+
+        def counted(data, plan, *args, _original=original):
+            passes.append(tuple(data.shape))
+            return _original(data, plan, *args)
+
+        monkeypatch.setattr(engine, name, counted)
+    out = tmp_path / "results.h5"
+    assert main(["run", source, "--bin", "16", "--epochs", "1", "--latent", "2", "--out", str(out)]) == 0
+    assert passes.count((8, 8, 32, 32)) == 1, passes
+    expected = overview_images(read(source))
+    with h5py.File(out, "r") as f:
+        assert set(f["images"]) >= set(expected) == {"sum", "adf"}
+        for name, image in expected.items():
+            np.testing.assert_allclose(f["images"][name][()], image, rtol=1e-6)
+
+
 def test_stem_rvae_errors_are_one_line(tmp_path, capsys):
     bad = tmp_path / "broken.h5"
     bad.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\x00" * 100)

@@ -39,18 +39,24 @@ def open_dataset(source: str | os.PathLike | Dataset4D, **read_options: Any) -> 
     return read(source, **{k: v for k, v in read_options.items() if v is not None})
 
 
-def overview_images(dataset: Dataset4D) -> dict[str, np.ndarray]:
-    """The total-intensity image (``"sum"``) and, when the calibration gives the bright-field
-    disk, the default ADF image (``"adf"``; :func:`processing.virtual.default_image_detector`),
-    in one pass."""
-    from .processing.engine import reduce_masks
+def overview_masks(dataset: Dataset4D) -> dict[str, np.ndarray]:
+    """The detectors of the overview images: the total intensity (``"sum"``) and, when the
+    calibration gives the bright-field disk, the default ADF (``"adf"``;
+    :func:`processing.virtual.default_image_detector`)."""
     from .processing.virtual import default_image_detector
 
     masks = {"sum": np.ones(dataset.det_shape, np.float32)}
     name, mask = default_image_detector(dataset.calibration, dataset.det_shape)
     if name != "sum":
         masks[name] = mask
-    return reduce_masks(dataset.data, masks, nonfinite="nan")
+    return masks
+
+
+def overview_images(dataset: Dataset4D) -> dict[str, np.ndarray]:
+    """The overview images (:func:`overview_masks`) in one pass."""
+    from .processing.engine import reduce_masks
+
+    return reduce_masks(dataset.data, overview_masks(dataset), nonfinite="nan")
 
 
 def _output_paths(out: str | os.PathLike, stem: str, inputs: Any = ()) -> tuple[Path, Path]:
@@ -281,10 +287,15 @@ def _run(source: Any, results_file: Path, png_file: Path, *, read_options: dict 
             raise ValueError(f"--out {results_file} is the input {ds.source}; choose another output")
     log(f"data: {ds.shape} {ds.dtype} from {ds.source or ds.name}")
     roi = _load_roi(roi, ds.scan_shape)
-    overview = overview_images(ds) if images is None else images
     if com_result is None:
-        com_result = (compute_com(ds) if client is None
-                      else compute_com(ds, client=client, progress=task_progress(log, "COM")))
+        # the overview images ride along in the COM pass: one read of the data for both, on
+        # the cluster when there is one
+        detectors = overview_masks(ds) if images is None else None
+        com_result = compute_com(ds, detectors=detectors, client=client,
+                                 progress=None if client is None else task_progress(log, "COM"))
+        overview = images if detectors is None else {k: com_result.virtual[k] for k in detectors}
+    else:
+        overview = overview_images(ds) if images is None else images
     log(f"COM: rotation {com_result.rotation_deg:.2f}°, flip {com_result.flip}")
     factor = detector_bin_factor(ds.det_shape, bin_to)
     store = results_file.with_name(results_file.stem + ".reduced.zarr")

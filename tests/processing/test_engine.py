@@ -47,6 +47,24 @@ def test_reduce_masks_equals_explicit_masked_sums():
         assert result[name].dtype == np.float64
 
 
+def test_identical_masks_are_reduced_once(monkeypatch):
+    from napari_4dstem_rvae.processing import engine
+
+    rng = np.random.default_rng(2)
+    data = rng.random((4, 5, 12, 14)).astype(np.float32)
+    a, b = rng.random((12, 14)), rng.random((12, 14))
+    planned = []
+    make_plan = engine._make_plan
+    monkeypatch.setattr(engine, "_make_plan", lambda masks, *args: planned.append(len(masks)) or make_plan(masks, *args))
+    result = reduce_masks(data, {"a": a, "ones": np.ones((12, 14)), "b": b, "a_again": a.copy(),
+                                 "sum": np.ones((12, 14))})
+    assert planned == [3]  # a, ones, b: the copies are not read again
+    for name, mask in {"a": a, "ones": 1.0, "b": b, "a_again": a, "sum": 1.0}.items():
+        expected = np.einsum("ijkl,kl->ij", data.astype(np.float64), np.broadcast_to(mask, (12, 14)))
+        np.testing.assert_allclose(result[name], expected, rtol=2e-6)
+    np.testing.assert_array_equal(result["sum"], result["ones"])
+
+
 def test_kernel_pixel_blocks_and_mask_groups():
     """Large detectors are summed in float64 over pixel blocks; masks in groups of ≤ 4."""
     rng = np.random.default_rng(2)

@@ -458,7 +458,9 @@ def reduce_masks(
     if n_threads is not None and int(n_threads) < 1:
         raise ValueError(f"n_threads must be at least 1, got {n_threads!r}")
     dtype = compute_dtype_for(data.dtype, precision)
-    plan = _make_plan(stack.masks, dtype, None if threshold is None else float(threshold))
+    # identical masks (a COM pass's total and a "sum" image, say) are reduced once
+    weights, copies = _distinct(stack.masks)
+    plan = _make_plan(weights, dtype, None if threshold is None else float(threshold))
     threads = default_threads() if n_threads is None else int(n_threads)
 
     def reduce(plan: _Plan) -> np.ndarray:
@@ -470,7 +472,9 @@ def reduce_masks(
     if dtype != np.float64 and not np.all(np.isfinite(values)):
         # Finite float32 data near its range (~3e38) overflow float32 sums: redo the pass in
         # float64 before calling any pattern non-finite.
-        values = reduce(_make_plan(stack.masks, np.float64, plan.threshold))
+        values = reduce(_make_plan(weights, np.float64, plan.threshold))
+    if copies is not None:
+        values = values[..., copies]
     if nonfinite == "raise":
         check_finite(values, "data")
     elif nonfinite == "nan":
@@ -478,6 +482,18 @@ def reduce_masks(
     elif nonfinite != "keep":
         raise ValueError(f"nonfinite must be 'raise', 'nan' or 'keep', got {nonfinite!r}")
     return {name: values[..., i] for i, name in enumerate(stack.names)}
+
+
+def _distinct(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(distinct masks, index of each given mask among them)``, or ``(masks, None)`` when
+    no two are equal."""
+    flat = masks.reshape(masks.shape[0], -1)
+    first: dict[bytes, int] = {}
+    index = np.array([first.setdefault(row.tobytes(), len(first)) for row in flat])
+    if len(first) == len(flat):
+        return masks, None
+    keep = [int(np.argmax(index == i)) for i in range(len(first))]
+    return masks[keep], index
 
 
 def mark_nonfinite(values: np.ndarray) -> np.ndarray:

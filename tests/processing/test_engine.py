@@ -236,10 +236,14 @@ def test_engine_and_detector_errors():
     with pytest.raises(ValueError, match="n_threads"):
         reduce_masks(data, {"m": np.ones((32, 36))}, n_threads=0)
     bad = data.copy()
-    bad[2, 1, 5, 5] = np.nan
+    bad[2, 1, 15, 16] = np.nan                          # inside the bright-field disk
     with pytest.warns(UserWarning, match=r"NaN or Inf pixels, at scan positions \(2, 1\)"):
         marked = virtual_images(bad, {"bf": bright_field(7.0, center=(15.0, 17.0))})["bf"]
     assert np.isnan(marked[2, 1]) and np.isfinite(np.delete(marked.ravel(), 2 * marked.shape[1] + 1)).all()
+    outside = data.copy()
+    outside[2, 1, 1, 1] = np.nan                        # where the disk's rows are not read
+    clean = virtual_images(data, {"bf": bright_field(7.0, center=(15.0, 17.0))})["bf"]
+    np.testing.assert_array_equal(virtual_images(outside, {"bf": bright_field(7.0, center=(15.0, 17.0))})["bf"], clean)
     with pytest.raises(ValueError, match=r"NaN or Inf pixels.*scan position \(2, 1\)"):
         reduce_masks(bad, {"bf": np.ones((32, 36))})  # the engine's default: refuse
     with pytest.raises(ValueError, match="uniform"):
@@ -280,6 +284,44 @@ def test_compiled_loop_equals_float64_sums_for_every_mask_count(dtype, monkeypat
     kept = np.where(frames >= 0.5 * frames.max(axis=(2, 3), keepdims=True), frames, 0)
     np.testing.assert_allclose(got["b"], np.einsum("yxij,ij->yx", kept, masks[1]),
                                atol=2e-6 * np.abs(got["b"]).max())
+
+
+def test_short_masks_equal_float64_sums(monkeypatch):
+    """Masks whose non-zero pixels lie in at most half the detector's rows are multiplied over
+    their own run of pixels alone (a disk, a corner, one pixel, an all-zero mask), alone and
+    next to whole-detector masks: the sums equal the BLAS path's and float64 sums, and the
+    layout multiplies them over their run only."""
+    from napari_4dstem_rvae.processing import engine
+    from napari_4dstem_rvae.processing.kernels import kernel_layout
+
+    rng = np.random.default_rng(3)
+    data = (rng.random((5, 7, 24, 20)) * 200).astype(np.uint16)
+    view = data[:, 1:6]
+    yy, xx = np.indices((24, 20))
+    inside = np.hypot(yy - 11.3, xx - 9.6) < 5
+    short = {"disk": inside * 1.0, "disk_y": inside * yy, "corner": ((yy < 5) & (xx >= 14)) * rng.random((24, 20)),
+             "pixel": (yy == 23) & (xx == 19), "zero": np.zeros((24, 20))}
+    whole = {"ones": np.ones((24, 20)), "noise": rng.normal(size=(24, 20)), "ring": ~inside * 1.0}
+    runs = {"disk": 9 * 20 + 4, "disk_y": 9 * 20 + 4, "corner": 4 * 20 + 6, "pixel": 1, "zero": 0}
+    for chosen in ([*short], ["ones", "disk", "noise", "disk_y"], ["ring", "corner", "pixel", "zero", "ones"],
+                   ["disk"], ["ones", "noise", "ring", "disk", "disk_y", "corner", "pixel", "zero"]):
+        weights = {**short, **whole}
+        stack = MaskStack(tuple(chosen), np.stack([np.asarray(weights[n], float) for n in chosen]))
+        (k, pieces), bounds = kernel_layout(stack.masks)
+        for j, name in enumerate(chosen):   # pixels each mask is multiplied over
+            covered = sum(int(b - a) for (a, b), masks in zip(bounds, pieces) if j in masks)
+            assert covered == runs.get(name, 24 * 20), name
+        for array in (data, view):
+            got = reduce_masks(array, stack)
+            monkeypatch.setattr(engine, "USE_COMPILED", False)
+            blas = reduce_masks(array, stack)
+            monkeypatch.setattr(engine, "USE_COMPILED", True)
+            for j, name in enumerate(chosen):
+                want = np.einsum("yxij,ij->yx", array.astype(np.float64), stack.masks[j])
+                scale = max(np.abs(want).max(), 1.0)
+                np.testing.assert_allclose(got[name], want, atol=2e-6 * scale, err_msg=name)
+                np.testing.assert_allclose(got[name], blas[name], atol=2e-6 * scale, err_msg=name)
+    assert np.all(reduce_masks(data, {"zero": np.zeros((24, 20))})["zero"] == 0)
 
 
 def test_plan_token_follows_the_masks_and_pickles_without_its_compiled_loop():

@@ -27,7 +27,9 @@ Conventions (read these before comparing with another program)
   (attractive) projected potential the beam is deflected *towards* the atoms, so the COM
   field points towards atom columns and its divergence is *negative* at atom columns —
   where the annular dark-field (ADF) signal is high. We pick the θ for which
-  ``corr(div′, ADF) < 0`` (ADF computed in the same pass), or the image you pass as
+  ``corr(div′, ADF) < 0`` (ADF computed in the same pass; with the whole detector as the
+  COM mask, as the total less the disk the ADF leaves out, a disk the pass multiplies over
+  its own rows only), or the image you pass as
   ``sign_from``; without one, the θ whose divergence has negative skewness (sharp negative
   minima at atoms, shallow positive rings around them). Pass ``rotation`` (degrees) and
   ``flip`` to override.
@@ -40,6 +42,9 @@ Conventions (read these before comparing with another program)
 - Patterns whose summed intensity inside the mask is ≤ 0 carry no information: their
   shift is 0 (never NaN) and they are left out of reference fits and of the rotation
   calibration (``COMResult.valid``).
+
+This module is longer than 500 lines because it keeps the COM pass whole: its options, its
+result, its masks, the reference correction and the rotation calibration's use.
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ import numpy as np
 
 from ..dataset import Calibration
 from .engine import MaskStack, as_array, reduce_masks
+from .kernels import is_short
 from .field import (
     RotationCalibration,
     calibrate_rotation,
@@ -72,6 +78,7 @@ from .virtual import (
 )
 
 _MOMENTS = ("com_total", "com_y", "com_x")
+_ADF_HOLE = "_adf_hole"
 
 __all__ = ["COMOptions", "COMResult", "RotationCalibration", "calibrate_rotation", "com_masks", "compute_com",
            "divergence_curl", "rotate_field"]
@@ -412,15 +419,23 @@ def compute_com(
             raise ValueError(f"sign_from must be 'adf', an image or None, got {sign_from!r}")
         if "adf" not in extra:
             try:
-                detector_mask(annular_dark_field(), det_shape, geometry, calibration, "adf")
-                extra["adf"] = annular_dark_field()
+                adf = detector_mask(annular_dark_field(), det_shape, geometry, calibration, "adf")
             except ValueError:
                 want_adf = False  # no dark-field pixels: fall back to skewness
+            else:
+                if np.all(base == 1) and is_short(1 - adf):
+                    # the ADF is the total less the disk it leaves out: that disk is summed over
+                    # its own rows alone (exact for counts; float data: ~1e-7 × the total)
+                    stack = stack + MaskStack((_ADF_HOLE,), (1 - adf)[None])
+                else:
+                    extra["adf"] = adf
     if extra:
         stack = stack + build_mask_stack(extra, det_shape, geometry, calibration)
 
     sums = reduce_masks(data, stack, threshold=threshold, client=client, n_threads=n_threads,
                         precision=precision, nonfinite="keep", progress=progress)
+    if _ADF_HOLE in sums:
+        sums["adf"] = sums["com_total"] - sums.pop(_ADF_HOLE)
     total = sums["com_total"]
     broken = ~np.all([np.isfinite(v) for v in sums.values()], axis=0)
     if broken.all():
@@ -471,7 +486,7 @@ def compute_com(
         rotation_deg, use_flip = float(rotation), bool(flip) if flip != "auto" else False
     vy, vx = rotate_field(corr_y, corr_x, rotation_deg, use_flip)
     div, curl = divergence_curl(vy, vx, spacing)
-    virtual = {k: v for k, v in sums.items() if k not in _MOMENTS and k in extra}
+    virtual = {k: v for k, v in sums.items() if k not in _MOMENTS}
     return COMResult(
         y=vy, x=vx, divergence=div, curl=curl, intensity=total, valid=valid,
         detector_y=det_y, detector_x=det_x, origin=origin,

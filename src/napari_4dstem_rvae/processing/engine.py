@@ -52,7 +52,7 @@ from typing import Any
 
 import numpy as np
 
-from .kernels import compiled_kernel
+from .kernels import compiled_kernel, kernel_layout
 
 #: OpenBLAS uses its fast small-matrix kernel below about 10⁶ multiply-adds per call.
 _SMALL_GEMM_LIMIT = 900_000
@@ -210,6 +210,7 @@ class _Plan:
     vectors: tuple[np.ndarray, ...] = ()  # one contiguous (pixels,) row per mask: the gemv path
     kernel: Any = None                    # the compiled one-pass loop, with its masks (k, pixels) float32
     kernel_masks: np.ndarray | None = None
+    kernel_layout: tuple = ()             # (key, bounds) of kernels.kernel_layout: the masks of each piece
 
     def __dask_tokenize__(self) -> tuple:
         # without this dask would hash the plan by pickling it, compiled loop included: ~10 ms
@@ -232,7 +233,7 @@ class _Plan:
         for key, value in state.items():
             object.__setattr__(self, key, value)
         if state.get("kernel_masks") is not None:
-            object.__setattr__(self, "kernel", compiled_kernel(state["kernel_masks"].shape[0]))
+            object.__setattr__(self, "kernel", compiled_kernel(state["kernel_layout"][0]))
 
 
 def _make_plan(masks: np.ndarray, dtype: np.dtype, threshold: float | None) -> _Plan:
@@ -249,14 +250,16 @@ def _make_plan(masks: np.ndarray, dtype: np.dtype, threshold: float | None) -> _
     if n_masks <= _GEMV_MASKS and len(pixel_blocks) == 1:
         vectors = tuple(np.ascontiguousarray(flat[:, j]) for j in range(n_masks))
         steps = max(1, _GEMV_BYTES // (n_pixels * np.dtype(dtype).itemsize))
-    kernel, kernel_masks = None, None
+    kernel, kernel_masks, layout = None, None, ()
     if USE_COMPILED and dtype == np.float32 and n_masks <= _KERNEL_MASKS and len(pixel_blocks) == 1:
-        kernel = compiled_kernel(n_masks)
+        key, bounds = kernel_layout(masks)
+        kernel = compiled_kernel(key)
         if kernel is not None:
             kernel_masks = np.ascontiguousarray(flat.T)
+            layout = (key, bounds)
             if threshold is None:  # one pass, nothing kept in the cache between masks: longer runs
                 steps = max(1, _TASK_BYTES // (n_pixels * 4))
-    return _Plan(groups, slices, pixel_blocks, steps, threshold, vectors, kernel, kernel_masks)
+    return _Plan(groups, slices, pixel_blocks, steps, threshold, vectors, kernel, kernel_masks, layout)
 
 
 def _reduce_frames(frames: np.ndarray, plan: _Plan, out: np.ndarray) -> None:
@@ -281,7 +284,7 @@ def _reduce_frames_unchecked(frames: np.ndarray, plan: _Plan, out: np.ndarray) -
             chunk = np.where(chunk >= plan.threshold * peak, chunk, 0).astype(dtype, copy=False)
         rows = out[start:start + chunk.shape[0]]
         if plan.kernel is not None:
-            plan.kernel(np.ascontiguousarray(chunk), plan.kernel_masks, rows)
+            plan.kernel(np.ascontiguousarray(chunk), plan.kernel_masks, plan.kernel_layout[1], rows)
             continue
         if plan.vectors:
             for j, vector in enumerate(plan.vectors):
@@ -420,7 +423,10 @@ def reduce_masks(
     n_threads
         Threads of the in-memory path (default: the usable CPU cores, at most 8).
     nonfinite
-        ``"raise"``: a pattern holding NaN or Inf is a ValueError naming its position;
+        ``"raise"``: a pattern holding NaN or Inf where the masks read it is a ValueError
+        naming its position (the compiled loop does not read the pixels outside the run of a
+        mask that fits in half the detector's rows, :mod:`.kernels`: a NaN there leaves that
+        mask's sum finite, and right);
         ``"nan"``: its sums are NaN, with a warning naming the positions (maps over the whole
         scan); ``"keep"``: left as they are, for the caller to handle.
     precision
@@ -582,16 +588,16 @@ def sample_mean_pattern(data: Any, max_frames: int = 256, max_rows: int = 8) -> 
         picked: Any = dask.compute(*[data[int(r), ::step] for r in rows])
     else:  # one row in memory at a time
         picked = (np.asarray(_computed(data[int(r), ::step])) for r in rows)
-    total = np.zeros(tuple(int(s) for s in data.shape[2:]), dtype=np.float64)
-    count = 0
-    for frames in picked:
+
+    def row_sum(frames: np.ndarray) -> tuple[np.ndarray, int]:
         row = frames.sum(axis=0, dtype=np.float32 if small else np.float64)
         if data.dtype.kind in "fc" and not np.isfinite(row).all():
-            frames = np.where(np.isfinite(frames), frames, 0)
-            row = frames.sum(axis=0, dtype=np.float64)
-        total += row
-        count += frames.shape[0]
-    return total / count
+            row = np.where(np.isfinite(frames), frames, 0).sum(axis=0, dtype=np.float64)
+        return row, frames.shape[0]
+
+    sums = [row_sum(frames) for frames in picked]
+    total = np.sum([row for row, _ in sums], axis=0, dtype=np.float64)
+    return total / sum(n for _, n in sums)
 
 
 def _computed(value: Any) -> Any:

@@ -4,6 +4,7 @@ dask.distributed, bounded memory on data larger than a limit, bad input."""
 from __future__ import annotations
 
 import math
+import os
 import tracemalloc
 
 import numpy as np
@@ -347,3 +348,40 @@ def test_plan_token_follows_the_masks_and_pickles_without_its_compiled_loop():
     _reduce_frames(frames, plan, a)
     _reduce_frames(frames, copy, b)
     np.testing.assert_array_equal(a, b)
+
+
+def test_compiled_loops_are_cached_on_disk_for_the_next_process(tmp_path):
+    """The generated loop is a file in the cache directory and numba keeps its machine code
+    there: a second process loads it instead of compiling (numba's own cache statistics), with
+    the same sums. Without a writable cache directory the loop is compiled in memory."""
+    import json
+    import subprocess
+    import sys
+
+    script = (
+        "import json, numpy as np\n"
+        "from napari_4dstem_rvae.processing import reduce_masks\n"
+        "from napari_4dstem_rvae.processing.kernels import compiled_kernel, kernel_layout\n"
+        "rng = np.random.default_rng(0)\n"
+        "data = (rng.random((3, 5, 16, 16)) * 90).astype(np.uint16)\n"
+        "masks = np.stack([np.ones((16, 16)), np.indices((16, 16))[0], np.eye(16)])\n"
+        "sums = reduce_masks(data, {'a': masks[0], 'b': masks[1], 'c': masks[2]})\n"
+        "run = compiled_kernel(kernel_layout(masks)[0])\n"
+        "print(json.dumps({'hits': len(run.stats.cache_hits), 'misses': len(run.stats.cache_misses),\n"
+        "                  'b': sums['b'].tolist()}))\n"
+    )
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    env.pop("NUMBA_CACHE_DIR", None)
+    runs = [json.loads(subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                                      check=True).stdout.splitlines()[-1]) for _ in range(2)]
+    assert runs[0]["hits"] == 0 and runs[0]["misses"] >= 1          # the first process compiles
+    assert runs[1]["hits"] >= 1 and runs[1]["misses"] == 0          # the next one loads it
+    assert runs[0]["b"] == runs[1]["b"]
+    folder = tmp_path / "cache" / "napari-4dstem-rvae" / "kernels"
+    assert list(folder.glob("engine_kernel_*.py")) and list(folder.glob("__pycache__/*.nbc"))
+    # no writable cache: compiled in memory, the same sums
+    (tmp_path / "file").write_text("not a folder")
+    env["XDG_CACHE_HOME"] = str(tmp_path / "file")
+    third = json.loads(subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                                      check=True).stdout.splitlines()[-1])
+    assert third["b"] == runs[0]["b"] and third["hits"] == 0

@@ -19,12 +19,14 @@ def _derivative(values: np.ndarray, axis: int, spacing: float, order: int = 2) -
     fourth-order stencil (−f₊₂ + 8f₊₁ − 8f₋₁ + f₋₂)/12h where five samples are available."""
     if values.shape[axis] < 2:
         return np.zeros_like(values, dtype=np.float64)
-    out = np.gradient(values.astype(np.float64, copy=False), spacing, axis=axis)
-    if order == 4 and values.shape[axis] >= 5:
-        f = np.moveaxis(values.astype(np.float64, copy=False), axis, 0)
-        inner = np.moveaxis(out, axis, 0)  # a view: writes go to ``out``
-        inner[2:-2] = (-f[4:] + 8 * f[3:-1] - 8 * f[1:-3] + f[:-4]) / (12 * spacing)
-    return out
+    f = np.moveaxis(values.astype(np.float64, copy=False), axis, 0)
+    out = np.empty(f.shape)  # written along the same moved axis, returned moved back
+    out[1:-1] = (f[2:] - f[:-2]) / (2 * spacing)
+    out[0] = (f[1] - f[0]) / spacing
+    out[-1] = (f[-1] - f[-2]) / spacing
+    if order == 4 and f.shape[0] >= 5:
+        out[2:-2] = (-f[4:] + 8 * f[3:-1] - 8 * f[1:-3] + f[:-4]) / (12 * spacing)
+    return np.moveaxis(out, 0, axis)
 
 
 def _div_curl(fy: np.ndarray, fx: np.ndarray, spacing: tuple[float, float],
@@ -210,8 +212,8 @@ def calibrate_rotation(
     sy, sx = float(spacing[0]), float(spacing[1])
     dx_x, dy_y = _derivative(dx, 1, sx, 4), _derivative(dy, 0, sy, 4)
     dy_x, dx_y = _derivative(dy, 1, sx, 4), _derivative(dx, 0, sy, 4)
-    fits = {False: _eigen_from(dx_x + dy_y, dy_x - dx_y, weights),
-            True: _eigen_from(dx_x - dy_y, -dy_x - dx_y, weights)}
+    fields = {False: (dx_x + dy_y, dy_x - dx_y), True: (dx_x - dy_y, -dy_x - dx_y)}  # (div, curl)
+    fits = {f: _eigen_from(*fields[f], weights) for f in (False, True)}
     if all(math.isnan(fits[f][1]) for f in candidates):
         warnings.warn(
             "the COM field has no spatial variation (uniform field or a single probe "
@@ -224,8 +226,8 @@ def calibrate_rotation(
     theta, residual = fits[chosen]
     other = fits[not chosen][1]
 
-    vy, vx = rotate_field(dy, dx, math.degrees(theta), chosen)
-    div, _ = divergence_curl(vy, vx, spacing)
+    # the rotated field's divergence, from the same derivatives (div′ = cosθ·div − sinθ·curl)
+    div = math.cos(theta) * fields[chosen][0] - math.sin(theta) * fields[chosen][1]
     use = weights > 0
     polarity_from = "none"
     if use.sum() >= 2:

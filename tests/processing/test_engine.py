@@ -385,3 +385,32 @@ def test_compiled_loops_are_cached_on_disk_for_the_next_process(tmp_path):
     third = json.loads(subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
                                       check=True).stdout.splitlines()[-1])
     assert third["b"] == runs[0]["b"] and third["hits"] == 0
+
+
+def test_sample_of_a_mapped_file_is_read_without_dask(tmp_path):
+    """The disk is found from a sample of patterns: under a dask array that only wraps an
+    array or a mapped file (the .npy reader), the sample is sliced from it directly (no dask
+    compute), with the same mean as numpy and as a dask array that must be computed."""
+    import dask.array as da
+    from dask.callbacks import Callback
+
+    from napari_4dstem_rvae.io import read
+    from napari_4dstem_rvae.processing.engine import sample_mean_pattern
+
+    data = disk_data(scan_shape=(20, 23))
+    np.save(tmp_path / "scan.npy", data)
+    opened = read(tmp_path / "scan.npy").data
+    computed = []
+
+    class Count(Callback):
+        def _start(self, dsk):
+            computed.append(len(dsk))
+
+    expected = sample_mean_pattern(data)
+    with Count():
+        for lazy in (opened, da.from_array(np.load(tmp_path / "scan.npy", mmap_mode="r"), chunks=(4, 5, 32, 36))):
+            np.testing.assert_array_equal(sample_mean_pattern(lazy), expected)
+        assert computed == []                                    # sliced from the file itself
+        np.testing.assert_allclose(sample_mean_pattern(opened * 1), expected, rtol=1e-6)
+        assert computed                                          # a computed array goes through dask
+    assert detector_geometry(opened) == detector_geometry(data)

@@ -7,7 +7,8 @@ position follows a smooth field, Poisson noise; ``--size-gb`` on disk, by defaul
 memory limit of one worker), then, for a cluster of 1 and of 2 worker processes (one thread
 each, ``--worker-memory-gb`` memory limit each):
 
-- the COM pass on the cluster (``compute_com(ds, client=...)``),
+- the COM pass on the cluster (``compute_com(ds, client=...)``), on fresh workers and again
+  on the same workers,
 - the encoding of every pattern (detector binned to 64 × 64 by the workers as they read)
   with one model trained once in this process on a subsample of ~4,000 patterns (every
   n-th scan row, ``--epochs`` epochs; training is not distributed yet),
@@ -109,15 +110,19 @@ def main(argv=None) -> int:
             with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, memory_limit=limit,
                               dashboard_address=None) as cluster, Client(cluster) as client:
                 t0 = time.perf_counter()
-                compute_com(ds, client=client)
+                compute_com(ds, client=client)  # fresh workers: imports, compiled loops from the cache
                 com_s = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                compute_com(ds, client=client)  # the same pass on workers that have run one
+                warm_s = time.perf_counter() - t0
                 t0 = time.perf_counter()
                 maps = encode_on_cluster(model, lazy, client, novelty=False)
                 enc_s = time.perf_counter() - t0
                 peaks = worker_peaks(client)
             assert np.isfinite(maps.angle).all()
             total = com_s + enc_s + train_s
-            print(f"\n{workers} worker(s): COM {n / com_s:,.0f} patterns/s ({size / com_s:.2f} GB/s), encoding "
+            print(f"\n{workers} worker(s): COM {n / com_s:,.0f} patterns/s ({size / com_s:.2f} GB/s; again on the "
+                  f"same workers {n / warm_s:,.0f} patterns/s, {size / warm_s:.2f} GB/s), encoding "
                   f"{n / enc_s:,.0f} patterns/s ({n / enc_s / loop_rate:.2f}× the single-process loop); "
                   f"time shares: COM {com_s / total:.0%}, training {train_s / total:.0%}, encoding "
                   f"{enc_s / total:.0%}; peak RSS per worker {', '.join(f'{p:.2f}' for p in peaks)} GB "

@@ -379,6 +379,12 @@ def test_compiled_loops_are_cached_on_disk_for_the_next_process(tmp_path):
     assert runs[0]["b"] == runs[1]["b"]
     folder = tmp_path / "cache" / "napari-4dstem-rvae" / "kernels"
     assert list(folder.glob("engine_kernel_*.py")) and list(folder.glob("__pycache__/*.nbc"))
+    # a damaged cached source is written again, not run
+    for path in folder.glob("engine_kernel_*.py"):
+        path.write_text("raise SystemExit('damaged')\n")
+    again = json.loads(subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                                      check=True).stdout.splitlines()[-1])
+    assert again["b"] == runs[0]["b"]
     # no writable cache: compiled in memory, the same sums
     (tmp_path / "file").write_text("not a folder")
     env["XDG_CACHE_HOME"] = str(tmp_path / "file")

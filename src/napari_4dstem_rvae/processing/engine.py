@@ -13,7 +13,8 @@ How the product is organised, and why:
   above five masks) is read once, cast to float32 in a register and multiplied into every
   mask, the partial sums held in SIMD registers (float32 over ≤ 65 536 pixels, then
   float64). Data are read from memory once and the masks from the cache once per tile, for
-  any integer or float32 input without a cast copy; this reached 1.2–1.3 × a ``numpy.sum`` for the three COM masks and
+  any integer or float32 input without a cast copy (a mask that fits in half the detector's
+  rows is multiplied over its own run of pixels only; the loops are cached on disk); this reached 1.2–1.3 × a ``numpy.sum`` for the three COM masks and
   ~1.0 × for five masks where the BLAS path below reached 0.8 × and 0.55 × (one thread,
   ``benchmarks/bench_com.py``). Kernels are generated for each mask count and compiled on
   first use (about a second per mask count and input type, in each process).

@@ -147,7 +147,11 @@ def _load(source: str) -> dict[str, Any]:
         return namespace
     digest = hashlib.sha1(source.encode()).hexdigest()[:20]
     path = directory / f"engine_kernel_{digest}.py"
-    if not path.exists():  # the name is the content: an existing file is this source
+    try:
+        current = path.read_text()
+    except (OSError, UnicodeDecodeError):
+        current = None
+    if current != source:  # new, or damaged: only the generated source itself is run
         partial = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.partial")
         partial.write_text(source)
         os.replace(partial, path)

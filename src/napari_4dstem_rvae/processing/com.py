@@ -423,10 +423,11 @@ def compute_com(
             except ValueError:
                 want_adf = False  # no dark-field pixels: fall back to skewness
             else:
-                if np.all(base == 1) and is_short(1 - adf):
+                hole = 1 - adf
+                if np.all(base == 1) and is_short(hole):
                     # the ADF is the total less the disk it leaves out: that disk is summed over
                     # its own rows alone (exact for counts; float data: ~1e-7 × the total)
-                    stack = stack + MaskStack((_ADF_HOLE,), (1 - adf)[None])
+                    stack = stack + MaskStack((_ADF_HOLE,), hole[None])
                 else:
                     extra["adf"] = adf
     if extra:

@@ -13,11 +13,12 @@ How the product is organised, and why:
   above five masks) is read once, cast to float32 in a register and multiplied into every
   mask, the partial sums held in SIMD registers (float32 over ≤ 65 536 pixels, then
   float64). Data are read from memory once and the masks from the cache once per tile, for
-  any integer or float32 input without a cast copy (a mask that fits in half the detector's
-  rows is multiplied over its own run of pixels only; the loops are cached on disk); this reached 1.2–1.3 × a ``numpy.sum`` for the three COM masks and
-  ~1.0 × for five masks where the BLAS path below reached 0.8 × and 0.55 × (one thread,
-  ``benchmarks/bench_com.py``). Kernels are generated for each mask count and compiled on
-  first use (about a second per mask count and input type, in each process).
+  any integer or float32 input without a cast copy; a mask that fits in half the
+  detector's rows is multiplied over its own run of pixels only. This reached 1.2–1.3 × a
+  ``numpy.sum`` for the three COM masks and ~1.0 × for five masks where the BLAS path below
+  reached 0.8 × and 0.55 × (one thread, ``benchmarks/bench_com.py``). The loops are
+  generated for each layout of masks, compiled on first use (about a second per layout and
+  input type) and cached on disk for the next process.
 - Frames are cast to float32 (or float64 for float64 / 32-bit integer input) in small
   steps of a few frames that stay in the CPU cache. Up to eight masks, each mask is one
   matrix–vector product over a run of ≤ 512 kB of frames (read from memory once, then from
@@ -495,12 +496,11 @@ def _distinct(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     """``(distinct masks, index of each given mask among them)``, or ``(masks, None)`` when
     no two are equal."""
     flat = masks.reshape(masks.shape[0], -1)
-    first: dict[bytes, int] = {}
+    first: dict[bytes, int] = {}  # a mask's bytes → the position of its first copy
     index = np.array([first.setdefault(row.tobytes(), len(first)) for row in flat])
     if len(first) == len(flat):
         return masks, None
-    keep = [int(np.argmax(index == i)) for i in range(len(first))]
-    return masks[keep], index
+    return masks[np.unique(index, return_index=True)[1]], index
 
 
 def mark_nonfinite(values: np.ndarray) -> np.ndarray:
@@ -591,15 +591,15 @@ def sample_mean_pattern(data: Any, max_frames: int = 256, max_rows: int = 8) -> 
     else:  # one row in memory at a time
         picked = (np.asarray(_computed(data[int(r), ::step])) for r in rows)
 
-    def row_sum(frames: np.ndarray) -> tuple[np.ndarray, int]:
+    total = np.zeros(tuple(int(s) for s in data.shape[2:]), dtype=np.float64)
+    count = 0
+    for frames in picked:
         row = frames.sum(axis=0, dtype=np.float32 if small else np.float64)
         if data.dtype.kind in "fc" and not np.isfinite(row).all():
             row = np.where(np.isfinite(frames), frames, 0).sum(axis=0, dtype=np.float64)
-        return row, frames.shape[0]
-
-    sums = [row_sum(frames) for frames in picked]
-    total = np.sum([row for row, _ in sums], axis=0, dtype=np.float64)
-    return total / sum(n for _, n in sums)
+        total += row
+        count += frames.shape[0]
+    return total / count
 
 
 def _mapped_source(data: Any) -> Any:
@@ -618,8 +618,12 @@ def _mapped_source(data: Any) -> Any:
         source = next(iter(original[0].values()))
     except Exception:  # pragma: no cover - another dask graph layout: sample through dask
         return data
-    plain = isinstance(source, np.ndarray) or type(source).__name__ == "MemmapSource"
-    if plain and tuple(source.shape) == tuple(data.shape) and np.dtype(source.dtype) == data.dtype:
+    if not isinstance(source, np.ndarray):
+        from ..io.common import MemmapSource
+
+        if not isinstance(source, MemmapSource):
+            return data
+    if tuple(source.shape) == tuple(data.shape) and np.dtype(source.dtype) == data.dtype:
         return source
     return data
 

@@ -51,7 +51,7 @@ import numpy as np
 
 # -- data --------------------------------------------------------------------------------------
 def make_windows(n_windows: int, seed: int = 0, pixels: int = 32, window: float = 5.0):
-    from napari_4dstem_rvae.processing.atoms import cut_windows, find_atoms_series
+    from napari_4dstem_rvae.atoms import cut_windows, find_atoms_series
     from napari_4dstem_rvae.simulate.haadf import haadf_series
 
     frames = 1
@@ -142,7 +142,7 @@ class Reference:
 def speed(n_windows: int, threads: int, ref_batches: int) -> None:
     import torch
 
-    from napari_4dstem_rvae.atom_pipeline import PRESETS, windows_dataset
+    from napari_4dstem_rvae.workflows.atoms import PRESETS, windows_dataset
     from napari_4dstem_rvae.rvae import RVAEConfig, Trainer
 
     torch.set_num_threads(threads)
@@ -180,7 +180,7 @@ def speed(n_windows: int, threads: int, ref_batches: int) -> None:
 def open_to_maps(threads: int) -> None:
     import tifffile
 
-    from napari_4dstem_rvae.atom_pipeline import analyse, find, windows_for
+    from napari_4dstem_rvae.workflows.atoms import analyse, find, windows_for
     from napari_4dstem_rvae.io.series import read_series
     from napari_4dstem_rvae.simulate.haadf import haadf_series
 
@@ -280,7 +280,7 @@ def judge(result, truth, window: float) -> dict:
 
 
 def quality(seeds: int, threads: int, window: float = 5.0) -> None:
-    from napari_4dstem_rvae.atom_pipeline import analyse, find
+    from napari_4dstem_rvae.workflows.atoms import analyse, find
     from napari_4dstem_rvae.simulate.haadf import haadf_series
 
     rows = []

@@ -47,7 +47,8 @@ import numpy as np
 
 from napari_4dstem_rvae.processing import com_masks, compute_com, reduce_masks
 from napari_4dstem_rvae.processing import engine as engine_module
-from napari_4dstem_rvae.processing.engine import MaskStack, default_threads
+from napari_4dstem_rvae.processing.drivers import default_threads
+from napari_4dstem_rvae.processing.engine import MaskStack
 from napari_4dstem_rvae.processing.virtual import (annular_dark_field, annulus_mask, build_mask_stack,
                                                    detector_geometry, disk_mask)
 

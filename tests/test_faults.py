@@ -43,7 +43,7 @@ def test_output_equal_to_the_input_is_refused_and_the_input_kept(source, tmp_pat
     link = tmp_path / "link.h5"
     link.symlink_to(source)
     for out in (source, link):
-        assert main(["run", source, *RUN[1:], "--epochs", "1", "--out", str(out)]) == 2
+        assert main(["run", source, *RUN[1:], "--epochs", "1", "--out", str(out)]) == 1
         assert "is the input" in capsys.readouterr().err
     assert main(["com", source, "--out", str(Path(source).parent)]) == 0  # a folder output next to it is fine
     assert digest(source) == before
@@ -64,7 +64,7 @@ def test_foreign_file_folder_and_unwritable_outputs_are_refused_before_any_work(
             err = capsys.readouterr().err
             if out.parent == locked and os.geteuid() == 0:
                 continue  # root writes anywhere: nothing to refuse
-            assert code == 2 and message in err, err
+            assert code == 1 and message in err, err
             assert time.perf_counter() - start < 5  # refused before reading or training
         assert notes.read_bytes() == b"not ours"
     finally:
@@ -72,18 +72,35 @@ def test_foreign_file_folder_and_unwritable_outputs_are_refused_before_any_work(
 
 
 def test_a_second_writer_of_the_same_output_is_refused(source, tmp_path, capsys):
+    """Another writer (here a thread of this process holding the claim, as another process
+    would) keeps the output: the run is refused before any work; once released, it runs."""
+    import threading
+
     from napari_4dstem_rvae.results import claim_output
 
     out = tmp_path / "r.h5"
-    with claim_output(out, [source]):
+    held, release = threading.Event(), threading.Event()
+
+    def other_writer():
+        with claim_output(out, [source]):
+            held.set()
+            release.wait(60)
+
+    writer = threading.Thread(target=other_writer)
+    writer.start()
+    try:
+        assert held.wait(30)
         assert main(["com", source, "--out", str(tmp_path), "--rotation", "0"]) == 0  # another file: fine
-        assert main(["run", source, *RUN[1:], "--epochs", "1", "--out", str(out)]) == 2
-        assert "being written by another process" in capsys.readouterr().err
+        assert main(["run", source, *RUN[1:], "--epochs", "1", "--out", str(out)]) == 1
+        assert "is being written by another process" in capsys.readouterr().err
+    finally:
+        release.set()
+        writer.join()
     assert main(["run", source, *RUN[1:], "--epochs", "1", "--out", str(out)]) == 0  # released
 
 
 def test_epochs_zero_is_refused(source, tmp_path, capsys):
-    assert main(["run", source, *RUN[1:], "--epochs", "0", "--out", str(tmp_path / "r.h5")]) == 2
+    assert main(["run", source, *RUN[1:], "--epochs", "0", "--out", str(tmp_path / "r.h5")]) == 1
     assert "untrained" in capsys.readouterr().err
     assert not (tmp_path / "r.h5").exists()
 
@@ -108,7 +125,7 @@ def test_kill_during_training_then_the_same_command_resumes_to_identical_maps(so
     assert 1 <= saved_epoch < 40                             # killed mid-training, after a checkpoint
     again = subprocess.run(args + ["--out", str(tmp_path / "killed.h5")], capture_output=True, text=True)
     assert again.returncode == 0, again.stderr
-    assert "continued from checkpoint" in again.stdout
+    assert "continuing from checkpoint" in again.stderr
     with h5py.File(tmp_path / "ref.h5") as ref, h5py.File(tmp_path / "killed.h5") as resumed:
         for name in ("angle", "latents", "novelty"):
             np.testing.assert_array_equal(resumed[f"rvae/{name}"][()], ref[f"rvae/{name}"][()])
@@ -315,7 +332,7 @@ def test_nan_patterns_outside_the_training_mask_do_not_stop_a_run(tmp_path, caps
         angle = f["rvae/angle"][()]
     assert np.isnan(angle[0, 0]) and np.isnan(angle[4, 6]) and np.isfinite(np.delete(angle.ravel(), [0, 46])).all()
     # inside the training mask they stop it, naming the first
-    assert main(["run", str(tmp_path / "scan.npy"), *RUN[1:], "--epochs", "2", "--out", str(tmp_path / "s.h5")]) == 2
+    assert main(["run", str(tmp_path / "scan.npy"), *RUN[1:], "--epochs", "2", "--out", str(tmp_path / "s.h5")]) == 1
     assert "(row 0, col 0)" in capsys.readouterr().err
 
 
@@ -340,10 +357,10 @@ def test_com_output_that_is_the_input_or_a_file_is_refused(tmp_path, capsys):
     data = tmp_path / "scan.npy"
     np.save(data, np.asarray(graphene(scan_shape=(6, 6), det_shape=(16, 16)).data))
     before = digest(data)
-    assert main(["com", str(data), "--out", str(data)]) == 2
+    assert main(["com", str(data), "--out", str(data)]) == 1
     assert "is the input" in capsys.readouterr().err
     (tmp_path / "notes").write_text("mine")
-    assert main(["com", str(data), "--out", str(tmp_path / "notes")]) == 2
+    assert main(["com", str(data), "--out", str(tmp_path / "notes")]) == 1
     assert "not a folder" in capsys.readouterr().err
     assert digest(data) == before and (tmp_path / "notes").read_text() == "mine"
 
@@ -352,7 +369,7 @@ def test_resume_and_fresh_flags(source, tmp_path, capsys):
     out = tmp_path / "r.h5"
     base = ["run", source, *RUN[1:], "--epochs", "4", "--checkpoint-every", "1"]
     assert main([*base, "--out", str(tmp_path / "first.h5")]) == 0
-    assert main([*base, "--out", str(out), "--resume", str(tmp_path / "absent.pt")]) == 2
+    assert main([*base, "--out", str(out), "--resume", str(tmp_path / "absent.pt")]) == 1
     assert "no such checkpoint" in capsys.readouterr().err
     assert main([*base, "--out", str(out), "--fresh"]) == 0
     assert "continued from" not in capsys.readouterr().out

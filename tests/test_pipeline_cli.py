@@ -1,4 +1,8 @@
-"""The headless pipeline through the CLI: read → bin → mean subtraction → COM → rVAE → files."""
+"""The 4D-STEM run headless, through the CLI and the API: read → COM → bin → rVAE → files;
+result paths on stdout, progress and notes on stderr, exit status 0 / 1 (the run failed) / 2
+(the command line is wrong)."""
+
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -32,9 +36,9 @@ def test_stem_rvae_run_writes_results_and_overview(tmp_path):
 def test_run_reads_the_data_once_for_the_overview_and_the_com(tmp_path, monkeypatch):
     """The overview images (sum, ADF) ride along in the COM pass: before training, the run
     reduces the whole scan once, and its images equal a separate overview pass."""
-    from napari_4dstem_rvae.pipeline import overview_images
-    from napari_4dstem_rvae.processing import engine
     from napari_4dstem_rvae.io import read
+    from napari_4dstem_rvae.processing import engine
+    from napari_4dstem_rvae.workflows import ImageRun, run_to_end
 
     ds = graphene(scan_shape=(8, 8), det_shape=(32, 32))
     source = save_dataset(ds, tmp_path / "scan.h5")
@@ -50,7 +54,9 @@ def test_run_reads_the_data_once_for_the_overview_and_the_com(tmp_path, monkeypa
     out = tmp_path / "results.h5"
     assert main(["run", source, "--bin", "16", "--epochs", "1", "--latent", "2", "--out", str(out)]) == 0
     assert passes.count((8, 8, 32, 32)) == 1, passes
-    expected = overview_images(read(source))
+    overview = ImageRun(read(source))
+    run_to_end(overview.events())
+    expected = overview.images
     with h5py.File(out, "r") as f:
         assert set(f["images"]) >= set(expected) == {"sum", "adf"}
         for name, image in expected.items():
@@ -60,9 +66,16 @@ def test_run_reads_the_data_once_for_the_overview_and_the_com(tmp_path, monkeypa
 def test_stem_rvae_errors_are_one_line(tmp_path, capsys):
     bad = tmp_path / "broken.h5"
     bad.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\x00" * 100)
-    assert main(["info", str(bad)]) == 2
+    assert main(["info", str(bad)]) == 1                       # the run failed: 1
     err = capsys.readouterr().err
     assert err.startswith("stem-rvae: error:") and str(bad) in err and "Traceback" not in err
+    with pytest.raises(SystemExit) as usage:                   # the command line is wrong: 2
+        main(["run", str(bad), "--mask", "square"])
+    assert usage.value.code == 2
+    with pytest.raises(SystemExit) as usage:
+        main(["run", str(bad), "--bin", "-3"])                 # refused by RunOptions' own check, before reading
+    assert usage.value.code == 2
+    assert "--bin must be a number of detector pixels" in capsys.readouterr().err
 
 
 def test_run_keeps_the_epoch_the_rule_picks(tmp_path):
@@ -70,26 +83,24 @@ def test_run_keeps_the_epoch_the_rule_picks(tmp_path):
     magnitude); by default the held-out rule, which looks at the data only."""
     import json
 
-    from napari_4dstem_rvae.pipeline import run
+    from napari_4dstem_rvae.workflows import run
 
     ds = graphene(scan_shape=(8, 8), det_shape=(32, 32))
-    default = run(ds, tmp_path / "default.h5", bin_to=16, epochs=8, latent_dim=1, log=lambda *_: None)["result"]
+    default = run(ds, tmp_path / "default.h5", bin_to=16, epochs=8, latent_dim=1).result
     assert default.config.epoch_selection == "held_out" and not default.diagnostics[:-1]  # no COM during training
     losses = {r["epoch"]: r["test_loss"] for r in default.history}
     assert default.best_epoch in (8, min(losses, key=losses.get))    # the last, unless clearly worse
-    out = run(ds, tmp_path / "best.h5", bin_to=16, epochs=8, latent_dim=1, epoch_selection="com_correlation",
-              log=lambda *_: None)
-    result = out["result"]
+    out = run(ds, tmp_path / "best.h5", bin_to=16, epochs=8, latent_dim=1, epoch_selection="com_correlation")
+    result = out.result
     seen = {d.epoch: d.max_abs_r for d in result.diagnostics}
     assert sorted(seen) == list(range(1, 9))          # 8 epochs // 20 → checked every epoch
     best = max(seen, key=seen.get)
     assert result.best_epoch == best
     assert result.max_abs_r == pytest.approx(seen[best], abs=1e-6)   # the maps are that epoch's
-    with h5py.File(out["results"], "r") as f:
+    with h5py.File(out.outputs["results"], "r") as f:
         assert json.loads(f.attrs["parameters_json"])["epoch_selection"].startswith("largest")
 
-    last = run(ds, tmp_path / "last.h5", bin_to=16, epochs=8, latent_dim=1, epoch_selection="last",
-               log=lambda *_: None)["result"]
+    last = run(ds, tmp_path / "last.h5", bin_to=16, epochs=8, latent_dim=1, epoch_selection="last").result
     assert last.best_epoch == 8 and not last.diagnostics[:-1]
 
 
@@ -98,7 +109,7 @@ def test_run_reads_a_flat_stack_with_scan_shape(tmp_path):
     ds = graphene(scan_shape=(4, 6), det_shape=(32, 32))
     flat = tmp_path / "stack.npy"
     np.save(flat, np.asarray(ds.data).reshape(24, 32, 32))
-    assert main(["run", str(flat), "--bin", "16", "--epochs", "1", "--out", str(tmp_path / "r.h5")]) == 2
+    assert main(["run", str(flat), "--bin", "16", "--epochs", "1", "--out", str(tmp_path / "r.h5")]) == 1
     assert main(["run", str(flat), "--scan-shape", "4", "6", "--bin", "16", "--epochs", "1",
                  "--out", str(tmp_path / "r.h5")]) == 0
     with h5py.File(tmp_path / "r.h5", "r") as f:
@@ -118,8 +129,9 @@ def test_cli_calibration_flags_and_one_line_warnings(tmp_path, capsys):
     assert main(["com", str(path), "--out", str(tmp_path / "com"), "--det-pixel-size", "2", "--det-unit", "mrad"]) == 0
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("stem-rvae: warning: the automatic scan rotation is unreliable")
-    assert "0° without flip is used instead" in lines[0]
+    warned = [line for line in lines if "warning:" in line]
+    assert len(warned) == 1 and warned[0].startswith("stem-rvae: warning: the automatic scan rotation is unreliable")
+    assert "0° without flip is used instead" in warned[0]
     with h5py.File(tmp_path / "com" / "com.h5", "r") as f:
         assert f["com"].attrs["rotation_deg"] == 0.0 and f["com"].attrs["rotation_problem"]
         assert f["com/com_x"].attrs["unit"] == "mrad"
@@ -130,14 +142,17 @@ def test_quick_demo_in_a_subprocess(tmp_path):
     """``stem-rvae demo --quick``: the whole chain as a user runs it, in its own process."""
     import subprocess
     import sys
-    from pathlib import Path
 
     exe = Path(sys.executable).with_name("stem-rvae")
     done = subprocess.run([str(exe), "demo", "--quick", "--out", str(tmp_path / "out")], capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "Traceback" not in done.stderr
-    assert all(line.startswith("stem-rvae: warning:") for line in done.stderr.splitlines() if line.strip())
+    # stderr: what happens (every line ours); stdout: the files written, one path per line
+    assert all(line.startswith("stem-rvae:") for line in done.stderr.replace("\r", "\n").splitlines() if line.strip())
+    written = [Path(line) for line in done.stdout.splitlines()]
+    assert {p.name for p in written} >= {"graphene_4dstem.h5", "com.h5", "images.h5", "results.h5", "overview.png"}
+    assert all(p.exists() for p in written)
     for name in ("graphene_4dstem.h5", "com.h5", "com.png", "images.h5", "adf.png", "results.h5", "overview.png"):
         assert (tmp_path / "out" / name).stat().st_size > 1000, name
     with h5py.File(tmp_path / "out" / "results.h5", "r") as f:

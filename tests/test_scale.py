@@ -78,21 +78,21 @@ def test_stem_rvae_run_with_local_workers_equals_one_process(tmp_path):
     two = subprocess.run([str(exe), *common, "--workers", "2", "--reduced", "always", "--out", str(tmp_path / "two.h5")],
                          capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-2000:]
-    assert "local cluster of 2 worker processes" in two.stdout and "on the cluster" in two.stdout
+    log = two.stderr.replace("\r", "\n")
+    assert "stem-rvae: dask: " in log and ", 2 workers" in log
     # the binned patterns were written once to a store that training and encoding read, then removed
-    assert "written once to" in two.stdout and str(tmp_path / "two.reduced.zarr") in two.stdout
+    assert f"reduced patterns: wrote {tmp_path / 'two.reduced.zarr'}" in log
     assert not (tmp_path / "two.reduced.zarr").exists()
-    assert "tasks done" in two.stdout  # progress over the cluster's futures
-    # the COM pass's tasks are counted as they finish too (a line per tenth, the last complete)
-    com_lines = re.findall(r"COM: (\d+)/(\d+) tasks done", two.stdout)
-    assert com_lines and com_lines[-1][0] == com_lines[-1][1], two.stdout
-    assert re.search(rf"COM: {com_lines[-1][1]} tasks on the cluster", two.stdout)
+    # the COM pass and the encoding show the cluster's tasks as they finish, up to the last one
+    for stage in ("COM", "encoding"):
+        counts = re.findall(rf"stem-rvae: {stage} on \S+: .*?(\d+)/(\d+)", log)
+        assert counts and counts[-1][0] == counts[-1][1], log[-3000:]
     with h5py.File(tmp_path / "one.h5", "r") as a, h5py.File(tmp_path / "two.h5", "r") as b:
         for name in ("angle", "latents", "com/com_x", "com/com_y"):
             np.testing.assert_allclose(b[name][()], a[name][()], rtol=1e-6, atol=1e-6, err_msg=name)
     bad = subprocess.run([str(exe), *common, "--workers", "0", "--out", str(tmp_path / "x.h5")],
                          capture_output=True, text=True, timeout=120)
-    assert bad.returncode != 0 and "--workers must be at least 1" in bad.stderr and "Traceback" not in bad.stderr
+    assert bad.returncode == 1 and "--workers must be at least 1" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_torchrun_two_processes_train_one_model_as_well_as_one_process(tmp_path):
@@ -110,9 +110,10 @@ def test_torchrun_two_processes_train_one_model_as_well_as_one_process(tmp_path)
                           "--out", str(tmp_path / "two.h5")],
                          capture_output=True, text=True, timeout=400)
     assert two.returncode == 0, two.stderr[-3000:]
-    assert "training on 2 processes together (torchrun, gloo; 1 threads each)" in two.stdout
-    assert two.stdout.count("results: ") == 1          # one rank prints and writes
-    assert two.stdout.count("written once to") == 1    # rank 0 wrote the reduced store, rank 1 waited and read it
+    assert "training on 2 processes together (torchrun, gloo; 1 threads each)" in two.stderr
+    assert two.stderr.count("stem-rvae: results: ") == 1     # one rank speaks and writes
+    assert two.stdout.splitlines() == [str(tmp_path / "two.h5"), str(tmp_path / "two_overview.png")]
+    assert two.stderr.count("reduced patterns: wrote") == 1  # rank 0 wrote the store, rank 1 waited and read it
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one.h5", "one_overview.png", "scan.h5",
                                                           "two.h5", "two_overview.png"]  # no checkpoint left
 
@@ -133,7 +134,18 @@ def test_reduced_store_is_written_once_reused_after_a_crash_and_never_over_forei
     import dask.array as da
 
     from napari_4dstem_rvae import read
-    from napari_4dstem_rvae.processing.chain import prepare_for_rvae, remove_reduced_store
+    from napari_4dstem_rvae.io.reduced import remove_reduced_store
+    from napari_4dstem_rvae.processing.chain import prepare_for_rvae
+    from napari_4dstem_rvae.workflows.inputs import prepared_data
+
+    def prepared(store, mode):
+        said = []
+        events = prepared_data(lazy, 2, store, mode)
+        while True:
+            try:
+                said.append(next(events).text)
+            except StopIteration as end:
+                return end.value, said
 
     ds = graphene(scan_shape=(10, 12), det_shape=(64, 64), seed=3, dose=1e4)
     lazy = read(save_dataset(ds, tmp_path / "scan.h5"))
@@ -141,28 +153,26 @@ def test_reduced_store_is_written_once_reused_after_a_crash_and_never_over_forei
     plain = prepare_for_rvae(lazy, 32)                                  # small: computed into memory
     assert not plain.is_lazy
     store = tmp_path / "r.reduced.zarr"
-    assert not prepare_for_rvae(lazy, 32, store=store).is_lazy          # auto: fits, no store
-    assert not store.exists()
-    said = []
-    stored = prepare_for_rvae(lazy, 32, store=store, reduced="auto", limit=1000, log=said.append)  # too big
-    assert stored.is_lazy and store.exists() and "written once" in said[0]
+    small, said = prepared(store, "auto")                               # auto: fits, no store
+    assert not small.is_lazy and not store.exists() and not said
+    stored, said = prepared(store, "always")
+    assert stored.is_lazy and store.exists() and said == [f"reduced patterns: wrote {store}"]
     np.testing.assert_array_equal(np.asarray(stored.data), np.asarray(plain.data))
     assert stored.calibration == plain.calibration
     # a rerun after a crash reads the complete store again instead of re-binning the file
-    said.clear()
-    again = prepare_for_rvae(lazy, 32, store=store, reduced="always", log=said.append)
+    again, said = prepared(store, "always")
     assert said == [f"reduced patterns: reusing {store}"]
     np.testing.assert_array_equal(np.asarray(again.data), np.asarray(plain.data))
     # a half-written store (killed while writing) is never read: it has another name
     remove_reduced_store(store)
     (tmp_path / "r.reduced.zarr.partial").mkdir()
-    prepare_for_rvae(lazy, 32, store=store, reduced="always")
+    prepared(store, "always")
     assert not (tmp_path / "r.reduced.zarr.partial").exists()
     # someone else's data at that path are refused, untouched
     remove_reduced_store(store)
     da.to_zarr(da.zeros((4, 4), chunks=2), str(store))
     with pytest.raises(ValueError, match="is not a store of reduced patterns written by this package"):
-        prepare_for_rvae(lazy, 32, store=store, reduced="always")
+        prepared(store, "always")
     assert store.exists()
 
 

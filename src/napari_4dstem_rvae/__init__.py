@@ -28,7 +28,8 @@ _LAZY = {
     "io": ".io",
     "processing": ".processing",
     "rvae": ".rvae",
-    "pipeline": ".pipeline",
+    "atoms": ".atoms",
+    "workflows": ".workflows",
 }
 
 __all__ = ["Calibration", "Dataset4D", "__version__", *_LAZY]

@@ -41,14 +41,46 @@ def _remove_orphans(folder: str, name: str) -> None:
             continue
         try:
             pid = int(entry[len(prefix):].split("-", 1)[0])
-            os.kill(pid, 0)                       # the writer is alive: leave its file
-        except ProcessLookupError:
-            try:
-                os.remove(os.path.join(folder, entry))
-            except OSError:
-                pass
-        except (ValueError, PermissionError, OSError):
+        except ValueError:
             continue
+        if pid == os.getpid() or _alive(pid):     # the writer is alive: leave its file
+            continue
+        try:
+            os.remove(os.path.join(folder, entry))
+        except OSError:
+            pass
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (when unsure: yes). Never signals it: on Windows
+    ``os.kill(pid, 0)`` would end it."""
+    if os.name == "nt":  # pragma: no cover - Windows
+        return _alive_windows(pid)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:                               # PermissionError: another user's process
+        return True
+    return True
+
+
+def _alive_windows(pid: int) -> bool:  # pragma: no cover - Windows
+    import ctypes
+    from ctypes import wintypes
+
+    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
+    kernel32.OpenProcess.restype = wintypes.HANDLE
+    handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+    if not handle:
+        return ctypes.get_last_error() != 87          # ERROR_INVALID_PARAMETER: no such process
+    try:
+        code = wintypes.DWORD()
+        if not kernel32.GetExitCodeProcess(handle, ctypes.byref(code)):
+            return True
+        return code.value == 259                      # STILL_ACTIVE
+    finally:
+        kernel32.CloseHandle(handle)
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> str:
@@ -59,10 +91,12 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> str:
 
 
 def fsync_folder(folder: str) -> None:
-    """Make a rename durable (POSIX: fsync the directory)."""
+    """Make a rename durable (POSIX: fsync the directory; Windows cannot open one, nor needs to)."""
+    if os.name == "nt":  # pragma: no cover - Windows
+        return
     try:
         fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # pragma: no cover - not POSIX
+    except OSError:  # pragma: no cover
         return
     try:
         os.fsync(fd)

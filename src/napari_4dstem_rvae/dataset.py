@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from .units import canonical_detector_unit, length_unit
+from .options import option
+from .units import canonical_detector_unit, length_unit, parse_quantity
 
 #: Units accepted for the detector pixel size.
 DETECTOR_UNITS = ("mrad", "1/Å", "px")
@@ -58,14 +59,29 @@ class Calibration:
         ``(y, x)`` of the first probe position, in ``scan_unit``.
     """
 
-    scan_step: float | tuple[float, float] | None = None
-    scan_unit: str | None = None
-    det_pixel_size: float | None = None
-    det_unit: str | None = None
-    energy_kev: float | None = None
-    semiangle_mrad: float | None = None
-    det_origin: tuple[float, float] | None = None
-    scan_origin: tuple[float, float] = (0.0, 0.0)
+    scan_step: float | tuple[float, float] | None = option(
+        None, "distance between neighbouring probe positions: one value, or STEP_Y STEP_X; a unit may follow "
+        "the number (0.25Å, 0.02nm)", nargs="+", parse=lambda text: parse_quantity(text, "--scan-step"), parts=("y", "x"), none="not given", minimum=0.0, maximum=1e6,
+        decimals=4, step=0.01, label="scan step")
+    scan_unit: str | None = option(
+        None, "unit of the scan step (A and um are read as Å and µm)", choices=(None, "Å", "nm", "pm", "µm"),
+        parse=lambda text: length_unit(text) or text, label="scan unit")
+    det_pixel_size: float | None = option(
+        None, "angular size of one detector pixel, in the detector unit", none="not given", minimum=0.0,
+        maximum=1e6, decimals=5, step=0.01, label="detector pixel")
+    det_unit: str | None = option(
+        None, "unit of the detector pixel size (1/A is read as 1/Å)", choices=(None, "mrad", "1/Å"),
+        parse=lambda text: canonical_detector_unit(text) or text, label="detector unit")
+    energy_kev: float | None = option(None, "beam energy", unit="keV", none="not given", minimum=0.0,
+                                      maximum=1e4, decimals=1, label="beam energy")
+    semiangle_mrad: float | None = option(None, "probe convergence semi-angle", unit="mrad", none="not given",
+                                          minimum=0.0, maximum=1e3, decimals=2, label="semi-angle")
+    det_origin: tuple[float, float] | None = option(
+        None, "detector pixel of the direct beam (zero angle)", nargs=2, parts=("row", "col"), unit="px",
+        none="not known", minimum=-1.0, maximum=1e5, decimals=2, label="direct beam")
+    scan_origin: tuple[float, float] = option(
+        (0.0, 0.0), "position of the first probe position, in the scan unit", nargs=2, parts=("y", "x"),
+        minimum=-1e9, maximum=1e9, decimals=4, label="scan origin", advanced=True)
 
     def __post_init__(self) -> None:
         if self.det_unit is not None and self.det_unit not in DETECTOR_UNITS:

@@ -64,6 +64,11 @@ class MapSpec:
         For stacks: titles of the planes (``"latent {i}"`` numbered from 1, or a tuple).
     colormap
         Overrides the kind's colormap.
+    aliases
+        Other names the map is known by (older files, short forms).
+    shown
+        Shown by default as a layer and a figure panel (posterior spreads, mask intensities
+        and validity masks are stored, not shown).
     """
 
     name: str
@@ -75,6 +80,7 @@ class MapSpec:
     planes: str | tuple[str, ...] | None = None
     colormap: str | None = None
     aliases: tuple[str, ...] = field(default=())
+    shown: bool = True
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -98,6 +104,12 @@ class MapSpec:
 
     def plane_titles(self, n: int) -> list[str]:
         return [self.plane_title(i) for i in range(n)] if self.is_stack else [self.title]
+
+    def plane_name(self, i: int) -> str:
+        """Key of plane ``i`` (0-based) of a stack as a flat map: ``latent_1`` (numbered from 1,
+        like the titles), ``latent_1_std``, ``shift_x`` …"""
+        title = self.plane_title(i).replace("rVAE ", "")
+        return "_".join(title.replace("spread", "std").split())
 
 
 def _spec(*args, **kwargs) -> MapSpec:
@@ -130,27 +142,27 @@ MAPS: dict[str, MapSpec] = {s.name: s for s in (
           "∂x COMy − ∂y COMx: zero for a deflection by a potential; what is left is noise or a "
           "wrong scan rotation.", "com", aliases=("curl",)),
     _spec("com_intensity", "COM mask intensity", "counts", "image",
-          "Summed intensity inside the COM mask.", "com"),
+          "Summed intensity inside the COM mask.", "com", shown=False),
     _spec("com_valid", "COM valid", "1", "mask",
           "Positions with intensity inside the COM mask (elsewhere the shift is 0).", "com",
-          aliases=("valid",)),
+          aliases=("valid",), shown=False),
     # rVAE
     _spec("angle", "rVAE angle", "rad", "angle",
           "Rotation of each pattern relative to the decoder's canonical pattern (posterior mean), "
           "counter-clockwise on screen about the direct beam.", "rvae", aliases=("rotation",)),
     _spec("angle_std", "rVAE angle spread", "rad", "spread",
-          "Posterior standard deviation of the angle: large where the rotation is ill-defined.", "rvae"),
+          "Posterior standard deviation of the angle: large where the rotation is ill-defined.", "rvae", shown=False),
     _spec("latents", "rVAE latent", "1", "diverging",
           "Content latents (posterior means, prior N(0, 1)): what differs between patterns once "
           "their rotation is taken out.", "rvae", planes="rVAE latent {i}"),
     _spec("latents_std", "rVAE latent spread", "1", "spread",
-          "Posterior standard deviations of the content latents.", "rvae", planes="rVAE latent {i} spread"),
+          "Posterior standard deviations of the content latents.", "rvae", planes="rVAE latent {i} spread", shown=False),
     _spec("shift", "rVAE shift", "px", "diverging",
           "Shift of each pattern (x right, y down), detector pixels.", "rvae",
           planes=("rVAE shift x", "rVAE shift y")),
     _spec("shift_std", "rVAE shift spread", "px", "spread",
           "Posterior standard deviations of the shift.", "rvae",
-          planes=("rVAE shift x spread", "rVAE shift y spread")),
+          planes=("rVAE shift x spread", "rVAE shift y spread"), shown=False),
     _spec("angle_concentration", "rVAE angle certainty", "1", "sequential",
           "Mean resultant length of the angle's posterior, 0–1: 1 where the pattern fixes its "
           "rotation, 0 where it does not (e.g. a nearly round pattern).", "rvae"),
@@ -164,8 +176,20 @@ MAPS: dict[str, MapSpec] = {s.name: s for s in (
           "poorly the trained model explains the pattern. High at what the rest of the scan "
           "does not show: vacancies, dopants, contamination.", "rvae", colormap="inferno"),
     _spec("roi_mask", "rVAE training region", "1", "mask",
-          "Probe positions the rVAE was trained on (train and test).", "rvae"),
+          "Probe positions the rVAE was trained on (train and test).", "rvae", shown=False),
 )}
+
+def map_names(group: str, *, shown: bool | None = None, kinds: tuple[str, ...] | None = None) -> tuple[str, ...]:
+    """Names of the maps of ``group`` (``"images"``, ``"com"``, ``"rvae"``) in declaration order;
+    only those ``shown`` by default (or not) and of ``kinds`` when given. Every list of maps
+    (file groups, layers, figure panels, the rVAE's map object) is derived from this."""
+    return tuple(name for name, spec in MAPS.items() if spec.group == group
+                 and (shown is None or spec.shown == shown) and (kinds is None or spec.kind in kinds))
+
+
+#: The rVAE's maps of every probe position (:class:`~napari_4dstem_rvae.rvae.LatentMaps` has an
+#: attribute of each name); the training region is the run's, not the model's.
+RVAE_MAPS = tuple(name for name in map_names("rvae") if name != "roi_mask")
 
 _ALIASES = {alias: spec.name for spec in MAPS.values() for alias in spec.aliases}
 # Names written by version 0.1 (napari-4dstem-rvae ≤ 0.1.0) -> (map, factor to its unit)

@@ -153,3 +153,26 @@ def format_bytes(n: float) -> str:
             return f"{n:.0f} {name}" if name == "B" else f"{n:.3g} {name}"
         n /= 1024
     return f"{n:.3g} TiB"  # pragma: no cover
+
+
+def parse_quantity(text: Any, what: str = "value") -> tuple[float, str | None]:
+    """``"0.16Å"`` → (0.16, "Å"), ``"1.5 nm"`` → (1.5, "nm"), ``"40px"`` → (40.0, "px"),
+    ``"0.5"`` → (0.5, None): a number and the canonical spelling of the unit that follows it
+    (a length, a detector unit, or ``"px"``). A ValueError naming ``what`` otherwise."""
+    import re
+
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        return float(text), None
+    match = re.fullmatch(r"\s*([-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?)\s*(\S*)\s*", str(text))
+    if not match:
+        raise ValueError(f"{what} must be a number, optionally with a unit (e.g. 0.16Å), got {text!r}")
+    value, spelled = float(match.group(1)), match.group(2)
+    if not spelled:
+        return value, None
+    key = unit_key(spelled)
+    if key in _PIXEL_ALIASES:
+        return value, "px"
+    unit = length_unit(spelled) or canonical_detector_unit(spelled)
+    if unit is None:
+        raise ValueError(f"{what}: unknown unit {spelled!r} in {text!r}; use Å, nm, pm, µm, mrad, 1/Å or px")
+    return value, unit

@@ -15,10 +15,10 @@ import pytest
 import tifffile
 from scipy.spatial import cKDTree
 
-from napari_4dstem_rvae.atom_pipeline import analyse, find, frame_histograms, parse_length, windows_for
+from napari_4dstem_rvae.workflows.atoms import analyse, find, frame_histograms, parse_length, windows_for
 from napari_4dstem_rvae.io.common import ReadError
 from napari_4dstem_rvae.io.series import read_series
-from napari_4dstem_rvae.processing.atoms import cut_windows, find_atoms, find_atoms_series, round_mask
+from napari_4dstem_rvae.atoms import cut_windows, find_atoms, find_atoms_series, round_mask
 from napari_4dstem_rvae.results import read_atom_results, write_atom_results
 from napari_4dstem_rvae.series import ImageSeries
 from napari_4dstem_rvae.simulate.haadf import haadf_series

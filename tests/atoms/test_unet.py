@@ -14,8 +14,8 @@ import pytest
 import torch
 from scipy.spatial import cKDTree
 
-from napari_4dstem_rvae.atom_pipeline import analyse, find
-from napari_4dstem_rvae.rvae.unet import (WEIGHTS, find_atoms_unet, load_unet, probabilities, save_weights,
+from napari_4dstem_rvae.workflows.atoms import analyse, find
+from napari_4dstem_rvae.atoms.unet import (WEIGHTS, find_atoms_unet, load_unet, probabilities, save_weights,
                                           train_unet)
 from napari_4dstem_rvae.simulate.haadf import haadf_series
 

@@ -84,7 +84,7 @@ def test_points_layer_by_hand_and_no_atoms(atoms_setup, qtbot, tmp_path):
     # a hand-made Points layer (world coordinates, as napari's tools make it)
     pixel = image.scale[-1]
     marks = viewer.add_points(np.array([[0, 40 * pixel, 50 * pixel], [1, 100 * pixel, 120 * pixel]]), name="mine")
-    widget.method.value = "Points layer"
+    widget.method.value = "points"
     widget.points_layer.value = "mine"
     _click(qtbot, widget.find_button)
     _wait(qtbot, widget)
@@ -93,7 +93,7 @@ def test_points_layer_by_hand_and_no_atoms(atoms_setup, qtbot, tmp_path):
     # an empty image: no atoms, one sentence, nothing added
     viewer.add_image(np.zeros((64, 64), np.float32), name="blank")
     widget.layer.value = "blank"
-    widget.method.value = "band-pass + peaks"
+    widget.method.value = "log"
     _click(qtbot, widget.find_button)
     _wait(qtbot, widget)
     assert "blank atoms" not in viewer.layers
@@ -125,7 +125,7 @@ def test_tiff_series_and_atom_results_open_through_the_plugin(make_napari_viewer
 
 def test_unet_choice_in_the_dock(atoms_setup, qtbot):
     viewer, image, widget, messages = atoms_setup
-    widget.method.value = "U-Net (study)"
+    widget.method.value = "unet"
     for _ in range(2):
         _click(qtbot, widget.find_button)
         _wait(qtbot, widget)

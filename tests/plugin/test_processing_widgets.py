@@ -60,8 +60,7 @@ def test_com_widget_layers_match_compute_com(viewer_with_data, qtbot):
     viewer, adf, ds = viewer_with_data
     widget = _dock(viewer).com
     assert widget.layer.value == adf.name
-    widget.auto_rotation.value = False
-    widget.rotation.value = 0.0
+    widget.rotation.value = "0"
     widget.flip.value = "no"
     _click(qtbot, widget.run_button)
     _wait(qtbot, widget)
@@ -89,8 +88,7 @@ def test_com_widget_runs_on_a_dask_scheduler_given_by_address(viewer_with_data, 
 
     viewer, adf, ds = viewer_with_data
     widget = _dock(viewer).com
-    widget.auto_rotation.value = False
-    widget.rotation.value = 0.0
+    widget.rotation.value = "0"
     widget.flip.value = "no"
     _click(qtbot, widget.run_button)
     _wait(qtbot, widget)
@@ -106,7 +104,7 @@ def test_com_widget_runs_on_a_dask_scheduler_given_by_address(viewer_with_data, 
         assert f"on {cluster.scheduler_address} (dashboard http" in widget.status.value
         assert cluster.scheduler.task_prefixes   # the fresh cluster's workers ran the pass
     # while it ran, the status line counted the cluster's tasks up to all of them
-    counts = [tuple(map(int, m.groups())) for m in (re.search(r": (\d+)/(\d+) tasks$", v) for v in statuses) if m]
+    counts = [tuple(map(int, m.groups())) for m in (re.search(r"COM: (\d+)/(\d+) tasks on ", v) for v in statuses) if m]
     assert counts and counts[0][0] == 0 and counts[-1][0] == counts[-1][1] >= 1, statuses
     assert [done for done, _ in counts] == sorted(done for done, _ in counts)
     assert len(viewer.layers) == n_layers                       # the same layers, updated

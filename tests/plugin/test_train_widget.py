@@ -1,20 +1,14 @@
 """End-to-end: sample → rectangle → background training → angle/latent layers over the ADF."""
 
-import time
-
 import numpy as np
 import pytest
+from helpers import PLUGIN, click
+from helpers import wait_for_worker as _wait_done
 
 from napari_4dstem_rvae._napari.layers import find_dataset
 from napari_4dstem_rvae._napari.regions import region_mask
 
-PLUGIN = "napari-4dstem-rvae"
-
-
-def _click(qtbot, button):
-    from qtpy.QtCore import Qt
-
-    qtbot.mouseClick(button.native, Qt.MouseButton.LeftButton)
+_click = click
 
 
 @pytest.fixture
@@ -34,15 +28,9 @@ def trained_setup(make_napari_viewer, monkeypatch):
     widget.layer.value = adf.name
     widget.region.value = "region"
     widget.epochs.value = 3
-    widget.batch.value = 32
-    widget.correlate.value = False
+    widget.batch_size.value = 32
     widget.threads.value = 1
     return viewer, adf, ds, shapes, widget, messages
-
-
-def _wait_done(qtbot, widget, timeout=120000):
-    qtbot.waitUntil(lambda: widget.worker is not None and widget.worker.done, timeout=timeout)
-    qtbot.wait(20)
 
 
 def test_training_in_region_gives_aligned_maps(trained_setup, qtbot):
@@ -102,7 +90,8 @@ def test_closing_viewer_during_training_stops_the_thread(trained_setup, qtbot):
     widget.epochs.value = 500
     viewer.window.add_dock_widget(widget, name="Train rVAE")
     _click(qtbot, widget.start_button)
-    qtbot.waitUntil(lambda: widget.session is not None and widget.session.trainer.step >= 1, timeout=60000)
+    qtbot.waitUntil(lambda: widget.session is not None and widget.session.trainer is not None
+                    and widget.session.trainer.step >= 1, timeout=60000)
     worker = widget.worker
     viewer.close()
     qtbot.waitUntil(lambda: worker.done, timeout=120000)
@@ -125,12 +114,12 @@ def test_errors_are_notifications_and_keep_layers(trained_setup, qtbot, monkeypa
     _click(qtbot, widget.start_button)
     assert "other labels" in messages[-1] and "32×32" in messages[-1]
     # running out of memory
-    import napari_4dstem_rvae._napari.training as training
+    import napari_4dstem_rvae._napari.train_widget as tw
 
     def out_of_memory(*args, **kwargs):
         raise MemoryError()
 
-    monkeypatch.setattr(training.TrainingSession, "create", classmethod(lambda cls, *a, **k: out_of_memory()))
+    monkeypatch.setattr(tw, "STEMRun", out_of_memory)
     widget.region.value = "region"
     _click(qtbot, widget.start_button)
     _wait_done(qtbot, widget)
@@ -164,7 +153,9 @@ def test_checkpoint_and_results_roundtrip(trained_setup, qtbot, tmp_path):
     widget.checkpoint_path.value = str(tmp_path / "model.pt")
     assert widget.save_checkpoint() == str(tmp_path / "model.pt")
     widget.results_path.value = str(tmp_path / "results.h5")
-    assert widget.save_results() == str(tmp_path / "results.h5")
+    _click(qtbot, widget.save_results_button)                  # written in a worker, not the GUI thread
+    _wait_done(qtbot, widget)
+    assert widget.status.value == f"results saved: {tmp_path / 'results.h5'}"
     with h5py.File(tmp_path / "results.h5", "r") as f:
         assert f["angle"].shape == ds.scan_shape and f["latents"].shape == (2,) + ds.scan_shape
     angle_before = viewer.layers[f"{adf.name} rVAE angle"].data.copy()
@@ -222,10 +213,10 @@ def test_explore_click_reconstruction_and_lasso_selection(trained_setup, qtbot):
     panel._on_click(viewer, SimpleNamespace(type="mouse_press", position=(10 * sy, 7 * sx)))
     assert panel.current == (10, 7)
     pattern, recon = panel.show_position(10, 7)
-    np.testing.assert_allclose(pattern, widget.session.train_data.pattern(10, 7))
+    np.testing.assert_allclose(pattern, widget.session.prepared.pattern(10, 7))
     assert recon.shape == pattern.shape and np.isfinite(recon).all()
     # the reconstruction is closer to its own pattern than to a distant one
-    other = widget.session.train_data.pattern(0, 0)
+    other = widget.session.prepared.pattern(0, 0)
     assert np.abs(recon - pattern).mean() <= np.abs(recon - other).mean() + 1e-6
     assert "angle" in panel.info.text() and "latents" in panel.info.text()
     # lasso selection in latent space -> highlighted probe positions on the canvas
@@ -237,14 +228,14 @@ def test_explore_click_reconstruction_and_lasso_selection(trained_setup, qtbot):
     np.testing.assert_allclose(points.data[:, 0] * 32 + points.data[:, 1], inside)
     np.testing.assert_allclose(points.scale, adf.scale)
     grid = panel.show_traversal(n=3)
-    assert grid.shape == (3, 3) + widget.session.train_data.det_shape
+    assert grid.shape == (3, 3) + widget.session.prepared.det_shape
 
 
 def test_widget_keeps_the_epoch_the_shared_selection_rule_picks(trained_setup, qtbot):
     """The Train widget, the CLI and the API choose the maps' epoch by one rule (rvae.selection)."""
     viewer, adf, ds, shapes, widget, messages = trained_setup
     widget.epochs.value = 4
-    widget.correlate.value = True
+    widget.correlate_every.value = 1                        # |r| followed live (plotted)
     _click(qtbot, widget.start_button)
     _wait_done(qtbot, widget)
     trainer = widget.session.trainer
@@ -265,9 +256,9 @@ def test_final_maps_encoded_on_a_dask_scheduler_equal_those_made_here(trained_se
     viewer, adf, ds, shapes, widget, messages = trained_setup
     widget.epochs.value = 2
     monkeypatch.setattr(distributed, "TASK_BYTES", 1)              # one task per scan row: 32 tasks
-    seen = []                                                      # the progress bar as the user sees it
-    widget.progress.valueChanged.connect(
-        lambda value: seen.append((widget.progress.format(), value, widget.progress.maximum())))
+    seen = []                                                      # the progress the user sees (napari's)
+    monkeypatch.setattr(widget.bars, "update", lambda event, _update=widget.bars.update: (seen.append(event),
+                                                                                        _update(event)))
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster:
         widget.scheduler.value = cluster.scheduler_address
         _click(qtbot, widget.start_button)
@@ -275,11 +266,13 @@ def test_final_maps_encoded_on_a_dask_scheduler_equal_those_made_here(trained_se
         assert not messages, messages
         assert f"maps encoded on {cluster.scheduler_address} (dashboard http" in widget.status.value
         assert cluster.scheduler.task_prefixes                     # the workers encoded the patterns
-    # the progress bar followed the cluster's tasks as they finished, then went back to epochs
-    encoding = [(value, top) for fmt, value, top in seen if fmt.startswith("encoding on the cluster")]
-    assert [value for value, _ in encoding] == list(range(1, ds.scan_shape[0] + 1))
-    assert {top for _, top in encoding} == {ds.scan_shape[0]}
-    assert widget.progress.format() == "%p%" and widget.progress.maximum() == widget.session.total_epochs
+    # napari's progress followed the cluster's tasks as they finished (COM pass, then encoding)
+    encoding = [(e.done, e.total) for e in seen if e.stage == "encoding"]
+    assert [done for done, _ in encoding] == list(range(0, ds.scan_shape[0] + 1))
+    assert {total for _, total in encoding} == {ds.scan_shape[0]}
+    assert any(e.stage == "COM" and e.done == e.total for e in seen)
+    assert not widget.bars.bars                                   # every bar closed at the end
+    assert widget.progress.maximum() == widget.session.total_epochs
     here = widget.session.maps(novelty=True)                       # the same model, encoded in this process
     n_layers = len(viewer.layers)
     np.testing.assert_allclose(viewer.layers[f"{adf.name} rVAE latent 1"].data, here["latents"][0],
@@ -290,5 +283,49 @@ def test_final_maps_encoded_on_a_dask_scheduler_equal_those_made_here(trained_se
     widget.scheduler.value = "tcp://127.0.0.1:9"
     _click(qtbot, widget.start_button)
     _wait_done(qtbot, widget)
-    assert len(messages) == 1 and "tcp://127.0.0.1:9: no dask scheduler answers there" in messages[0]
+    assert len(messages) == 1 and "tcp://127.0.0.1:9: no dask scheduler answers there" in messages[0], messages
     assert len(viewer.layers) == n_layers
+
+
+def test_the_train_tab_and_the_cli_write_the_same_results_file(trained_setup, qtbot, tmp_path):
+    """One run for both doors: for the same data and options the Train tab's Save results and
+    ``stem-rvae run`` write files with the same groups, attributes and maps; the tab's save
+    refuses to write over the data set's own file."""
+    import h5py
+
+    from napari_4dstem_rvae.cli import main
+    from napari_4dstem_rvae.io import save_dataset
+
+    viewer, adf, ds, shapes, widget, messages = trained_setup
+    source = save_dataset(ds, tmp_path / "scan.h5")
+    opened = viewer.open(source, plugin=PLUGIN)[0]
+    widget.layer.value = opened.name
+    widget.region.value = None
+    widget.epochs.value = 2
+    _click(qtbot, widget.start_button)
+    _wait_done(qtbot, widget)
+    widget.results_path.value = str(tmp_path / "tab.h5")
+    _click(qtbot, widget.save_results_button)
+    _wait_done(qtbot, widget)
+    assert not messages, messages
+    assert main(["run", source, "--epochs", "2", "--batch-size", "32", "--threads", "1",
+                 "--out", str(tmp_path / "cli.h5")]) == 0
+
+    def structure(path):
+        seen = {}
+        with h5py.File(path, "r") as f:
+            f.visititems(lambda name, item: seen.update({name: (type(item).__name__, sorted(item.attrs))}))
+            seen["/"] = ("File", sorted(f.attrs))
+            parameters = sorted(__import__("json").loads(f.attrs["parameters_json"]))
+        return seen, parameters
+
+    tab, cli = structure(tmp_path / "tab.h5"), structure(tmp_path / "cli.h5")
+    assert tab == cli
+    assert {"images/sum", "images/adf", "com/com_x", "rvae/latents", "rvae/novelty"} <= set(tab[0])
+    # the data set's own file is never the results file
+    before = (tmp_path / "scan.h5").read_bytes()
+    widget.results_path.value = source
+    _click(qtbot, widget.save_results_button)
+    _wait_done(qtbot, widget)
+    assert len(messages) == 1 and "is the input" in messages[0]
+    assert (tmp_path / "scan.h5").read_bytes() == before

@@ -117,7 +117,7 @@ def test_whole_workflow_through_the_plugins_menu(make_napari_viewer, qtbot, tmp_
         # -- train with the drawn region, twice ---------------------------------------------
         train.layer.value = adf.name
         train.epochs.value = 2
-        train.batch.value = 32
+        train.batch_size.value = 32
         counts = []
         for _ in range(2):
             _click(qtbot, train.start_button)

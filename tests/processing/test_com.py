@@ -93,7 +93,7 @@ def test_com_of_subpixel_shifted_disk():
     assert np.max(np.abs(result.y[0] - expected[:, 0])) < 0.02
     assert np.max(np.abs(result.x[0] - expected[:, 1])) < 0.02
     # A disk mask large enough for the shifted disks gives the same shifts.
-    masked = compute_com(data, mask="disk", radius=13, center=center, reference=None, rotation=0.0)
+    masked = compute_com(data, mask="disk", radius=13, unit="px", center=center, reference=None, rotation=0.0)
     assert np.max(np.abs(masked.y[0] - expected[:, 0])) < 0.02
     assert np.max(np.abs(masked.x[0] - expected[:, 1])) < 0.02
 
@@ -130,7 +130,7 @@ def test_annulus_and_custom_mask_match_explicit_sums():
     _, rows, cols = com_per_pattern(masked)
     np.testing.assert_allclose(result.y, rows, rtol=1e-9)
     np.testing.assert_allclose(result.x, cols, rtol=1e-9)
-    ring = compute_com(data, mask="annulus", inner=3, outer=8, center=(10, 11),
+    ring = compute_com(data, mask="annulus", inner=3, outer=8, unit="px", center=(10, 11),
                        reference=None, rotation=0.0)
     r = np.hypot(*np.indices((20, 22)) - np.array([10, 11])[:, None, None])
     ring_mask = (r >= 3) & (r < 8)
@@ -233,7 +233,7 @@ def test_compute_com_end_to_end_rotation_from_4d_data():
             data[i, j] = soft_disk((32, 32), (15.5 + dy[i, j], 15.5 + dx[i, j]), 5.0)
     ring = (np.hypot(*np.indices((32, 32)) - 15.5) > 9).astype(np.float32)
     data += 0.01 * potential[:, :, None, None].astype(np.float32) * ring
-    result = compute_com(data, mask="disk", radius=7.5, center=(15.5, 15.5), reference="mean")
+    result = compute_com(data, mask="disk", radius=7.5, unit="px", center=(15.5, 15.5), reference="mean")
     assert result.flip == flip
     assert angle_error(result.rotation_deg, rotation) < 0.1
     assert result.rotation.polarity_from == "image"
@@ -298,7 +298,7 @@ def test_bad_input_raises_clear_errors():
     with pytest.raises(ValueError, match=r"shape \(8, 8\).*\(16, 16\)"):
         compute_com(data, mask=np.ones((8, 8)))
     with pytest.raises(ValueError, match=r"inner radius 40 px.*outside the detector"):
-        compute_com(data, mask="annulus", inner=40, center=(8, 8))
+        compute_com(data, mask="annulus", inner=40, unit="px", center=(8, 8))
     with pytest.raises(ValueError, match="needs an angular detector calibration"):
         compute_com(data, mask="disk", radius=10, unit="mrad")
     with pytest.raises(ValueError, match="threshold"):

@@ -23,7 +23,8 @@ from napari_4dstem_rvae.processing import (
     reduce_masks,
     virtual_images,
 )
-from napari_4dstem_rvae.processing.engine import _make_plan, _reduce_frames
+from napari_4dstem_rvae.processing.drivers import reduce_frames as _reduce_frames
+from napari_4dstem_rvae.processing.engine import _make_plan
 
 
 def disk_data(scan_shape=(6, 7), det_shape=(32, 36), center=(15.2, 17.6), radius=7.0, seed=0,
@@ -401,7 +402,7 @@ def test_sample_of_a_mapped_file_is_read_without_dask(tmp_path):
     from dask.callbacks import Callback
 
     from napari_4dstem_rvae.io import read
-    from napari_4dstem_rvae.processing.engine import sample_mean_pattern
+    from napari_4dstem_rvae.processing.sampling import sample_mean_pattern
 
     data = disk_data(scan_shape=(20, 23))
     np.save(tmp_path / "scan.npy", data)
@@ -420,3 +421,48 @@ def test_sample_of_a_mapped_file_is_read_without_dask(tmp_path):
         np.testing.assert_allclose(sample_mean_pattern(opened * 1), expected, rtol=1e-6)
         assert computed                                          # a computed array goes through dask
     assert detector_geometry(opened) == detector_geometry(data)
+
+
+def test_sample_reads_any_source_offering_read_direct():
+    """The direct read is a protocol, not a reader's class: under ``dask.array.from_array`` of
+    any frame source with ``read_direct`` (and the dask array's shape and type) the sample is
+    read through that method, without a dask compute; a source without it, or a part of it,
+    is sampled through dask, with the same mean."""
+    import dask.array as da
+    from dask.callbacks import Callback
+
+    from napari_4dstem_rvae.processing.sampling import sample_mean_pattern
+
+    data = disk_data(scan_shape=(12, 9), dtype=np.uint16)
+
+    class Frames:
+        # dask keeps a pickled copy of a source defined here: what is read shows in the result
+        def __init__(self, array, through_dask=True):
+            self.array, self.shape, self.dtype, self.ndim = array, array.shape, array.dtype, array.ndim
+            self.through_dask = through_dask
+
+        def __getitem__(self, index):
+            assert self.through_dask, "read through dask"
+            return self.array[index]
+
+    class DirectFrames(Frames):
+        def read_direct(self, index):
+            return self.array[index]
+
+    computed = []
+
+    class Count(Callback):
+        def _start(self, dsk):
+            computed.append(len(dsk))
+
+    expected = sample_mean_pattern(data)
+    with Count():
+        got = sample_mean_pattern(da.from_array(DirectFrames(data, through_dask=False), chunks=(4, 3, 32, 36)))
+    assert computed == []                                        # read_direct alone
+    np.testing.assert_array_equal(got, expected)
+    for lazy in (da.from_array(Frames(data), chunks=(4, 3, 32, 36)),                 # no read_direct
+                 da.from_array(DirectFrames(data), chunks=(4, 3, 32, 36))[:, 1:]):  # a part of the source
+        computed.clear()
+        with Count():
+            np.testing.assert_array_equal(sample_mean_pattern(lazy), sample_mean_pattern(data[:, 9 - lazy.shape[1]:]))
+        assert len(computed) == 1                                # one dask graph

@@ -76,10 +76,32 @@ def test_write_is_atomic_and_keeps_the_old_file_on_error(tmp_path):
     assert is_results_file(path) and not is_results_file(tmp_path / "missing.h5")
 
 
-def test_image_figure(tmp_path):
-    ds = _dataset()
-    png = image_figure(tmp_path / "adf.png", np.arange(30.0).reshape(6, 5), "adf", ds.calibration)
-    assert Path(png).stat().st_size > 5_000
+def test_image_figure_shows_the_image_in_its_units(tmp_path, monkeypatch):
+    from matplotlib.image import imread
+
+    from napari_4dstem_rvae.results import figures
+
+    drawn = []
+    save = figures._save
+    monkeypatch.setattr(figures, "_save", lambda fig, path: drawn.append(fig) or save(fig, path))
+    image = np.zeros((6, 5))
+    image[:3] = 100.0                                          # bright top half, dark bottom half
+    png = image_figure(tmp_path / "adf.png", image, "adf", _dataset().calibration)
+    (ax, *_), = (fig.axes for fig in drawn)
+    assert ax.get_title() == "ADF" and ax.get_xlabel() == "x (Å)" and ax.get_ylabel() == "y (Å)"
+    np.testing.assert_array_equal(ax.images[0].get_array(), image)
+    assert ax.images[0].get_extent() == [-0.25, 2.25, 2.75, -0.25]  # 0.5 Å per probe step, first pixel centred at 0
+    pixels = imread(png)[..., :3]
+    height = pixels.shape[0]
+
+    def colour_at(x, y):                                       # the PNG's colour at a point in Å
+        px, py = ax.transData.transform((x, y))
+        return pixels[int(height - py), int(px)]
+
+    bright, dark = colour_at(1.0, 0.5), colour_at(1.0, 2.5)    # rows 1 and 5 of the image
+    assert bright.mean() > 0.9 and dark.mean() < 0.1           # gray colormap over the data's range
+    np.testing.assert_allclose(colour_at(0.0, 0.0), bright, atol=0.02)
+    np.testing.assert_allclose(colour_at(2.0, 2.0), dark, atol=0.02)
 
 
 def test_files_of_version_0_1_still_open():

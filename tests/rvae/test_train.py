@@ -81,8 +81,12 @@ def test_events_history_and_maps_shapes(small):
     assert np.all(maps.angle_std > 0)                       # circular standard deviation (rad)
     assert np.all((maps.angle_concentration >= 0) & (maps.angle_concentration <= 1))
     assert np.all(maps.latents_std > 0)
-    names = maps.as_dict()
-    assert {"angle", "angle_std", "latent_0", "latent_2_std", "shift_x", "shift_y_std"} <= set(names)
+    names = maps.as_dict()   # by schema name, stacks whole; planes numbered from 1 as in the layers
+    assert set(names) >= {"angle", "angle_std", "latents", "latents_std", "shift", "shift_std"}
+    planes = maps.planes()
+    assert {"angle", "latent_1", "latent_3", "latent_3_std", "shift_x", "shift_y_std"} <= set(planes)
+    assert "latent_0" not in planes
+    np.testing.assert_array_equal(planes["latent_3"], maps.latents[2])
     recon = rvae.reconstruct(trainer.model, data[0, :4])
     assert recon.shape == (4, 16, 16)
     one = rvae.reconstruct_positions(trainer.model, ds, [(2, 3)])

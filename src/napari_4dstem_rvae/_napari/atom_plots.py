@@ -29,8 +29,8 @@ class FrameHistograms(QWidget):
     def show_result(self, result: Any, n_frames: int) -> None:
         import matplotlib
 
-        from ..atom_pipeline import frame_histograms
-        from .atoms_widget import angle_mod_120
+        from ..results.colours import angle_mod_120
+        from ..workflows import frame_histograms
 
         columns = result.columns()
         self.figure.clear()
@@ -85,7 +85,7 @@ class FrameHistograms(QWidget):
 def traversal_montage(model: Any, n: int = 5, span: float = 2.0) -> np.ndarray:
     """The decoded windows of an ``n`` × ``n`` grid over the first two content latents (±``span``
     prior SDs, angle 0) as one image, 1-pixel gaps."""
-    from ..rvae import traverse
+    from ..workflows import traverse
 
     grid = traverse(model, n=n, span=span)
     rows, cols, h, w = grid.shape

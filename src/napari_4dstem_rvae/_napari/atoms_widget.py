@@ -15,31 +15,25 @@ import threading
 from typing import Any
 
 import numpy as np
-from magicgui.widgets import (
-    ComboBox,
-    Container,
-    FileEdit,
-    FloatSpinBox,
-    Label,
-    PushButton,
-    SpinBox,
-)
+from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton
 
+from ..results.colours import angle_mod_120, feature_colours
+from ..workflows import RVAE_FIELDS, AtomOptions, AtomRun, Epoch, Message, RVAEConfig
+from .fields import OptionForm
+from .layers import SERIES_KEY
 from .proxies import layer_kind, unwrap
 from .workers import WorkerMixin, friendly_error, notify_error, notify_info
 
-SERIES_KEY = "image_series"
 ATOMS_KEY = "napari_4dstem_rvae_atoms"
 HISTOGRAM_DOCK = "Atoms: histograms per frame"
 COLOUR_CHOICES = ("angle mod 120°", "angle", "latent_1", "latent_2", "novelty", "class", "shift_x", "shift_y",
                   "pca_1", "gmm_cluster")
-_CYCLIC = {"angle mod 120°", "angle", "angle_symmetric"}
 
 
 def series_of(layer: Any):
     """The :class:`ImageSeries` behind an image layer (its metadata, or built from its data
     and scale)."""
-    from ..series import ImageSeries
+    from ..workflows import ImageSeries
 
     layer = unwrap(layer)
     series = layer.metadata.get(SERIES_KEY)
@@ -62,23 +56,18 @@ def image_layers(viewer: Any) -> list:
 
 class AtomsWidget(Container, WorkerMixin):
     def __init__(self, napari_viewer: Any):
-        from ..atom_pipeline import PRESETS
-
         self.viewer = viewer = unwrap(napari_viewer)
         self.layer = ComboBox(label="image series", choices=lambda _: [l.name for l in image_layers(viewer)],
                               nullable=True)
-        self.method = ComboBox(label="find atoms by", choices=["band-pass + peaks", "U-Net (study)", "Points layer"],
-                               value="U-Net (study)")
+        self.form = OptionForm(AtomOptions)
+        self.rvae_form = OptionForm(RVAEConfig, only=RVAE_FIELDS)
+        for form in (self.form, self.rvae_form):
+            for widget in form.fields:
+                setattr(self, widget.name, widget)
         self.points_layer = ComboBox(label="points layer", nullable=True,
-                                     choices=lambda _: [l.name for l in viewer.layers if layer_kind(l) == "points"])
-        self.fwhm = FloatSpinBox(label="atom FWHM (Å)", value=1.0, min=0.2, max=10.0, step=0.1)
-        self.spacing = FloatSpinBox(label="min spacing (Å)", value=1.42, min=0.3, max=20.0, step=0.05)
+                                     choices=lambda _: [l.name for l in viewer.layers if layer_kind(l) == "points"],
+                                     tooltip="with 'points': the atoms marked by hand")
         self.find_button = PushButton(text="Find atoms")
-        self.window = FloatSpinBox(label="window (Å)", value=5.0, min=1.0, max=100.0, step=0.5)
-        self.pixels = SpinBox(label="window pixels", value=32, min=8, max=128, step=4)
-        self.preset = ComboBox(label="rVAE preset", choices=sorted(PRESETS), value="default")
-        self.epochs = SpinBox(label="epochs", value=20, min=1, max=5000)
-        self.threads = SpinBox(label="CPU threads", value=1, min=1, max=64)
         self.train_button = PushButton(text="Train")
         self.stop_button = PushButton(text="Stop")
         self.colour_by = ComboBox(label="colour atoms by", choices=list(COLOUR_CHOICES), value="angle mod 120°")
@@ -86,24 +75,35 @@ class AtomsWidget(Container, WorkerMixin):
         self.save_button = PushButton(text="Save results")
         self.status = Label(value="Open an image series (File > Open Sample > HAADF series), then Find atoms.")
         self.status.native.setWordWrap(True)
-        super().__init__(widgets=[self.layer, self.method, self.points_layer, self.fwhm, self.spacing,
-                                  self.find_button, self.window, self.pixels, self.preset, self.epochs, self.threads,
+        super().__init__(widgets=[self.layer, self.form, self.points_layer, self.find_button, self.rvae_form,
                                   self.train_button, self.stop_button, self.colour_by, self.results_path,
                                   self.save_button, self.status])
+        from superqt import QCollapsible
+
+        self.advanced_section = QCollapsible("Advanced atom and rVAE options")
+        self.advanced_section.addWidget(Container(widgets=[self.form.advanced, self.rvae_form.advanced]).native)
+        self.native.layout().insertWidget(self.native.layout().indexOf(self.train_button.native),
+                                          self.advanced_section)
         self.stop_button.enabled = False
         self.table = None
         self.result = None
         self.series = None
+        self.atom_run: AtomRun | None = None
         self._stop = threading.Event()
         self.find_button.clicked.connect(self.find)
         self.train_button.clicked.connect(self.train)
         self.stop_button.clicked.connect(self.stop)
         self.save_button.clicked.connect(self.save_results)
         self.colour_by.changed.connect(lambda *_: self._recolour())
+        self.method.changed.connect(self._method_changed)
         for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
             event.connect(self._refresh)
         self.native.destroyed.connect(lambda *_: self._disconnect())
         self._refresh()
+        self._method_changed()
+
+    def _method_changed(self, *_: Any) -> None:
+        self.points_layer.visible = self.method.value == "points"
 
     # -- layers ---------------------------------------------------------------------------------
     def _disconnect(self) -> None:
@@ -133,17 +133,17 @@ class AtomsWidget(Container, WorkerMixin):
         return f"{self.layer.value} atoms"
 
     # -- find ---------------------------------------------------------------------------------------
-    def find(self):
+    def find(self) -> Any:
         """Find the atoms of every frame in the background; the Points layer appears when done."""
         try:
             layer = self._image_layer()
             series = series_of(layer)
+            options = self.form.options()
         except ValueError as exc:
             notify_error(str(exc))
             return None
-        method = {"band-pass + peaks": "log", "U-Net (study)": "unet", "Points layer": "points"}[self.method.value]
-        options: dict[str, Any] = {}
-        if method == "points":
+        points = None
+        if options.method == "points":
             name = self.points_layer.value
             if not name or name not in self.viewer.layers:
                 notify_error("Choose the Points layer that marks the atoms (or another way to find them).")
@@ -152,19 +152,18 @@ class AtomsWidget(Container, WorkerMixin):
             data = np.asarray(pts.data, np.float64)
             world = data * np.asarray(pts.scale)[-data.shape[1]:] + np.asarray(pts.translate)[-data.shape[1]:]
             scale = np.asarray(layer.scale)[-data.shape[1]:]
-            options["points"] = (world - np.asarray(layer.translate)[-data.shape[1]:]) / scale
-        elif method == "log":
-            options.update(fwhm=self.fwhm.value, min_spacing=self.spacing.value)
+            points = (world - np.asarray(layer.translate)[-data.shape[1]:]) / scale
         self.series = series
+        self.atom_run = run = AtomRun(series, options=options, points=points)
         self.status.value = f"finding atoms in {series.n_frames} frame(s) …"
 
-        def work():
-            from ..atom_pipeline import find
+        def shown(event: Any) -> None:
+            if isinstance(event, Message):
+                self.status.value = event.text
 
-            return find(series, method, **options)
-
-        return self.run_worker(work, controls=[self.find_button, self.train_button],
-                               on_returned=self._found, what="Finding atoms")
+        return self.run_worker(run.find_events, controls=[self.find_button, self.train_button],
+                               on_yielded=shown, on_finished=lambda: self._found(run.table) if run.table is not None
+                               else None, what="Finding atoms")
 
     def _found(self, table) -> None:
         self.table = table
@@ -228,30 +227,45 @@ class AtomsWidget(Container, WorkerMixin):
         points.refresh()
 
     # -- train ----------------------------------------------------------------------------------------
-    def train(self):
+    def train(self) -> Any:
         """Cut windows around the atoms and train the rVAE in the background."""
-        if self.table is None or self.series is None:
+        if self.table is None or self.series is None or self.atom_run is None:
             notify_error("Find the atoms first (Find atoms).")
             return None
-        series, table = self.series, self.table
-        settings = {"window": self.window.value, "pixels": self.pixels.value, "preset": self.preset.value,
-                    "epochs": self.epochs.value, "threads": self.threads.value}
+        try:
+            rvae = self.rvae_form.values()
+            run = self.atom_run
+            run.options = self.form.options(base=run.options, method=run.options.method)
+            run.rvae = {k: v for k, v in rvae.items() if v is not None}
+        except ValueError as exc:
+            notify_error(str(exc))
+            return None
         self._stop.clear()
         self.stop_button.enabled = True
-        self.status.value = f"training on the windows of {len(table)} atoms …"
+        self.status.value = f"training on the windows of {len(self.table)} atoms …"
+        said: list[str] = []
 
         def work():
             import warnings
 
-            from ..atom_pipeline import analyse
-
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                result = analyse(series, table, stop=self._stop, **settings)
-            return result, [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+                yield from run.train_events(self._stop)
+            said.extend(str(w.message) for w in caught if issubclass(w.category, UserWarning))
 
-        return self.run_worker(work, controls=[self.train_button, self.find_button],
-                               on_returned=self._trained, on_finished=self._train_finished, what="Training")
+        def shown(event: Any) -> None:
+            if isinstance(event, Epoch):
+                self.status.value = f"epoch {event.epoch}/{event.total}: loss {event.train_loss:.4g}"
+            elif isinstance(event, Message):
+                self.status.value = event.text
+
+        def finished() -> None:
+            self._train_finished()
+            if run.result is not None and not self._stop.is_set():
+                self._trained((run.result, said))
+
+        return self.run_worker(work, controls=[self.train_button, self.find_button], on_yielded=shown,
+                               on_finished=finished, what="Training")
 
     def _train_finished(self) -> None:
         self.stop_button.enabled = False
@@ -286,9 +300,7 @@ class AtomsWidget(Container, WorkerMixin):
 
     # -- keep -------------------------------------------------------------------------------------------
     def save_results(self) -> str | None:
-        from ..results import write_atom_results
-
-        if self.result is None:
+        if self.result is None or self.atom_run is None:
             notify_error("Nothing to save yet: find atoms and train first.")
             return None
         path = str(self.results_path.value)
@@ -296,22 +308,12 @@ class AtomsWidget(Container, WorkerMixin):
             notify_error("Choose a results file (.h5) first.")
             return None
         try:
-            from ..results import claim_output
-
-            with claim_output(path, [self.series.source]):
-                write_atom_results(path, self.result, self.series)
-        except Exception as exc:
+            written = self.atom_run.write(path)
+        except Exception as exc:  # noqa: BLE001 - one sentence to the user
             notify_error(f"Saving the results failed: {friendly_error(exc)}")
             return None
-        self.status.value = f"saved {path}"
-        return path
-
-
-def angle_mod_120(angle: np.ndarray) -> np.ndarray:
-    """Angles (rad) modulo 120° — the 3-fold symmetry of a window around a graphene atom — in
-    degrees, in [−60°, 60°)."""
-    angle = np.asarray(angle, np.float64)
-    return np.degrees((angle + np.pi / 3) % (2 * np.pi / 3) - np.pi / 3)
+        self.status.value = f"saved {written['h5']}"
+        return written["h5"]
 
 
 def atom_features(columns: dict[str, np.ndarray], class_names: Any = ()) -> Any:
@@ -329,32 +331,6 @@ def atom_features(columns: dict[str, np.ndarray], class_names: Any = ()) -> Any:
         out["angle mod 120°"] = angle_mod_120(out["angle"])
         out["angle"] = np.degrees(out["angle"].astype(np.float64))
     return pd.DataFrame(out)
-
-
-def feature_colours(values: np.ndarray, feature: str) -> np.ndarray:
-    """RGBA colours ``(n, 4)`` of a per-atom feature (NaN: translucent grey)."""
-    import matplotlib
-
-    values = np.asarray(values, np.float64)
-    finite = np.isfinite(values)
-    colours = np.tile(np.array([0.6, 0.6, 0.6, 0.4]), (len(values), 1))
-    if not finite.any():
-        return colours
-    v = values[finite]
-    if feature in _CYCLIC:
-        period = 120.0 if feature == "angle mod 120°" else 360.0
-        cmap, t = "twilight_shifted", np.mod(v + period / 2, period) / period
-    elif feature in ("class", "gmm_cluster"):
-        cmap, t = "tab10", (np.round(v).astype(int) % 10) / 10 + 0.05
-    else:
-        lo, hi = np.percentile(v, [1, 99])
-        if lo < 0 < hi:
-            m = max(-lo, hi)
-            cmap, t = "coolwarm", (v + m) / (2 * m)
-        else:
-            cmap, t = "viridis", (v - lo) / ((hi - lo) or 1.0)
-    colours[finite] = matplotlib.colormaps[cmap](np.clip(t, 0, 1))
-    return colours
 
 
 def _alive(widget: Any) -> bool:

@@ -237,7 +237,7 @@ class DiffractionBrowser(QWidget):
     def _draw_geometry(self, ds) -> None:
         from matplotlib.patches import Circle
 
-        from ..processing.virtual import (
+        from ..workflows import (
             ADF_INNER_BF,
             calibrated_disk,
             default_image_detector,

@@ -8,68 +8,42 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from magicgui.widgets import ComboBox, Container, FloatSpinBox, Label, PushButton
+from magicgui.widgets import Container, Label, PushButton
 
-from ..dataset import Calibration, Dataset4D
+from ..workflows import Calibration, Dataset4D
 from .common import chosen_layer, dataset_combo
+from .fields import OptionForm
 from .layers import DATASET_KEY, find_dataset, scan_geometry
 from .workers import notify_error
 
-SCAN_UNITS = ("", "Å", "nm", "pm", "µm")
-DET_UNITS = ("", "mrad", "1/Å")
 
+class CalibrationFields(OptionForm):
+    """Every calibration value (:class:`Calibration`'s options); 0, "none" or −1 for the origin
+    mean "not given"."""
 
-def _number(label: str, decimals: int = 4, maximum: float = 1e6, minimum: float = 0.0, tooltip: str = "") -> FloatSpinBox:
-    widget = FloatSpinBox(label=label, value=minimum, min=minimum, max=maximum, step=0.01, tooltip=tooltip)
-    widget.native.setDecimals(decimals)
-    return widget
-
-
-class CalibrationFields(Container):
-    """Every calibration value; 0 (or an empty unit, or −1 for the origin) means "not given"."""
-
-    def __init__(self):
-        super().__init__(labels=True)
-        self.scan_step_y = _number("scan step y", tooltip="distance between probe positions along the rows")
-        self.scan_step_x = _number("scan step x", tooltip="0: the same as y")
-        self.scan_unit = ComboBox(label="scan unit", choices=SCAN_UNITS, value="")
-        self.det_pixel_size = _number("detector pixel", decimals=5, tooltip="angular size of one detector pixel")
-        self.det_unit = ComboBox(label="detector unit", choices=DET_UNITS, value="")
-        self.energy_kev = _number("beam energy (keV)", decimals=1, maximum=1e4)
-        self.semiangle_mrad = _number("semi-angle (mrad)", decimals=2, maximum=1e3,
-                                      tooltip="probe convergence semi-angle")
-        self.origin_row = _number("direct beam row", decimals=2, minimum=-1.0, tooltip="−1: not known")
-        self.origin_col = _number("direct beam col", decimals=2, minimum=-1.0, tooltip="−1: not known")
-        self.extend([self.scan_step_y, self.scan_step_x, self.scan_unit, self.det_pixel_size, self.det_unit,
-                     self.energy_kev, self.semiangle_mrad, self.origin_row, self.origin_col])
+    def __init__(self) -> None:
+        super().__init__(Calibration)
+        self.append(self.advanced)  # the scan origin, rarely set by hand
 
     def given(self) -> dict[str, Any]:
         """The values filled in, as :class:`Calibration` fields (for ``read(..., **given)``)."""
-        out: dict[str, Any] = {}
-        if self.scan_step_y.value > 0:
-            x = self.scan_step_x.value or self.scan_step_y.value
-            out["scan_step"] = self.scan_step_y.value if x == self.scan_step_y.value else (self.scan_step_y.value, x)
-        for name in ("scan_unit", "det_unit"):
-            if getattr(self, name).value:
-                out[name] = getattr(self, name).value
-        for name in ("det_pixel_size", "energy_kev", "semiangle_mrad"):
-            if getattr(self, name).value > 0:
-                out[name] = getattr(self, name).value
-        if self.origin_row.value >= 0 and self.origin_col.value >= 0:
-            out["det_origin"] = (self.origin_row.value, self.origin_col.value)
+        out = {k: v for k, v in self.values().items() if v is not None}
+        step = out.get("scan_step")
+        if step is not None:
+            y, x = step
+            if y <= 0:
+                del out["scan_step"]
+            else:
+                out["scan_step"] = y if x <= 0 or x == y else (y, x)
+        if out.get("scan_origin") == (0.0, 0.0):
+            del out["scan_origin"]
         return out
 
     def show(self, calibration: Calibration) -> None:
         """Fill the fields with ``calibration`` (unknown values blank)."""
-        sy, sx = calibration.scan_step_yx if calibration.scan_step is not None else (0.0, 0.0)
-        self.scan_step_y.value, self.scan_step_x.value = sy, sx
-        self.scan_unit.value = calibration.scan_unit if calibration.scan_unit in SCAN_UNITS else ""
-        self.det_pixel_size.value = calibration.det_pixel_size or 0.0
-        self.det_unit.value = calibration.det_unit if calibration.det_unit in DET_UNITS else ""
-        self.energy_kev.value = calibration.energy_kev or 0.0
-        self.semiangle_mrad.value = calibration.semiangle_mrad or 0.0
-        row, col = calibration.det_origin if calibration.det_origin is not None else (-1.0, -1.0)
-        self.origin_row.value, self.origin_col.value = row, col
+        super().show(calibration)
+        if calibration.scan_step is not None:
+            self.scan_step.value = calibration.scan_step_yx
 
 
 def recalibrate(viewer: Any, dataset: Dataset4D, calibration: Calibration) -> Dataset4D:
@@ -115,8 +89,8 @@ class CalibrationPanel(Container):
         try:
             layer, dataset = chosen_layer(self.viewer, self.layer)
             given = self.fields.given()
-            cleared = {name: None for name in ("scan_step", "scan_unit", "det_pixel_size", "det_unit",
-                                               "energy_kev", "semiangle_mrad", "det_origin") if name not in given}
+            cleared = {name: None for name in self.fields.cls.__dataclass_fields__
+                       if name not in given and name != "scan_origin"}
             calibration = dataset.calibration.replace(**cleared, **given)
         except ValueError as exc:
             message = f"Calibration not applied: {exc}"

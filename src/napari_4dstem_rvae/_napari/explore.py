@@ -136,7 +136,7 @@ class ExplorePanel(QWidget):
         session = self._session()
         if session is None:
             return
-        ds = session.display_dataset
+        ds = session.dataset
         nx = ds.scan_shape[1]
         coords = np.column_stack([self.selected // nx, self.selected % nx]).astype(float)
         sy, sx = ds.calibration.scan_step_yx
@@ -157,7 +157,7 @@ class ExplorePanel(QWidget):
         session = self._session()
         if session is None:
             return
-        ds = session.display_dataset
+        ds = session.dataset
         sy, sx = ds.calibration.scan_step_yx
         oy, ox = ds.calibration.scan_origin
         y = int(np.floor((event.position[-2] - oy) / sy + 0.5))
@@ -198,7 +198,7 @@ class ExplorePanel(QWidget):
 
     def show_traversal(self, n: int = 5) -> np.ndarray | None:
         """Decode an n × n grid over the first two latents (±2 prior standard deviations)."""
-        from ..rvae import traverse
+        from ..workflows import traverse
 
         session = self._session()
         if session is None:

@@ -1,9 +1,11 @@
-"""Widget fields built from the options objects of the core (``RVAEConfig``, ``COMOptions``,
-``PreprocessOptions``): the default, the type and the allowed values of every field come from
-the dataclass, so that defaults live in one place; the widget only chooses labels.
+"""Dock fields built from the options objects of the core (``Calibration``, ``COMOptions``,
+``PreprocessOptions``, ``RVAEConfig``, ``AtomOptions``, ``RunOptions``): the label, tooltip,
+default, bounds, unit and allowed values of every field come from the option's description
+(:func:`napari_4dstem_rvae.workflows.option_specs`), the same the CLI's flags come from.
 
-Optional numbers (``int | None``, ``float | None``) show ``0`` for ``None`` (say what 0 means
-in the label, e.g. "epochs (0 = auto)"); optional strings show ``"none"``.
+Optional numbers show ``0`` for ``None`` (the label says what 0 means, e.g. "epochs
+(0 = about 2,400 optimisation steps)"); optional choices show ``"none"``; a tuple option is
+a row of number fields, one per part (``None`` when every part is at its lowest value).
 """
 
 from __future__ import annotations
@@ -13,65 +15,132 @@ import math
 import typing
 from typing import Any
 
-from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, LineEdit, SpinBox
+
+from ..workflows import option_specs
 
 NONE_TEXT = "none"
 
 
-def _base_type(hint: Any) -> tuple[type, bool]:
-    """(type, optional) of a field's type hint (``float | None`` -> (float, True))."""
-    args = typing.get_args(hint)
-    optional = type(None) in args
-    if args:
-        inner = [a for a in args if a is not type(None)]
-        hint = inner[0] if len(inner) == 1 else Any
-    return hint, optional
+def _label(spec: Any) -> str:
+    label = spec.label
+    if spec.optional and spec.describe.none and spec.describe.choices is None and spec.type in (int, float):
+        label += f" (0 = {spec.describe.none})"
+    return label
 
 
-def option_field(cls: type, name: str, label: str | None = None, *, choices: Any = None,
-                 minimum: float | None = None, maximum: float | None = None, step: float | None = None,
-                 decimals: int | None = None, tooltip: str | None = None):
-    """One magicgui widget for field ``name`` of dataclass ``cls``, set to its default.
+def _number(kind: type, spec: Any, value: float, label: str, name: str) -> Any:
+    d = spec.describe
+    common: dict[str, Any] = {"label": label, "name": name, "tooltip": d.help}
+    if kind is int:
+        return SpinBox(value=int(value), min=int(d.minimum if d.minimum is not None else 0),
+                       max=int(d.maximum if d.maximum is not None else 2**31 - 1), **common)
+    widget = FloatSpinBox(value=float(value), min=d.minimum if d.minimum is not None else 0.0,
+                          max=d.maximum if d.maximum is not None else 1e9, step=d.step or 0.1, **common)
+    if d.decimals is not None:
+        widget.native.setDecimals(d.decimals)
+    return widget
 
-    ``choices``: allowed values of a text field (``None`` allowed when the field is optional).
-    """
-    field = {f.name: f for f in dataclasses.fields(cls)}[name]
-    hint, optional = _base_type(typing.get_type_hints(cls)[name])
-    default = field.default
-    label = label or name.replace("_", " ")
-    common: dict[str, Any] = {"label": label, "name": name}
-    if tooltip:
-        common["tooltip"] = tooltip
+
+class TupleField(Container):
+    """A tuple option as one number field per part; ``value`` is the tuple, or ``None`` when
+    every part is at its lowest value (not given)."""
+
+    def __init__(self, spec: Any, kind: type = float):
+        self.spec = spec
+        d = spec.describe
+        self.parts = [_number(kind, spec, d.minimum or 0, f"{spec.label} {p}" if len(p) < 4 else p,
+                              f"{spec.name}_{p.split()[-1] if len(p) < 4 else '_'.join(p.split())}")
+                      for p in d.parts]
+        super().__init__(widgets=self.parts, labels=True, name=spec.name)
+        self.margins = (0, 0, 0, 0)
+        if spec.default is not None:
+            self.value = spec.default
+
+    @property
+    def value(self) -> Any:
+        values = tuple(w.value for w in self.parts)
+        lowest = self.spec.describe.minimum or 0
+        if self.spec.optional and all(v <= lowest for v in values):
+            return None
+        return values
+
+    @value.setter
+    def value(self, values: Any) -> None:
+        if values is None:
+            values = (self.spec.describe.minimum or 0,) * len(self.parts)
+        elif not isinstance(values, (tuple, list)):
+            values = (values,) * len(self.parts)
+        for widget, v in zip(self.parts, values):
+            widget.value = v
+
+
+def option_field(cls: type, name: str, label: str | None = None, **overrides: Any) -> Any:
+    """The widget of option ``name`` of ``cls``, set to its default (``label`` and describe
+    fields such as ``tooltip``/``maximum`` may be overridden for the dock's wording)."""
+    spec = option_specs(cls)[name]
+    if overrides.get("tooltip") is None:
+        overrides.pop("tooltip", None)
+    d = dataclasses.replace(spec.describe, **{k: v for k, v in overrides.items() if k != "tooltip"})
+    spec = dataclasses.replace(spec, describe=d)
+    text = label or _label(spec)
+    tooltip = overrides.get("tooltip") or d.help
+    choices = spec.choice_map
     if choices is not None:
-        values = [NONE_TEXT if c is None else c for c in choices]
-        value = NONE_TEXT if default is None else default
-        return ComboBox(choices=values, value=value, **common)
-    if hint is bool:
-        return CheckBox(value=bool(default), **common)
-    if hint is int:
-        value = 0 if default is None else int(default)
-        return SpinBox(value=value, min=int(minimum if minimum is not None else 0),
-                       max=int(maximum if maximum is not None else 2**31 - 1), **common)
-    if hint is float:
-        value = 0.0 if default is None or (isinstance(default, float) and math.isinf(default)) else float(default)
-        widget = FloatSpinBox(value=value, min=minimum if minimum is not None else 0.0,
-                              max=maximum if maximum is not None else 1e9, step=step or 0.1, **common)
-        if decimals is not None:
-            widget.native.setDecimals(decimals)
+        return ComboBox(choices=list(choices), value=spec.text_of(spec.default), label=text, name=name,
+                        tooltip=tooltip)
+    if d.parts:
+        base = spec.type[0] if isinstance(spec.type, list) else spec.type
+        args = [a for a in typing.get_args(base) if a is not Ellipsis]
+        return TupleField(spec, int if args and args[0] is int else float)
+    if spec.type is bool:
+        return CheckBox(value=bool(spec.default), label=text, name=name, tooltip=tooltip)
+    if spec.type in (int, float):
+        default = spec.default
+        value = 0 if default is None or (isinstance(default, float) and math.isinf(default)) else default
+        widget = _number(spec.type, spec, value, text, name)
+        widget.tooltip = tooltip
         return widget
-    raise TypeError(f"{cls.__name__}.{name}: no widget for type {hint!r}; give choices=")
+    if spec.type is str or (isinstance(spec.type, list) and d.parse is not None):
+        # text, or a value of several kinds typed as text (rotation: "auto" or degrees)
+        return LineEdit(value=spec.text_of(spec.default) if spec.default is not None else "", label=text,
+                        name=name, tooltip=tooltip)
+    raise TypeError(f"{cls.__name__}.{name}: no field for type {spec.type!r}")
 
 
 def field_value(cls: type, widget: Any) -> Any:
-    """The value of a field widget as the dataclass expects it (0 / "none" -> ``None`` for
-    optional fields)."""
-    hint, optional = _base_type(typing.get_type_hints(cls)[widget.name])
+    """The value of a field as the options object expects it (choice texts to values, 0 to
+    ``None`` for optional numbers, an empty text to ``None``)."""
+    spec = option_specs(cls)[widget.name]
     value = widget.value
-    if value == NONE_TEXT:
+    choices = spec.choice_map
+    if choices is not None:
+        return choices.get(value, value)
+    if isinstance(widget, TupleField):
+        return value
+    if spec.optional and isinstance(value, (int, float)) and not isinstance(value, bool) and value == 0:
         return None
-    if optional and isinstance(value, (int, float)) and not isinstance(value, bool) and value == 0:
+    if spec.optional and value == "":
         return None
+    if isinstance(widget, LineEdit) and spec.describe.parse is not None:
+        try:
+            return spec.describe.parse(value)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{spec.label}: {exc}") from None
     return value
+
+
+def show_value(cls: type, widget: Any, value: Any) -> None:
+    """Show ``value`` of the option in its field (the inverse of :func:`field_value`)."""
+    spec = option_specs(cls)[widget.name]
+    if spec.choice_map is not None:
+        widget.value = spec.text_of(value)
+    elif isinstance(widget, TupleField):
+        widget.value = value
+    elif value is None:
+        widget.value = "" if isinstance(widget, LineEdit) else 0
+    else:
+        widget.value = value
 
 
 def options_from(cls: type, widgets: list, base: Any = None, **changes: Any) -> Any:
@@ -79,3 +148,40 @@ def options_from(cls: type, widgets: list, base: Any = None, **changes: Any) -> 
     values = {w.name: field_value(cls, w) for w in widgets}
     values.update(changes)
     return dataclasses.replace(base, **values) if base is not None else cls(**values)
+
+
+class OptionForm(Container):
+    """Every option of ``cls`` the docks offer (or those named in ``only``), as fields: the plain
+    ones here, the advanced ones in :attr:`advanced` (a container the dock places, e.g. in a
+    collapsible section). Each field is also an attribute of the form by the option's name."""
+
+    def __init__(self, cls: type, only: Any = None, skip: Any = (), labels: dict | None = None):
+        super().__init__(labels=True)
+        self.cls = cls
+        self.margins = (0, 0, 0, 0)
+        self.advanced = Container(labels=True)
+        self.advanced.margins = (0, 0, 0, 0)
+        self.fields: list = []
+        for name, spec in option_specs(cls, "gui").items():
+            if (only is not None and name not in only) or name in skip:
+                continue
+            widget = option_field(cls, name, (labels or {}).get(name))
+            (self.advanced if spec.describe.advanced else self).append(widget)
+            self.fields.append(widget)
+            if spec.describe.advanced:  # the form's own fields are found by name already (magicgui)
+                setattr(self, name, widget)
+            for part in getattr(widget, "parts", ()):
+                setattr(self, part.name, part)
+
+    def values(self) -> dict[str, Any]:
+        """``{name: value}`` of every field, as the options object expects them."""
+        return {w.name: field_value(self.cls, w) for w in self.fields}
+
+    def options(self, base: Any = None, **changes: Any) -> Any:
+        """The options object the form describes (``base`` with these fields replaced)."""
+        return options_from(self.cls, self.fields, base, **changes)
+
+    def show(self, options: Any) -> None:
+        """Fill the fields from an options object."""
+        for widget in self.fields:
+            show_value(self.cls, widget, getattr(options, widget.name))

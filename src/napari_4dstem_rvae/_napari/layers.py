@@ -12,7 +12,6 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ..dataset import Calibration, Dataset4D
 from ..schema import (
     KINDS,
     MapSpec,
@@ -22,13 +21,18 @@ from ..schema import (
     resolve_unit,
     spec_for,
 )
-from ..units import napari_unit
+from ..workflows import Calibration, Dataset4D, napari_unit
 from .proxies import layer_kind, unwrap
 
 #: Key of the Dataset4D in a layer's metadata.
 DATASET_KEY = "dataset4d"
 #: Key with information about the layer's role (e.g. ``{"kind": "virtual_image"}``).
 ROLE_KEY = "napari_4dstem_rvae"
+#: Key of the COM the COM tab made for a data set (``{"dataset", "options", "result"}``), on
+#: the data set's layer: the Train tab reuses it when its options are the run's.
+COM_KEY = "napari_4dstem_rvae_com"
+#: Key of the ImageSeries behind an image layer (the Atoms tab works on it).
+SERIES_KEY = "image_series"
 
 
 def _calibration(source: Dataset4D | Calibration | None) -> Calibration:
@@ -59,7 +63,8 @@ def iter_virtual_image(dataset: Dataset4D, mask: np.ndarray,
 
     Yields ``((rows, cols), values)``; reads each chunk of the file once.
     """
-    from ..processing.engine import iter_frame_blocks, reduce_masks
+    from ..workflows import reduce_masks
+    from ..workflows import iter_frame_blocks
 
     for where, block in iter_frame_blocks(dataset.data, target_bytes):
         yield where, reduce_masks(block, {"image": mask}, n_threads=1, nonfinite="nan")["image"]
@@ -67,7 +72,7 @@ def iter_virtual_image(dataset: Dataset4D, mask: np.ndarray,
 
 def virtual_image(dataset: Dataset4D, mask: np.ndarray) -> np.ndarray:
     """The whole virtual image (scan_y, scan_x), float64, in one pass."""
-    from ..processing.engine import reduce_masks
+    from ..workflows import reduce_masks
 
     return reduce_masks(dataset.data, {"image": mask}, nonfinite="nan")["image"]
 
@@ -192,3 +197,16 @@ def upsert_layer(viewer: Any, layer_data: tuple):
         layer.metadata.update(kwargs.get("metadata", {}))
         return layer
     return getattr(viewer, f"add_{layer_type}")(data, **kwargs)
+
+
+def series_layer_data(series, name: str | None = None) -> tuple:
+    """Layer data of an :class:`ImageSeries`: an image layer (frames, y, x) with the pixel size
+    as scale and the series in its metadata (the Atoms tab works on it)."""
+    pixel, unit = series.pixel_size, series.unit
+    if series.pixel_size_angstrom is not None:  # one length unit for images, atoms and windows
+        pixel, unit = series.pixel_size_angstrom, "Å"
+    kwargs = {"name": name or series.name, "metadata": {SERIES_KEY: series}, "colormap": "gray"}
+    if pixel is not None and unit:
+        kwargs["scale"] = (1.0, pixel, pixel)
+        kwargs["units"] = ("pixel", napari_unit(unit), napari_unit(unit))
+    return (series.data, kwargs, "image")

@@ -54,7 +54,7 @@ class OpenWidget(Container):
         self.open_button.clicked.connect(self.open)
 
     def _path_changed(self, *_: Any) -> None:
-        from ..io import detect_format, list_datasets
+        from ..workflows import detect_format, list_datasets
 
         path = str(self.path.value)
         fmt = detect_format(path) if Path(path).exists() else None
@@ -73,7 +73,7 @@ class OpenWidget(Container):
 
     def options(self) -> dict[str, Any]:
         """Reader options from the form (zeros mean 'not given')."""
-        from ..io import detect_format
+        from ..workflows import detect_format
 
         path = str(self.path.value)
         options: dict[str, Any] = {}
@@ -92,7 +92,7 @@ class OpenWidget(Container):
 
     def open(self) -> list:
         """Read the file with the chosen options and add its real-space layer."""
-        from ..io import ReadError, read
+        from ..workflows import ReadError, read
         from .reader import layer_data_for
         from .workers import warnings_as_notifications
 

@@ -8,23 +8,14 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from magicgui.widgets import CheckBox, Container, Label, PushButton, SpinBox
+from magicgui.widgets import CheckBox, Container, Label, PushButton
 
-from ..processing.chain import (
-    BIN_METHODS,
-    NORMALISATIONS,
-    TRANSFORMS,
-    PreprocessOptions,
-)
+from ..workflows import PreprocessOptions
 from .common import chosen_layer, dataset_combo, find_browser
-from .fields import option_field, options_from
+from .fields import OptionForm
 from .layers import upsert_layer
 from .proxies import unwrap
 from .workers import WorkerMixin, friendly_error, notify_error
-
-
-def _spin(label: str, value: int = 0, minimum: int = 0, maximum: int = 1_000_000) -> SpinBox:
-    return SpinBox(label=label, value=value, min=minimum, max=maximum)
 
 
 class PreprocessWidget(WorkerMixin, Container):
@@ -34,30 +25,14 @@ class PreprocessWidget(WorkerMixin, Container):
         self.browser = browser  # the diffraction browser whose probe position the preview uses
         self.layer = dataset_combo(napari_viewer)
         self.do_crop = CheckBox(label="crop", value=False)
-        self.scan_y0, self.scan_y1 = _spin("scan rows from"), _spin("scan rows to")
-        self.scan_x0, self.scan_x1 = _spin("scan cols from"), _spin("scan cols to")
-        self.det_r0, self.det_r1 = _spin("detector rows from"), _spin("detector rows to")
-        self.det_c0, self.det_c1 = _spin("detector cols from"), _spin("detector cols to")
-        opts = PreprocessOptions
-        self.bin_scan = option_field(opts, "bin_scan", "bin scan ×", minimum=1, maximum=64)
-        self.bin_detector = option_field(opts, "bin_detector", "bin detector ×", minimum=1, maximum=64)
-        self.bin_method = option_field(opts, "bin_method", choices=BIN_METHODS)
-        self.repair = option_field(opts, "repair_bad_pixels", "repair hot/dead pixels")
-        self.center = option_field(opts, "center", "centre the direct beam")
-        self.transform = option_field(opts, "transform", choices=(None, *TRANSFORMS))
-        self.normalize = option_field(opts, "normalize", "normalise", choices=(None, *NORMALISATIONS))
-        self.subtract_mean = option_field(opts, "subtract_mean", "subtract mean pattern")
-        self.pca = option_field(opts, "pca_components", "PCA components (0 = off)", maximum=4096)
-        self._option_fields = [self.bin_scan, self.bin_detector, self.bin_method, self.repair, self.center,
-                               self.transform, self.normalize, self.subtract_mean, self.pca]
+        self.form = OptionForm(PreprocessOptions)
+        for widget in self.form.fields:
+            setattr(self, widget.name, widget)
+        self._crop_fields = [self.crop_scan, self.crop_detector]
         self.preview_button = PushButton(text="Preview at current position")
         self.apply_button = PushButton(text="Apply")
         self.status = Label(value="")
-        self._crop_fields = [self.scan_y0, self.scan_y1, self.scan_x0, self.scan_x1,
-                             self.det_r0, self.det_r1, self.det_c0, self.det_c1]
-        self.extend([self.layer, self.do_crop, *self._crop_fields, self.bin_scan, self.bin_detector,
-                     self.bin_method, self.repair, self.center, self.transform, self.normalize,
-                     self.subtract_mean, self.pca, self.preview_button, self.apply_button])
+        self.extend([self.layer, self.do_crop, self.form, self.preview_button, self.apply_button])
         self.native.layout().addWidget(self.status.native)  # full width, wrapped
         self.status.native.setWordWrap(True)
         self._controls = [w for w in self if w is not self.status]
@@ -79,16 +54,12 @@ class PreprocessWidget(WorkerMixin, Container):
         except ValueError:
             return
         ny, nx, ky, kx = ds.shape
-        for field, value in zip(self._crop_fields, (0, ny, 0, nx, 0, ky, 0, kx)):
-            field.value = value
+        self.crop_scan.value, self.crop_detector.value = (0, ny, 0, nx), (0, ky, 0, kx)
 
     def options(self) -> PreprocessOptions:
         """The :class:`PreprocessOptions` the form describes."""
-        crop: dict[str, Any] = {}
-        if self.do_crop.value:
-            crop = {"crop_scan": tuple(f.value for f in self._crop_fields[:4]),
-                    "crop_detector": tuple(f.value for f in self._crop_fields[4:])}
-        return options_from(PreprocessOptions, self._option_fields, **crop)
+        crop = {} if self.do_crop.value else {"crop_scan": None, "crop_detector": None}
+        return self.form.options(**crop)
 
     # -- preview ------------------------------------------------------------------------
     def _current_position(self, ds) -> tuple[int, int]:
@@ -100,7 +71,7 @@ class PreprocessWidget(WorkerMixin, Container):
     def preview(self) -> tuple[np.ndarray, np.ndarray] | None:
         """Raw and processed pattern at the current probe position (PCA left out: it needs a
         fit over all patterns; the mean pattern is estimated from a sample of patterns)."""
-        from ..processing import preprocess, sample_mean_pattern
+        from ..workflows import preprocess, sample_mean_pattern
 
         try:
             _, ds = chosen_layer(self.viewer, self.layer)
@@ -149,7 +120,7 @@ class PreprocessWidget(WorkerMixin, Container):
 
     # -- apply --------------------------------------------------------------------------
     def apply(self):
-        from ..processing.chain import in_memory, preprocess
+        from ..workflows import in_memory, preprocess
         from .reader import layer_data_for
 
         try:

@@ -19,7 +19,7 @@ _NOTHING = [(None,)]  # napari's "read, but no layer to add" sentinel
 
 def napari_get_reader(path: str | list[str]) -> Callable | None:
     """Return a reader for ``path`` if it is a 4D-STEM format this plugin reads, else None."""
-    from ..io import detect_format
+    from ..workflows import detect_format
 
     if isinstance(path, (list, tuple)):
         if len(path) != 1:
@@ -36,9 +36,9 @@ def napari_get_reader(path: str | list[str]) -> Callable | None:
 
 def _series_reader(path: str | list[str]) -> list:
     """An image series (frames, y, x) as an image layer with its pixel size, for the Atoms tab."""
-    from ..io import ReadError
-    from ..io.series import read_series
-    from .sample_data import series_layer_data
+    from ..workflows import ReadError
+    from ..workflows import read_series
+    from .layers import series_layer_data
     from .workers import warnings_as_notifications
 
     if isinstance(path, (list, tuple)):
@@ -55,7 +55,7 @@ def _series_reader(path: str | list[str]) -> list:
 
 
 def _reader(path: str | list[str]) -> list:
-    from ..io import ReadError, read
+    from ..workflows import ReadError, read
     from ..results import is_results_file
     from .workers import warnings_as_notifications
 
@@ -85,8 +85,8 @@ def _reader(path: str | list[str]) -> list:
 
 
 def _as_series(path: str) -> list | None:
-    from ..io.series import read_series
-    from .sample_data import series_layer_data
+    from ..workflows import read_series
+    from .layers import series_layer_data
 
     try:
         import warnings
@@ -103,7 +103,8 @@ def atom_results_layers(path: str) -> list:
     """The per-atom table of a results file as a Points layer (frame, y, x) with its features,
     scaled like the series it came from."""
     from ..results import read_atom_results
-    from .atoms_widget import atom_features, feature_colours
+    from ..results.colours import feature_colours
+    from .atoms_widget import atom_features
 
     try:
         atoms = read_atom_results(path)
@@ -157,7 +158,7 @@ def results_layers(path: str, viewer=None) -> list:
 
 def layer_data_for(dataset, viewer=None) -> list:
     """Layer data for a freshly opened data set (used by the reader and the open widget)."""
-    from ..processing.virtual import default_image_detector
+    from ..workflows import default_image_detector
     from .layers import real_space_layer_data, virtual_image
 
     label, mask = default_image_detector(dataset.calibration, dataset.det_shape)

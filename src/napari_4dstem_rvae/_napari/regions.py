@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ..dataset import Dataset4D
+from ..workflows import Dataset4D
 from .proxies import layer_kind, unwrap
 
 

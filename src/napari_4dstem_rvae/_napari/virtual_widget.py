@@ -39,14 +39,14 @@ class VirtualDetectorWidget(WorkerMixin, Container):
 
     def _geometry_for(self, ds):
         """(centre, disk radius in px) of the bright-field disk, measured once per data set."""
-        from ..processing import detector_geometry
+        from ..workflows import detector_geometry
 
         if self._geometry is None or self._geometry[0] is not ds:
             self._geometry = (ds, detector_geometry(ds))
         return self._geometry[1]
 
     def radii_px(self, ds) -> tuple[tuple[float, float], float, float]:
-        from ..processing.virtual import radius_to_pixels
+        from ..workflows import radius_to_pixels
 
         geometry = self._geometry_for(ds)
         centre = (float(geometry.center[0]), float(geometry.center[1]))
@@ -66,7 +66,7 @@ class VirtualDetectorWidget(WorkerMixin, Container):
         browser.set_annulus(centre, inner, outer)
 
     def run(self):
-        from ..processing import annulus, virtual_images
+        from ..workflows import annulus, virtual_images
 
         try:
             _, ds = chosen_layer(self.viewer, self.layer)

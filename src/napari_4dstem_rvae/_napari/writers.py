@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..schema import shown_in_degrees, spec_for
-from ..units import from_napari_unit
+from ..workflows import from_napari_unit
 from .layers import ROLE_KEY, find_dataset
 
 

@@ -162,6 +162,12 @@ class MemmapSource:
             out = out.view(np.ndarray)  # a plain array over the same pages (keeps the mapping alive)
         return out
 
+    def read_direct(self, index: Any) -> np.ndarray:
+        """``self[index]``: this is a frame source that can be sliced without dask (the
+        protocol :class:`napari_4dstem_rvae.processing.sampling.DirectFrames`), so a sample of
+        patterns under ``dask.array.from_array(source)`` is read from it directly."""
+        return self[index]
+
     def __dask_tokenize__(self):
         st = os.stat(self.path)
         return ("MemmapSource", self.path, st.st_ino, st.st_size, st.st_mtime_ns, self.offset,

@@ -1,10 +1,12 @@
 """Processing: pure functions on 4D-STEM data, numpy or dask in, numpy or dask out.
 
 - :mod:`.engine` — the one-pass reduction (patterns × a stack of masks) over numpy,
-  lazy dask and dask.distributed.
+  lazy dask and dask.distributed (its drivers in :mod:`.drivers`, the compiled loop in
+  :mod:`.kernels`); :mod:`.sampling` — blocks of patterns and the sampled mean pattern.
 - :mod:`.virtual` — virtual detectors (bright field, annular dark field, any annulus) and
   the one rule for the default real-space image.
-- :mod:`.com` — centre of mass / DPC; :mod:`.field` — divergence, curl and the exact
+- :mod:`.com` — centre of mass / DPC (its masks in :mod:`.com_moments`, the reference
+  correction in :mod:`.com_reference`); :mod:`.field` — divergence, curl and the exact
   scan-rotation calibration.
 - :mod:`.preprocess` — crop, bin, mean-pattern subtraction, intensity transforms,
   bad-pixel repair; :mod:`.centring` — direct-beam centring; :mod:`.denoise` — PCA.
@@ -25,9 +27,10 @@ from .centring import (
     shift_pattern,
 )
 from .chain import PreprocessOptions, detector_bin_factor, prepare_for_rvae, preprocess
-from .com import COMOptions, COMResult, com_masks, compute_com
+from .com import COMOptions, COMResult, compute_com
+from .com_moments import com_masks
 from .denoise import pca_denoise
-from .engine import MaskStack, reduce_masks, sample_mean_pattern
+from .engine import MaskStack, reduce_masks
 from .field import (
     RotationCalibration,
     calibrate_rotation,
@@ -42,6 +45,7 @@ from .preprocess import (
     subtract_mean_pattern,
     transform_intensity,
 )
+from .sampling import sample_mean_pattern
 from .virtual import (
     ADF_INNER_BF,
     DiskGeometry,

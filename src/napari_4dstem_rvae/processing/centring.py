@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 
 from ..dataset import Dataset4D
-from .engine import _is_dask, reduce_masks
+from .arrays import is_dask as _is_dask
+from .engine import reduce_masks
 from .preprocess import _float_dtype, _whole_patterns, as_dataset
 
 
@@ -25,7 +26,7 @@ def find_beam_centers(dataset: Any, *, radius: float | None = None, unit: str = 
     of patterns (``radius`` in ``unit``; default 1.5 × the disk radius, room for the disk
     to wander). Patterns with no intensity in the mask get the mask centre.
     """
-    from .com import com_masks
+    from .com_moments import com_masks
     from .virtual import detector_geometry, detector_mask, disk
 
     ds = as_dataset(dataset)

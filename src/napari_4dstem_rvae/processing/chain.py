@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..dataset import Dataset4D, plain_fields
+from ..options import option
 
 #: Detector size the rVAE sees by default. The study binned patterns to 64 × 64; 32 × 32
 #: keeps what the rotation and the COM need and quarters the counting noise per pixel
@@ -53,17 +54,27 @@ class PreprocessOptions:
         Keep this many principal components (0: no PCA denoising).
     """
 
-    crop_scan: tuple[int, int, int, int] | None = None
-    crop_detector: tuple[int, int, int, int] | None = None
-    bin_scan: int = 1
-    bin_detector: int = 1
-    bin_method: str = "sum"
-    repair_bad_pixels: bool = False
-    center: bool = False
-    transform: str | None = None
-    normalize: str | None = None
-    subtract_mean: bool = False
-    pca_components: int = 0
+    crop_scan: tuple[int, int, int, int] | None = option(
+        None, "scan positions kept: ROW_FROM ROW_TO COL_FROM COL_TO", nargs=4,
+        parts=("scan rows from", "scan rows to", "scan cols from", "scan cols to"), none="the whole scan",
+        minimum=0, maximum=1_000_000)
+    crop_detector: tuple[int, int, int, int] | None = option(
+        None, "detector pixels kept: ROW_FROM ROW_TO COL_FROM COL_TO", nargs=4,
+        parts=("detector rows from", "detector rows to", "detector cols from", "detector cols to"),
+        none="the whole detector", minimum=0, maximum=100_000)
+    bin_scan: int = option(1, "binning factor of the scan", label="bin scan ×", minimum=1, maximum=64)
+    bin_detector: int = option(1, "binning factor of the detector", label="bin detector ×", minimum=1, maximum=64)
+    bin_method: str = option("sum", "sum (counts stay counts) or mean", choices=BIN_METHODS)
+    repair_bad_pixels: bool = option(False, "find hot and dead pixels and replace them by their neighbours' mean",
+                                     label="repair hot/dead pixels", flag="repair")
+    center: bool = option(False, "shift every pattern so that the direct beam sits at one position (descan "
+                          "plane)", label="centre the direct beam")
+    transform: str | None = option(None, "intensity transform", choices=(None, *TRANSFORMS))
+    normalize: str | None = option(None, "each pattern to unit sum (pattern) or the data to [0, 1] (global)",
+                                   choices=(None, *NORMALISATIONS), label="normalise")
+    subtract_mean: bool = option(False, "subtract the mean pattern over the scan", label="subtract mean pattern")
+    pca_components: int = option(0, "keep this many principal components (0: no PCA denoising)",
+                                 label="PCA components", flag="pca", minimum=0, maximum=4096)
 
     def __post_init__(self) -> None:
         for name in ("crop_scan", "crop_detector"):
@@ -148,78 +159,13 @@ def in_memory(dataset: Dataset4D, limit: int = IN_MEMORY_LIMIT) -> Dataset4D:
 
 
 def prepare_for_rvae(dataset: Dataset4D, detector_pixels: int | None = RVAE_DETECTOR_PIXELS,
-                     subtract_mean: bool = False, store: Any = None, reduced: str = "auto",
-                     limit: int = IN_MEMORY_LIMIT, log: Any = None) -> Dataset4D:
+                     subtract_mean: bool = False, limit: int = IN_MEMORY_LIMIT) -> Dataset4D:
     """The data the rVAE trains on: as in the study, the detector binned to about
     ``detector_pixels`` (``None``: as it is; summed, so counts stay counts); computed into
     memory when it fits (≤ ``limit`` bytes), so that training does not re-read the file every
-    epoch. The rVAE centres its input on the mean pattern itself (``subtract_mean`` does it
-    here, for models of version 0.1).
-
-    Larger binned data (``reduced="auto"``), or always (``"always"``), are written once to the
-    chunked zarr store ``store`` (:func:`write_reduced_store`; with a dask cluster as the
-    default scheduler, by its workers) and read from it by training and encoding, instead of
-    re-reading and re-binning the raw file at every step. ``"never"`` or no ``store``: lazy."""
-    if reduced not in ("auto", "always", "never"):
-        raise ValueError(f"reduced must be 'auto', 'always' or 'never', got {reduced!r}")
+    epoch (larger data stay lazy; a run writes them once to a store, see
+    :class:`napari_4dstem_rvae.workflows.STEMRun`). The rVAE centres its input on the mean
+    pattern itself (``subtract_mean`` does it here, for models of version 0.1)."""
     factor = detector_bin_factor(dataset.det_shape, detector_pixels)
     ds = preprocess(dataset, bin_detector=factor, subtract_mean=subtract_mean)
-    fits = not ds.is_lazy or ds.nbytes <= limit
-    if store is not None and (reduced == "always" or (reduced == "auto" and not fits)):
-        return write_reduced_store(ds, store, log=log)
     return in_memory(ds, limit)
-
-
-def write_reduced_store(dataset: Dataset4D, store: Any, log: Any = None) -> Dataset4D:
-    """``dataset`` (e.g. lazily binned) written once to the zarr store ``store`` — chunks of
-    whole patterns and scan rows, under a temporary name renamed when complete — and returned
-    read lazily from it (same calibration and metadata). A complete store of the same shape,
-    dtype and source from an earlier, interrupted run is reused; anything else at ``store``
-    is refused. Remove it when done (:func:`remove_reduced_store`)."""
-    import os
-    import shutil
-
-    import dask.array as da
-    import zarr
-
-    from ..dataset import default_chunks
-
-    store = os.fspath(store)
-    signature = {"shape": list(dataset.shape), "dtype": str(np.dtype(dataset.dtype)),
-                 "source": os.fspath(dataset.source) if dataset.source else None,
-                 "napari_4dstem_rvae": "reduced patterns"}
-    if os.path.exists(store):
-        try:
-            found = dict(zarr.open_array(store, mode="r").attrs)
-        except Exception:  # noqa: BLE001 - whatever it is, it is not our store
-            found = {}
-        if found.get("napari_4dstem_rvae") != "reduced patterns":
-            raise ValueError(f"{store} exists and is not a store of reduced patterns written by this "
-                             "package; move it or choose another output")
-        if found == signature:
-            if log is not None:
-                log(f"reduced patterns: reusing {store}")
-            return dataclasses.replace(dataset, data=da.from_zarr(store), frame_source=None)
-        shutil.rmtree(store)  # our own store of another run: replaced
-    chunks = default_chunks(tuple(dataset.shape), dataset.dtype)
-    lazy = dataset.data if dataset.is_lazy else da.from_array(np.asarray(dataset.data), chunks=chunks)
-    lazy = lazy.rechunk(chunks)
-    partial = store + ".partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    if log is not None:
-        log(f"reduced patterns {tuple(dataset.shape)} {np.dtype(dataset.dtype)} "
-            f"({dataset.nbytes / 2**30:.2f} GiB) written once to {store}")
-    target = zarr.create_array(partial, shape=lazy.shape, chunks=chunks, dtype=lazy.dtype)
-    da.store(lazy, target, lock=False)
-    target.attrs.update(signature)
-    os.replace(partial, store)
-    return dataclasses.replace(dataset, data=da.from_zarr(store), frame_source=None)
-
-
-def remove_reduced_store(store: Any) -> None:
-    """Delete a store written by :func:`write_reduced_store` (and a partial one), if any."""
-    import os
-    import shutil
-
-    for path in (os.fspath(store), os.fspath(store) + ".partial"):
-        shutil.rmtree(path, ignore_errors=True)

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from .engine import iter_frame_blocks
+from .sampling import iter_frame_blocks
 from .preprocess import _float_dtype, _whole_patterns, as_dataset
 
 

@@ -37,23 +37,24 @@ How the product is organised, and why:
 
 Nothing here imports dask or numba at module level.
 
-This module is longer than 500 lines because it holds the one pass whole: the mask stack,
-the plan of a pass (with its dask token), the in-memory, dask and distributed drivers, the
-float64 fallback and the sampled mean used to find the disk; the compiled loop itself is in
-:mod:`.kernels`.
+The mask stack, the plan of a pass (with its dask token) and :func:`reduce_masks` are here;
+the in-memory, dask and distributed drivers in :mod:`.drivers`, the compiled loop in
+:mod:`.kernels`, and the sampled mean used to find the disk in :mod:`.sampling`.
 """
 
 from __future__ import annotations
 
-import os
-import threading
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from .arrays import as_array
+from .drivers import TASK_BYTES, default_threads
+# bound here, where reduce_masks looks them up (a caller counting passes patches these names)
+from .drivers import reduce_dask as _reduce_dask
+from .drivers import reduce_numpy as _reduce_numpy
 from .kernels import compiled_kernel, kernel_layout
 
 #: OpenBLAS uses its fast small-matrix kernel below about 10⁶ multiply-adds per call.
@@ -68,14 +69,11 @@ _MASK_GROUP = 4
 _GEMV_MASKS = 8
 #: Bytes of frames per run in the matrix–vector path (stays in the L2 cache across masks).
 _GEMV_BYTES = 512 * 1024
-#: Frames handed to one thread of the in-memory path at a time (bytes).
-_TASK_BYTES = 8 * 2**20
 #: Compiled one-pass kernels (numba) for float32 products with up to this many masks.
 _KERNEL_MASKS = 8
 #: Off: the BLAS path only (benchmarks compare the two in one run).
 USE_COMPILED = True
-#: Input types the compiled kernel reads as they are (others are cast to float32 first).
-_KERNEL_INPUTS = ("float32", "uint8", "uint16", "int8", "int16")
+
 
 @dataclass(frozen=True)
 class MaskStack:
@@ -133,54 +131,7 @@ class MaskStack:
         return MaskStack(self.names + other.names, np.concatenate([self.masks, other.masks]))
 
 
-# -- BLAS threads ------------------------------------------------------------------------
-_blas_lock = threading.Lock()
-_blas_users = 0
-_blas_limiter: Any = None
-_blas_controller: Any = None
-
-
-@contextmanager
-def single_blas_thread() -> Iterator[None]:
-    """Limit BLAS to one thread while any caller is inside (process-wide, re-entrant).
-
-    The engine parallelises over frames itself; a multi-threaded BLAS on top would
-    oversubscribe the cores. ``threadpoolctl`` limits are process-global, so concurrent
-    users (dask worker threads) share one limit, set by the first and lifted by the last.
-    """
-    global _blas_users, _blas_limiter, _blas_controller
-    with _blas_lock:
-        if _blas_users == 0:
-            try:
-                if _blas_controller is None:
-                    # Finding the loaded BLAS libraries takes milliseconds: do it once.
-                    from threadpoolctl import ThreadpoolController
-
-                    _blas_controller = ThreadpoolController()
-                _blas_limiter = _blas_controller.limit(limits=1, user_api="blas")
-            except Exception:  # pragma: no cover - threadpoolctl missing or unsupported
-                _blas_limiter = None
-        _blas_users += 1
-    try:
-        yield
-    finally:
-        with _blas_lock:
-            _blas_users -= 1
-            if _blas_users == 0 and _blas_limiter is not None:
-                _blas_limiter.restore_original_limits()
-                _blas_limiter = None
-
-
-def default_threads() -> int:
-    """Threads used by the in-memory path: the CPU cores this process may use (≤ 8)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(8, cores))
-
-
-# -- the kernel ------------------------------------------------------------------------
+# -- the plan --------------------------------------------------------------------------
 def compute_dtype_for(dtype: Any, precision: str = "auto") -> np.dtype:
     """float32 for ≤16-bit integers and float16/32 data, float64 otherwise.
 
@@ -260,140 +211,11 @@ def _make_plan(masks: np.ndarray, dtype: np.dtype, threshold: float | None) -> _
             kernel_masks = np.ascontiguousarray(flat.T)
             layout = (key, bounds)
             if threshold is None:  # one pass, nothing kept in the cache between masks: longer runs
-                steps = max(1, _TASK_BYTES // (n_pixels * 4))
+                steps = max(1, TASK_BYTES // (n_pixels * 4))
     return _Plan(groups, slices, pixel_blocks, steps, threshold, vectors, kernel, kernel_masks, layout)
 
 
-def _reduce_frames(frames: np.ndarray, plan: _Plan, out: np.ndarray) -> None:
-    """``out[i, j] = Σ_p frames[i, p] · masks[j, p]``; frames (n, pixels), out (n, m) float64."""
-    with np.errstate(over="ignore", invalid="ignore"):  # float32 overflow: redone in float64 by the caller
-        _reduce_frames_unchecked(frames, plan, out)
-
-
-def _reduce_frames_unchecked(frames: np.ndarray, plan: _Plan, out: np.ndarray) -> None:
-    dtype = plan.mask_groups[0].dtype
-    step = plan.frames_per_step
-    single_block = len(plan.pixel_blocks) == 1
-    # the compiled loop reads integers and float32 as they are; a threshold needs them cast
-    direct = plan.kernel is not None and frames.dtype.name in _KERNEL_INPUTS and plan.threshold is None
-    for start in range(0, frames.shape[0], step):
-        chunk = frames[start:start + step]
-        if chunk.dtype != dtype and not direct:
-            chunk = chunk.astype(dtype)
-        if plan.threshold is not None:
-            # Per-pattern threshold: pixels below threshold × the pattern's maximum count 0.
-            peak = chunk.max(axis=1, keepdims=True)
-            chunk = np.where(chunk >= plan.threshold * peak, chunk, 0).astype(dtype, copy=False)
-        rows = out[start:start + chunk.shape[0]]
-        if plan.kernel is not None:
-            plan.kernel(np.ascontiguousarray(chunk), plan.kernel_masks, plan.kernel_layout[1], rows)
-            continue
-        if plan.vectors:
-            for j, vector in enumerate(plan.vectors):
-                rows[:, j] = chunk @ vector
-            continue
-        for cols, group in zip(plan.group_slices, plan.mask_groups):
-            if single_block:
-                rows[:, cols] = chunk @ group
-            else:
-                acc = np.zeros((chunk.shape[0], group.shape[1]), dtype=np.float64)
-                for pix in plan.pixel_blocks:
-                    acc += chunk[:, pix] @ group[pix]
-                rows[:, cols] = acc
-
-
-def _reduce_block(block: np.ndarray, plan: _Plan) -> np.ndarray:
-    """A block ``(a, b, det_y, det_x)`` → ``(a, b, 1, n_masks)`` float64 (dask task).
-
-    The output keeps four axes: with ``drop_axis`` dask would first concatenate (copy)
-    every input block along the dropped axes, a full extra pass over the data."""
-    a, b = block.shape[:2]
-    frames = np.asarray(block).reshape(a * b, -1)
-    out = np.empty((a * b, sum(g.shape[1] for g in plan.mask_groups)), dtype=np.float64)
-    with single_blas_thread():
-        _reduce_frames(frames, plan, out)
-    return out.reshape(a, b, 1, -1)
-
-
-# -- drivers ---------------------------------------------------------------------------
-def _is_dask(data: Any) -> bool:
-    return type(data).__module__.split(".")[0] == "dask"
-
-
-def _reduce_numpy(data: np.ndarray, plan: _Plan, n_threads: int) -> np.ndarray:
-    ny, nx, ky, kx = data.shape
-    n_masks = sum(g.shape[1] for g in plan.mask_groups)
-    out = np.empty((ny, nx, n_masks), dtype=np.float64)
-    frame_bytes = ky * kx * data.dtype.itemsize
-    per_task = max(1, _TASK_BYTES // max(frame_bytes, 1))
-    # Tasks are runs of frames inside one scan row, so a non-contiguous view (a crop)
-    # is copied a few MB at a time, never as a whole.
-    tasks = [(iy, x0, min(x0 + per_task, nx)) for iy in range(ny) for x0 in range(0, nx, per_task)]
-
-    def run(task: tuple[int, int, int]) -> None:
-        iy, x0, x1 = task
-        frames = data[iy, x0:x1].reshape(x1 - x0, ky * kx)
-        _reduce_frames(frames, plan, out[iy, x0:x1])
-
-    with single_blas_thread():
-        if n_threads <= 1 or len(tasks) == 1:
-            for task in tasks:
-                run(task)
-        else:
-            from concurrent.futures import ThreadPoolExecutor
-
-            with ThreadPoolExecutor(max_workers=n_threads) as pool:
-                for _ in pool.map(run, tasks):
-                    pass
-    return out
-
-
-def _reduce_dask(data: Any, plan: _Plan, client: Any, progress: Any = None) -> np.ndarray:
-    import dask.array as da
-
-    darr = data if _is_dask(data) else da.from_array(data, chunks=_chunks_for(data))
-    ky, kx = darr.shape[2:]
-    if len(darr.chunks[2]) > 1 or len(darr.chunks[3]) > 1:
-        # Whole patterns per chunk (a no-op for data written by our readers).
-        darr = darr.rechunk({2: -1, 3: -1})
-    n_masks = sum(g.shape[1] for g in plan.mask_groups)
-    reduced = darr.map_blocks(
-        _reduce_block, plan, dtype=np.float64,
-        chunks=(darr.chunks[0], darr.chunks[1], (1,), (n_masks,)),
-        meta=np.empty((0, 0, 0, 0), dtype=np.float64),
-    )
-    if client is None:
-        # Local threads share this process's BLAS: limit it once for the whole pass.
-        with single_blas_thread():
-            return np.asarray(reduced.compute())[:, :, 0, :]
-    own_client = None
-    if isinstance(client, str):
-        from distributed import Client
-
-        own_client = client = Client(client)
-    try:
-        if progress is None:
-            return np.asarray(client.compute(reduced).result())[:, :, 0, :]
-        from distributed import as_completed, futures_of
-
-        # the blocks' futures, watched as they finish (a progress bar over the cluster's tasks)
-        persisted = client.persist(reduced)
-        futures = futures_of(persisted)
-        progress(0, len(futures))
-        for done, _ in enumerate(as_completed(futures), 1):
-            progress(done, len(futures))
-        return np.asarray(client.compute(persisted).result())[:, :, 0, :]
-    finally:
-        if own_client is not None:
-            own_client.close()
-
-
-def _chunks_for(data: Any) -> Any:
-    from ..dataset import default_chunks
-
-    return default_chunks(tuple(data.shape), data.dtype)
-
-
+# -- the pass --------------------------------------------------------------------------
 def reduce_masks(
     data: Any,
     masks: MaskStack | Mapping[str, Any],
@@ -531,108 +353,3 @@ def check_finite(values: np.ndarray, what: str) -> None:
             f"at scan position {first}; expected finite intensities. Repair them first "
             f"(processing.repair_bad_pixels) or replace them (numpy.nan_to_num)."
         )
-
-
-def iter_frame_blocks(data: Any, target_bytes: int = 64 * 2**20,
-                      ) -> Iterator[tuple[tuple[slice, slice], np.ndarray]]:
-    """Yield ``((rows, cols), block)`` numpy blocks of whole patterns covering the scan.
-
-    Dask data are read one chunk (or group of scan rows) at a time, so memory stays
-    bounded by ``target_bytes`` plus one chunk.
-    """
-    shape = tuple(int(s) for s in data.shape)
-    ny, nx, ky, kx = shape
-    frame_bytes = ky * kx * np.dtype(data.dtype).itemsize
-    if _is_dask(data):
-        row_bounds = np.cumsum((0,) + tuple(data.chunks[0]))
-        col_bounds = np.cumsum((0,) + tuple(data.chunks[1]))
-    else:
-        frames = max(1, target_bytes // max(frame_bytes, 1))
-        if frames >= nx:
-            rows = max(1, frames // nx)
-            row_bounds = np.append(np.arange(0, ny, rows), ny)
-            col_bounds = np.array([0, nx])
-        else:
-            row_bounds = np.arange(ny + 1)
-            col_bounds = np.append(np.arange(0, nx, frames), nx)
-    for r0, r1 in zip(row_bounds[:-1], row_bounds[1:]):
-        for c0, c1 in zip(col_bounds[:-1], col_bounds[1:]):
-            sel = (slice(int(r0), int(r1)), slice(int(c0), int(c1)))
-            block = data[sel]
-            if hasattr(block, "compute"):
-                block = block.compute()
-            yield sel, np.asarray(block)
-
-
-def sample_mean_pattern(data: Any, max_frames: int = 256, max_rows: int = 8) -> np.ndarray:
-    """Mean of a sample of patterns spread over the scan (float64, ``(det_y, det_x)``).
-
-    Takes up to ``max_rows`` evenly spaced scan rows and, within them, evenly spaced
-    positions (``max_frames`` in all), so that a lazy file is read only in a few places: a
-    lazy array's sample (≤ 64 MiB) is read in one dask graph, a larger one a row at a time.
-    Non-finite pixels count as 0. Used to find the bright-field disk for default masks
-    without a full pass.
-    """
-    data = as_array(data)
-    data = _mapped_source(data) if _is_dask(data) else data
-    ny, nx = int(data.shape[0]), int(data.shape[1])
-    rows = np.unique(np.linspace(0, ny - 1, min(ny, max_rows)).round().astype(int))
-    per_row = max(1, max_frames // len(rows))
-    step = max(1, int(np.ceil(nx / per_row)))
-    small = data.dtype.itemsize <= 4 and data.dtype.kind in "fiub"
-    # ≤ 4-byte data summed in float32 (≤ max_frames patterns: ample for finding the disk, and
-    # 2-3× faster than a float64 sum); a NaN/Inf shows in the sum
-    sampled = len(rows) * len(range(0, nx, step)) * int(np.prod(data.shape[2:])) * data.dtype.itemsize
-    if _is_dask(data) and sampled <= 64 * 2**20:
-        import dask
-
-        # one graph of plain slices: the sampled rows of a lazy file read in one go
-        picked: Any = dask.compute(*[data[int(r), ::step] for r in rows])
-    else:  # one row in memory at a time
-        picked = (np.asarray(_computed(data[int(r), ::step])) for r in rows)
-
-    total = np.zeros(tuple(int(s) for s in data.shape[2:]), dtype=np.float64)
-    count = 0
-    for frames in picked:
-        row = frames.sum(axis=0, dtype=np.float32 if small else np.float64)
-        if data.dtype.kind in "fc" and not np.isfinite(row).all():
-            row = np.where(np.isfinite(frames), frames, 0).sum(axis=0, dtype=np.float64)
-        total += row
-        count += frames.shape[0]
-    return total / count
-
-
-def _mapped_source(data: Any) -> Any:
-    """The array in memory or mapped from a file under a dask array that is nothing but
-    ``dask.array.from_array`` of it (a numpy array, ``np.memmap`` or the readers'
-    ``MemmapSource``): sampling a few hundred patterns from it directly skips dask's ~1 ms per
-    slice (~8 ms for the eight scan rows of a sample, a quarter of a 1 GB COM pass). Anything
-    else (a file read through h5py or zarr, a computed array): ``data`` itself."""
-    try:
-        layers = data.__dask_graph__().layers
-        if len(layers) != 2:
-            return data
-        original = [dict(layer) for name, layer in layers.items() if name.startswith("original-array-")]
-        if len(original) != 1 or len(original[0]) != 1:
-            return data
-        source = next(iter(original[0].values()))
-    except Exception:  # pragma: no cover - another dask graph layout: sample through dask
-        return data
-    if not isinstance(source, np.ndarray):
-        from ..io.common import MemmapSource
-
-        if not isinstance(source, MemmapSource):
-            return data
-    if tuple(source.shape) == tuple(data.shape) and np.dtype(source.dtype) == data.dtype:
-        return source
-    return data
-
-
-def _computed(value: Any) -> Any:
-    return value.compute() if hasattr(value, "compute") else value
-
-
-def as_array(data: Any) -> Any:
-    """The array inside a Dataset4D, or the argument itself."""
-    return data.data if hasattr(data, "calibration") and hasattr(data, "data") else data
-

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..dataset import Dataset4D
-from .engine import _is_dask
+from .arrays import is_dask as _is_dask
 
 # -- helpers --------------------------------------------------------------------------------
 

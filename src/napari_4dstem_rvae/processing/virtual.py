@@ -20,7 +20,9 @@ from typing import Any
 import numpy as np
 
 from ..dataset import Calibration
-from .engine import MaskStack, as_array, reduce_masks, sample_mean_pattern
+from .arrays import as_array
+from .engine import MaskStack, reduce_masks
+from .sampling import sample_mean_pattern
 
 #: Units for detector radii.
 RADIUS_UNITS = ("px", "mrad", "bf")

@@ -18,20 +18,26 @@ from typing import Any
 
 import numpy as np
 
-from .files import RESULTS_MARK, FORMAT_VERSION, _json, atomic_path, versions
+from ..atomic import atomic_path
+from .claim import claim_output
+from .files import _json, versions
+from .reading import FORMAT_VERSION, RESULTS_MARK
 
 #: Units of the table's columns (others are dimensionless).
 COLUMN_UNITS = {"y": "px", "x": "px", "y_angstrom": "Å", "x_angstrom": "Å", "angle": "rad", "angle_std": "rad",
                 "angle_symmetric": "rad"}
 
 
-def write_atom_results(path: str | os.PathLike, result: Any, series: Any, parameters: dict | None = None) -> str:
-    """Write an :class:`~napari_4dstem_rvae.atom_pipeline.AtomResult` (atomically)."""
+def write_atom_results(path: str | os.PathLike, result: Any, series: Any, parameters: dict | None = None, *,
+                       inputs: Any = (), what: str = "results file") -> str:
+    """Write an :class:`~napari_4dstem_rvae.workflows.AtomResult` (atomically), under
+    :func:`~.claim.claim_output` (never over one of ``inputs``, a foreign file, or a path
+    another writer holds; nested in the caller's own claim it passes)."""
     import h5py
 
     path = os.fspath(path)
     columns = result.columns()
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+    with claim_output(path, inputs, what), atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         f.attrs[RESULTS_MARK] = FORMAT_VERSION
         f.attrs["kind"] = "atoms"
         f.attrs["source"] = str(series.source or "")

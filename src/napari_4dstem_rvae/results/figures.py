@@ -13,17 +13,19 @@ from typing import Any
 
 import numpy as np
 
+from ..atomic import atomic_path
 from ..dataset import Calibration
 from ..schema import (
     MAPS,
     MapSpec,
     contrast_limits,
+    map_names,
     display_unit,
     display_values,
     resolve_unit,
     spec_for,
 )
-from .files import atomic_path
+from ..stats import circular_correlation, pearson_r
 
 _MPL_CMAPS = {"twilight_shifted": "twilight_shifted", "coolwarm": "RdBu_r"}
 
@@ -92,7 +94,7 @@ def com_figure(path: Any, com: Any) -> str:
     extent, scan_unit = _scan_axes(com.calibration, com.scan_shape)
     scan = None if scan_unit == "probe steps" else scan_unit
     fig = _figure(12, 7.5)
-    for i, name in enumerate(("com_x", "com_y", "com_magnitude", "com_angle", "com_divergence", "com_curl")):
+    for i, name in enumerate(map_names("com", shown=True)):
         spec = MAPS[name]
         map_panel(fig, fig.add_subplot(2, 3, i + 1), spec, maps[name],
                   resolve_unit(spec.unit, com.map_unit, scan), extent, scan_unit)
@@ -109,14 +111,13 @@ def overview_figure(path: Any, result: Any, *, adf: Any = None, com: Any = None,
 
     ``result``: an ``RVAEResult`` or ``LatentMaps``; ``com``: a ``COMResult`` of the same scan.
     """
-    from ..rvae.diagnostics import correlate
-
     maps = result.maps if hasattr(result, "maps") and not hasattr(result, "angle") else result
     full = result if maps is not result else None
     if calibration is None and full is not None:
         calibration = full.trainer.calibration
     com_maps = com.maps() if com is not None else {}
-    diag = correlate(maps, com_maps.get("com_magnitude"), com_maps.get("com_angle"), keep_maps=False)
+    latent_r = [pearson_r(latent, com_maps["com_magnitude"]) for latent in maps.latents] if com is not None else []
+    angle_rho = circular_correlation(maps.angle, com_maps["com_angle"]) if com is not None else float("nan")
     extent, scan_unit = _scan_axes(calibration, maps.scan_shape)
     panels: list[tuple[MapSpec, Any, str, str | None]] = []
     if adf is not None:
@@ -125,13 +126,13 @@ def overview_figure(path: Any, result: Any, *, adf: Any = None, com: Any = None,
         panels.append((MAPS["com_angle"], com_maps["com_angle"], "rad", None))
         panels.append((MAPS["com_magnitude"], com_maps["com_magnitude"], com.map_unit, None))
     rot = MAPS["angle"].title
-    if np.isfinite(diag.angle_rho):
-        rot += f"\nρ vs COM angle = {diag.angle_rho:+.3f}"
+    if np.isfinite(angle_rho):
+        rot += f"\nρ vs COM angle = {angle_rho:+.3f}"
     panels.append((MAPS["angle"], maps.angle, "rad", rot))
     for i, latent in enumerate(maps.latents):
         name = MAPS["latents"].plane_title(i)
-        if diag.latent_r:
-            name += f"\nr vs COM magnitude = {diag.latent_r[i]:+.3f}"
+        if latent_r:
+            name += f"\nr vs COM magnitude = {latent_r[i]:+.3f}"
         panels.append((MAPS["latents"], latent, "1", name))
     if maps.shift is not None:
         for i in range(2):

@@ -1,5 +1,5 @@
-"""The results file: one HDF5 layout for every map the package makes, written in one place and
-read back in one place.
+"""The results file: one HDF5 layout for every map the package makes, written here (and read
+back in one place, :mod:`.reading`).
 
 Layout (format 2)
 -----------------
@@ -18,33 +18,27 @@ Layout (format 2)
 
 Every map dataset carries ``map`` (its :data:`~napari_4dstem_rvae.schema.MAPS` name), ``unit``
 and ``axes``. Files are written to a temporary name in the target folder and renamed over the
-target when complete, so a crash never leaves a half-written file under the final name.
+target when complete, so a crash never leaves a half-written file under the final name. Each
+writer claims its output first (:func:`~.claim.claim_output`): it never writes over an input
+or a file that is not one of ours, nor while another writer holds the same path.
 
-Files written by version 0.1 (four different layouts) are read too (:func:`read_results`).
+Reading back (this layout and those of version 0.1): :mod:`.reading`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import platform
-from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
 from ..atomic import atomic_path
 from ..dataset import Calibration
-from ..schema import LEGACY, MAPS, MapSpec, resolve_unit, spec_for
-
-#: Root attribute that marks our results files (its value is the format version).
-RESULTS_MARK = "napari_4dstem_rvae_results"
-FORMAT_VERSION = 2
-
-#: The rVAE's maps, in the order they are written (``LatentMaps`` attributes of these names).
-RVAE_MAPS = ("angle", "angle_std", "angle_concentration", "angle_symmetric", "latents", "latents_std",
-             "shift", "shift_std", "novelty")
+from ..schema import MAPS, RVAE_MAPS, MapSpec, resolve_unit, spec_for
+from .claim import claim_output
+from .reading import FORMAT_VERSION, RESULTS_MARK
 
 RVAE_CONVENTIONS = ("angle: rotation of each pattern relative to the decoder's canonical pattern, "
                     "radians in (-pi, pi], counter-clockwise as seen on screen (detector rows drawn "
@@ -63,73 +57,6 @@ def versions() -> dict[str, str]:
         except PackageNotFoundError:
             pass
     return out
-
-
-def _same_or_inside(path: str, other: str) -> bool:
-    """Whether ``path`` is ``other`` (resolving links) or lies inside the folder ``other``."""
-    a, b = os.path.realpath(path), os.path.realpath(other)
-    if a == b:
-        return True
-    if os.path.exists(path) and os.path.exists(other):
-        try:
-            if os.path.samefile(path, other):
-                return True
-        except OSError:
-            pass
-    return os.path.isdir(b) and a.startswith(b.rstrip(os.sep) + os.sep)
-
-
-@contextlib.contextmanager
-def claim_output(path: str | os.PathLike, inputs: Any = (), what: str = "--out") -> Iterator[str]:
-    """Check an output file before any work and hold it while the work runs.
-
-    Refused, each with one sentence: a path that is (or resolves to, or lies inside) one of
-    ``inputs``; a folder; an existing file that is not a results file of this package (it
-    would be lost); a folder that cannot be written. While the block runs an exclusive lock
-    (``fcntl.flock`` on ``.NAME.lock`` beside it; released by the system even if the process
-    is killed) keeps a second writer of the same path out: it is refused at once.
-    """
-    path = os.path.abspath(os.fspath(path))
-    for source in inputs:
-        if source and _same_or_inside(path, os.fspath(source)):
-            raise ValueError(f"{what} {path} is the input {os.fspath(source)} (or inside it); "
-                             "choose another output so that the input is not overwritten")
-    if os.path.isdir(path):
-        raise ValueError(f"{what} {path} is a folder; expected a results file name (e.g. results.h5)")
-    folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
-    if not os.access(folder, os.W_OK):
-        raise ValueError(f"{what} {path}: the folder {folder} cannot be written")
-    if os.path.exists(path) and not is_results_file(path):
-        raise ValueError(f"{what} {path} exists and is not a results file of napari-4dstem-rvae; "
-                         "it is left untouched — choose another output name")
-    import fcntl
-
-    lock_path = os.path.join(folder, f".{os.path.basename(path)}.lock")
-    while True:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise ValueError(f"{what} {path} is being written by another process; wait for it to "
-                             "finish or choose another output") from None
-        try:  # the lock file may have been removed by its last holder meanwhile: lock the new one
-            if os.fstat(fd).st_ino == os.stat(lock_path).st_ino:
-                break
-        except FileNotFoundError:
-            pass
-        os.close(fd)
-    try:
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        yield path
-    finally:
-        try:
-            os.remove(lock_path)
-        except OSError:
-            pass
-        os.close(fd)
 
 
 def _json(value: Any) -> str:
@@ -158,8 +85,10 @@ def _put_map(group: Any, name: str, values: Any, spec: MapSpec, unit: str, **att
 def write_results(path: str | os.PathLike, *, calibration: Calibration | None, scan_shape: tuple[int, int],
                   source: str | None = None, provenance: Any = (), images: dict[str, Any] | None = None,
                   com: Any = None, rvae: Any = None, parameters: dict[str, Any] | None = None,
-                  roi_mask: Any = None) -> str:
-    """Write a results file (see the module docstring), atomically.
+                  roi_mask: Any = None, inputs: Any = (), what: str = "results file") -> str:
+    """Write a results file (see the module docstring), atomically, under
+    :func:`~.claim.claim_output` (``ValueError`` when ``path`` is one of ``inputs``, a folder, a
+    file not of ours or held by another writer; nested in the caller's own claim it passes).
 
     Parameters
     ----------
@@ -176,12 +105,14 @@ def write_results(path: str | os.PathLike, *, calibration: Calibration | None, s
         Anything else worth keeping with the maps (JSON).
     roi_mask
         The training positions (default: the trainer's).
+    inputs, what
+        The files the maps come from (never overwritten) and the output's name in messages.
     """
     import h5py
 
     path = os.fspath(path)
     scan_shape = tuple(int(s) for s in scan_shape)
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+    with claim_output(path, inputs, what), atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         f.attrs[RESULTS_MARK] = FORMAT_VERSION
         f.attrs["source"] = str(source or "")
         f.attrs["calibration_json"] = _json(None if calibration is None else calibration.to_dict())
@@ -278,15 +209,17 @@ def _write_rvae(g: Any, result: Any, roi_mask: Any) -> None:
 
 
 def write_layer_maps(path: str | os.PathLike, layers: list[dict[str, Any]],
-                     calibration: Calibration | None = None) -> str:
+                     calibration: Calibration | None = None, *, inputs: Any = (),
+                     what: str = "results file") -> str:
     """Maps saved from napari layers, atomically: each ``{"name", "values" (stored units),
     "map" (schema name), "unit", "scale", "translate", "units"}`` goes to ``/layers/<name>``.
-    Reopens with :func:`read_results` (and in napari) as the same layers."""
+    Reopens with :func:`~.reading.read_results` (and in napari) as the same layers. Claims
+    ``path`` like :func:`write_results` (never an input among ``inputs``, nor a foreign file)."""
     import h5py
 
     path = os.fspath(path)
     shapes = {tuple(np.shape(layer["values"])[-2:]) for layer in layers}
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+    with claim_output(path, inputs, what), atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         f.attrs[RESULTS_MARK] = FORMAT_VERSION
         f.attrs["versions_json"] = _json(versions())
         if calibration is not None:
@@ -318,158 +251,3 @@ def _dataset_name(name: str, taken: set[str]) -> str:
         candidate = f"{base} ({i})"
     taken.add(candidate)
     return candidate
-
-
-# ------------------------------------------------------------------------------------------
-# Reading
-# ------------------------------------------------------------------------------------------
-@dataclass
-class StoredMap:
-    """One map read from a results file.
-
-    ``values`` are in ``unit`` (radians for angles) unless ``displayed`` is true (maps saved
-    by version 0.1's napari writer, stored as shown, with their ``colormap`` and
-    ``contrast_limits``). ``scale``/``translate``/``units`` are set when the file stores a
-    geometry of its own for the map (else the file's calibration applies)."""
-
-    name: str
-    title: str
-    spec: MapSpec
-    values: np.ndarray
-    unit: str
-    path: str
-    displayed: bool = False
-    colormap: str | None = None
-    contrast_limits: tuple[float, float] | None = None
-    scale: tuple[float, float] | None = None
-    translate: tuple[float, float] | None = None
-    units: tuple[str, str] | None = None
-
-
-@dataclass
-class ResultsFile:
-    """What :func:`read_results` returns."""
-
-    path: str
-    version: int
-    calibration: Calibration | None
-    scan_shape: tuple[int, int] | None
-    maps: list[StoredMap] = field(default_factory=list)
-    parameters: dict[str, Any] = field(default_factory=dict)
-    attrs: dict[str, Any] = field(default_factory=dict)
-
-    def get(self, name: str) -> StoredMap:
-        for item in self.maps:
-            if item.name == name:
-                return item
-        raise KeyError(f"{self.path}: no map {name!r}; maps: {[m.name for m in self.maps]}")
-
-
-def is_results_file(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is an HDF5 file carrying our results mark."""
-    import h5py
-
-    try:
-        with h5py.File(os.fspath(path), "r") as f:
-            return bool(f.attrs.get(RESULTS_MARK, 0))
-    except (OSError, ValueError):
-        return False
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def read_results(path: str | os.PathLike) -> ResultsFile:
-    """Every map of a results file with its spec, unit and geometry (format 2 and the
-    version-0.1 layouts). Raises ``ValueError`` naming the file when it is not one."""
-    import h5py
-
-    path = os.fspath(path)
-    try:
-        f = h5py.File(path, "r")
-    except OSError as exc:
-        raise ValueError(f"{path}: not a readable HDF5 results file ({exc})") from exc
-    try:
-        with f:
-            return _read_results(f, path)
-    except ValueError as exc:
-        if path in str(exc):
-            raise
-        raise ValueError(f"{path}: the results file is damaged ({' '.join(str(exc).split())[:200]})") from exc
-    except Exception as exc:  # a damaged file fails inside h5py in many ways: KeyError, OSError …
-        reason = " ".join(str(exc).split())[:200]
-        raise ValueError(f"{path}: the results file is damaged ({type(exc).__name__}: {reason})") from exc
-
-
-def _read_results(f: Any, path: str) -> ResultsFile:
-    import h5py
-
-    version = int(f.attrs.get(RESULTS_MARK, 0))
-    if not version:
-        raise ValueError(f"{path}: not a napari-4dstem-rvae results file (no {RESULTS_MARK!r} mark)")
-    cal = None
-    if "calibration_json" in f.attrs:
-        try:
-            values = json.loads(_text(f.attrs["calibration_json"]))
-            cal = None if values is None else Calibration.from_dict(values)
-        except (ValueError, TypeError):
-            cal = None
-    scan_shape = tuple(int(v) for v in f.attrs["scan_shape"]) if "scan_shape" in f.attrs else None
-    try:
-        parameters = json.loads(_text(f.attrs.get("parameters_json", "{}"))) or {}
-    except ValueError:
-        parameters = {}
-    items: list[tuple[str, Any]] = []
-    f.visititems(lambda n, o: items.append((n, o)) if isinstance(o, h5py.Dataset) else None)
-    names = {n for n, _ in items}
-    out = ResultsFile(path, version, cal, scan_shape, parameters=parameters,
-                      attrs={k: f.attrs[k] for k in f.attrs})
-    for name, dset in items:
-        if dset.dtype.kind not in "fiub" or dset.ndim < 2 or name.startswith(("rvae/history", "rvae/diagnostics")):
-            continue
-        if scan_shape is not None and tuple(dset.shape[-2:]) != scan_shape:
-            continue
-        stored = _stored_map(name, dset, version, names)
-        if stored is not None:
-            out.maps.append(stored)
-    return out
-
-
-def _stored_map(name: str, dset: Any, version: int, names: set[str]) -> StoredMap | None:
-    attrs = dset.attrs
-    short = name.split("/")[-1]
-    values = dset[()]
-    geometry: dict[str, Any] = {}
-    if "scale" in attrs:
-        geometry["scale"] = tuple(float(v) for v in np.asarray(attrs["scale"])[-2:])
-        geometry["translate"] = tuple(float(v) for v in np.asarray(attrs.get("translate", (0.0, 0.0)))[-2:])
-    if "units" in attrs:
-        geometry["units"] = tuple(json.loads(_text(attrs["units"])))[-2:]
-    if "map" in attrs:  # format 2
-        spec = spec_for(_text(attrs["map"]))
-        title = _text(attrs.get("title", spec.title if short == spec.name else short))
-        return StoredMap(short, title, spec, values, _text(attrs.get("unit", spec.unit)), name, **geometry)
-    # -- version 0.1 layouts --
-    if "layer_json" in attrs or "colormap" in attrs:  # napari writer: stored as displayed
-        role = json.loads(_text(attrs["layer_json"])) if "layer_json" in attrs else {}
-        spec = spec_for(role.get("map") or short)
-        limits = tuple(float(v) for v in attrs["contrast_limits"]) if "contrast_limits" in attrs else None
-        return StoredMap(short, short, spec, values, _text(role.get("value_unit") or ""), name, displayed=True,
-                         colormap=_text(attrs["colormap"]) if "colormap" in attrs else None,
-                         contrast_limits=limits, **geometry)
-    if short in ("com_x", "com_y", "com_magnitude") and f"{name}_mrad" in names:
-        return None  # the mrad version of the same map is read instead
-    if short == "valid" and name.startswith("com"):
-        short = "com_valid"
-    spec = spec_for(short)
-    unit = _text(attrs.get("unit", ""))
-    if short in LEGACY:
-        unit = "mrad"
-    elif spec.group == "com" and spec.unit == "{det}" and not unit:
-        unit = "px"
-    if unit.startswith("detector px"):
-        unit = "px"
-    return StoredMap(spec.name if spec.name in MAPS else short, spec.title if spec.name in MAPS else short,
-                     spec, values, unit or resolve_unit(spec.unit), name, **geometry)
-

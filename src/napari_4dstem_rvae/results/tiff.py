@@ -9,7 +9,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..units import imagej_unit
-from .files import atomic_path
+from ..atomic import atomic_path
 
 
 def write_tiff(path: str | os.PathLike, images: Sequence[Any], titles: Sequence[str],

@@ -9,8 +9,11 @@ grid. Mapped over the scan, the angle and latent maps show symmetry breaking.
 - :mod:`.model` — :class:`RVAE`, the grid convention (angle counter-clockwise on screen,
   about the direct beam) and the loss.
 - :mod:`.data` — access to patterns (numpy in place, dask streamed), split, data scale.
-- :mod:`.train` — :class:`Trainer`: training as a generator of :class:`TrainEvent`; it owns
-  its state (:meth:`Trainer.state`, :meth:`Trainer.from_state`).
+- :mod:`.train` — :class:`Trainer`: set-up and training as a generator of :class:`TrainEvent`.
+- :mod:`.evaluation` — the trainer's test loss, maps, diagnostics and kept best state.
+- :mod:`.trainer_state` — the trainer's checkpoint state (:meth:`Trainer.state`,
+  :meth:`Trainer.from_state`).
+- :mod:`.runtime` — events, the device, the optimiser, torch's thread count.
 - :mod:`.selection` — the one epoch-selection rule.
 - :mod:`.checkpoint` — the checkpoint file (``weights_only``), :func:`load_model`.
 - :mod:`.infer` — :func:`encode` → :class:`LatentMaps`, :func:`reconstruct`, :func:`traverse`.

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..dataset import plain_fields
+from ..options import option
 from .selection import DEFAULT as DEFAULT_SELECTION
 from .selection import EPOCH_SELECTIONS
 
@@ -151,39 +152,56 @@ class RVAEConfig:
         Fraction of the training the restarts compete for.
     """
 
-    latent_dim: int = 2
-    learn_shift: bool = False
+    latent_dim: int = option(2, "content latents, besides the angle and the shifts (the study used 2)", flag="latent",
+                             label="content latents", minimum=1, maximum=MAX_LATENT_DIM)
+    learn_shift: bool = option(False, "also learn a shift of each pattern", flag="shift", label="learn shifts")
     encoder_hidden: tuple[int, ...] = (128, 128)
     decoder_hidden: tuple[int, ...] = (128, 128)
     align_content: bool = True
     content_hidden: tuple[int, ...] | None = None
     activation: str = "tanh"
-    likelihood: str = "auto"
+    likelihood: str = option("auto", "noise model of the reconstruction: auto is a Gaussian with the counting-noise "
+                             "scale for counts, chosen by measurement", choices=LIKELIHOODS, advanced=True)
     noise_std: float = 4.5
     angle_posterior: str = "projected_normal"
-    rotation_prior: float | None = None
-    angle_symmetry: int = 1
+    rotation_prior: float | None = option(None, "standard deviation of the angle's prior about 0", unit="rad",
+                                          none="uniform", maximum=100.0, step=0.1, advanced=True)
+    angle_symmetry: int = option(1, "also map the angle modulo 360°/N, the lattice's N-fold symmetry (6 for "
+                                 "graphene; 1: no such map)", flag="symmetry", minimum=1, maximum=12, advanced=True)
     shift_prior: float = 2.0
     kl_weight: float = 1.0
     kl_warmup_epochs: int = 0
     center: tuple[float, float] | None = None
-    epochs: int | None = None
+    epochs: int | None = option(None, "passes over the training positions", none="about 2,400 optimisation steps",
+                                minimum=0, maximum=100_000)
     steps: int = 2400
-    batch_size: int = 64
-    learning_rate: float = 2e-3
+    batch_size: int = option(64, "patterns per optimisation step", minimum=1, maximum=65_536, advanced=True)
+    learning_rate: float = option(2e-3, "Adam's learning rate (falls along a half cosine)", minimum=1e-6,
+                                  maximum=1.0, step=1e-4, decimals=6, advanced=True)
     lr_schedule: str = "cosine"
     lr_final: float = 0.05
     pixels_per_step: int | None = 256
     test_fraction: float = 0.25
-    train_positions: int | None = None
-    seed: int = 0
+    train_positions: int | None = option(
+        None, "train on N positions of the region, a subsample stratified over the scan; the maps cover the whole scan",
+        none="as many as the step budget visits (153,600), every position with --epochs", minimum=0,
+        maximum=2**31 - 1, advanced=True)
+    seed: int = option(0, "seed of the run's own random generators (split, shuffling, sampling)", minimum=0,
+                       maximum=2**31 - 1, advanced=True)
     normalise: str = "auto"
-    device: str = "auto"
-    threads: int | None = None
+    device: str = option("auto", "where to train: auto (CUDA, then MPS, then CPU)", choices=DEVICES, advanced=True)
+    threads: int | None = option(None, "CPU threads for training (restored afterwards)", none="torch's default",
+                                 minimum=0, maximum=1024, advanced=True)
     bf16: bool = False
-    correlate_every: int = 0
-    epoch_selection: str = DEFAULT_SELECTION
-    restarts: int = 1
+    correlate_every: int = option(0, "encode the whole scan every N epochs to follow the latent–COM |r| (0: as "
+                                  "the epoch rule needs)", label="latent–COM |r| every", unit="epochs", minimum=0,
+                                  maximum=100_000, advanced=True)
+    epoch_selection: str = option(DEFAULT_SELECTION, "which epoch's model gives the maps: held_out (the lowest loss "
+                                  "on the held-out positions), com_correlation (the study's rule: the epoch whose "
+                                  "latent follows the COM magnitude best) or last", choices=EPOCH_SELECTIONS,
+                                  label="keep the epoch by", advanced=True)
+    restarts: int = option(1, "models started; the one with the lowest held-out loss continues", minimum=1,
+                           maximum=16, advanced=True)
     restart_fraction: float = 0.15
 
     def steps_per_epoch(self, n_train: int) -> int:

@@ -28,7 +28,9 @@ def _encode_block(block: np.ndarray, model: Any, pixels: Any, novelty: bool, per
     values, and the block's positions whose patterns hold NaN/Inf (encoded as zeros)."""
     import torch
 
-    torch.set_num_threads(1)
+    from .runtime import set_torch_threads
+
+    set_torch_threads(1)
     a, b, ky, kx = block.shape
     frames = np.asarray(block, np.float32).reshape(a * b, ky, kx)
     finite = np.isfinite(frames).all(axis=(1, 2))

@@ -70,17 +70,23 @@ class LatentMaps:
         return tuple(self.angle.shape)  # type: ignore[return-value]
 
     def as_dict(self) -> dict[str, np.ndarray]:
-        """Maps by name (``angle``, ``angle_std``, ``latent_0`` …, ``latent_0_std`` …, ``shift_x`` …)."""
-        out = {"angle": self.angle, "angle_std": self.angle_std}
-        for i, (mean, std) in enumerate(zip(self.latents, self.latents_std)):
-            out[f"latent_{i}"] = mean
-            out[f"latent_{i}_std"] = std
-        if self.shift is not None and self.shift_std is not None:
-            out.update(shift_x=self.shift[0], shift_y=self.shift[1],
-                       shift_x_std=self.shift_std[0], shift_y_std=self.shift_std[1])
-        for name in ("angle_concentration", "novelty", "angle_symmetric"):
-            if getattr(self, name) is not None:
-                out[name] = getattr(self, name)
+        """Every map by its schema name (:data:`napari_4dstem_rvae.schema.RVAE_MAPS`), stacks whole."""
+        from ..schema import RVAE_MAPS
+
+        return {name: getattr(self, name) for name in RVAE_MAPS if getattr(self, name, None) is not None}
+
+    def planes(self) -> dict[str, np.ndarray]:
+        """Every map as 2D planes: stacks split and named as the schema numbers them, from 1
+        (``latent_1``, ``latent_1_std``, ``shift_x`` …)."""
+        from ..schema import MAPS
+
+        out = {}
+        for name, values in self.as_dict().items():
+            spec = MAPS[name]
+            if spec.is_stack:
+                out.update({spec.plane_name(i): plane for i, plane in enumerate(values)})
+            else:
+                out[name] = values
         return out
 
 

@@ -1,9 +1,12 @@
-"""What a training run yields and needs around the model: the progress events, the error for a
-diverged loss, the device, the optimiser, checks of masks and plain values for checkpoints."""
+"""What a training run yields and needs around the model: the progress events and the loss parts
+they report, the error for a diverged loss, the device, the optimiser, torch's thread count (the
+one place that sets it), checks of masks and plain values for checkpoints."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,6 +14,9 @@ import numpy as np
 import torch
 
 from .diagnostics import Diagnostics
+
+#: The unweighted parts of the loss that events and the history report (nats per pattern).
+PARTS = ("recon", "kl_z", "kl_angle", "kl_shift")
 
 
 class TrainingDiverged(FloatingPointError):
@@ -76,6 +82,11 @@ class TrainEvent:
         return out
 
 
+def empty_sums() -> dict[str, float]:
+    """Running sums of one epoch's loss and :data:`PARTS` (pattern-weighted) and their count."""
+    return {"loss": 0.0, **dict.fromkeys(PARTS, 0.0), "n": 0}
+
+
 def resolve_device(name: str) -> torch.device:
     """``"auto"``: CUDA if available, then MPS, then CPU. An unavailable device is a ValueError."""
     if name == "auto":
@@ -119,3 +130,24 @@ def adam(parameters: list[torch.nn.Parameter], lr: float) -> torch.optim.Adam:
 def plain(value: Any) -> Any:
     """JSON-like plain values (for provenance stored in checkpoints)."""
     return json.loads(json.dumps(value, default=str))
+
+
+def set_torch_threads(n: int) -> None:
+    """Set torch's intra-op thread count of this process to ``n`` for good (e.g. one thread per
+    dask worker); :func:`torch_threads` sets it for a block only."""
+    torch.set_num_threads(int(n))
+
+
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Torch's thread count set to ``n`` inside the block (``None``: left unchanged), the previous
+    count restored on leaving it — also on an exception or when a generator holding the block is
+    closed."""
+    previous = torch.get_num_threads()
+    try:
+        if n is not None:
+            set_torch_threads(n)
+        yield
+    finally:
+        if torch.get_num_threads() != previous:
+            set_torch_threads(previous)

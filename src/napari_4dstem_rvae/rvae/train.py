@@ -8,13 +8,12 @@ Randomness comes only from the trainer's own generators (a ``torch.Generator`` f
 shuffling, pixel subsets and posterior samples; a ``numpy.random.Generator`` for the
 train/test split), all derived from ``config.seed``: torch's global generator, default
 dtype and flags are never touched. A requested thread count is set while the generator
-runs and restored when it finishes, is closed or is stopped.
+runs and restored when it finishes, is closed or is stopped (:func:`.runtime.torch_threads`).
 
-This module is longer than 500 lines because the :class:`Trainer` owns its whole state — set-up,
-the run loop, the test loss, maps, the epoch-selection rule and :meth:`Trainer.state` /
-:meth:`Trainer.from_state` — and its private fields are read nowhere else; events, the device
-and the optimiser live in :mod:`.runtime`, data access in :mod:`.data`, files in
-:mod:`.checkpoint`.
+This module holds the :class:`Trainer`'s set-up and its run loop. The test loss, maps and
+epoch selection are in :mod:`.evaluation` (a part of the class), its checkpoint state in
+:mod:`.trainer_state`; events, the loss parts, the device, the optimiser and the thread count
+live in :mod:`.runtime`, data access in :mod:`.data`, files in :mod:`.checkpoint`.
 """
 
 from __future__ import annotations
@@ -29,37 +28,35 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import checkpoint, parallel, selection
+from . import checkpoint, parallel, trainer_state
 from .config import COUNT_LIKELIHOOD, RVAEConfig
 from .data import (
     TrainingSource,
     as_patterns,
-    check_finite,
     input_statistics,
     looks_like_counts,
     signal_rms,
     split_positions,
 )
-from .diagnostics import Diagnostics, correlate
-from .infer import LatentMaps, encode, to_device
+from .diagnostics import Diagnostics
+from .evaluation import Evaluation
+from .infer import to_device
 from .likelihood import COUNT_LIKELIHOODS
 from .model import RVAE
 from .runtime import (
+    PARTS,
     TrainEvent,
     TrainingDiverged,
     adam,
     check_mask,
+    empty_sums,
     plain,
     resolve_device,
+    torch_threads,
 )
 
-#: Test patterns used for the test loss (a fixed random subset when there are more).
-MAX_TEST_PATTERNS = 2048
 
-PARTS = ("recon", "kl_z", "kl_angle", "kl_shift")
-
-
-class Trainer:
+class Trainer(Evaluation):
     """Trains an :class:`~napari_4dstem_rvae.rvae.model.RVAE` on 4D-STEM data.
 
     Parameters
@@ -247,16 +244,12 @@ class Trainer:
         target = self.total_epochs if epochs is None else int(epochs)
         if target < 0:
             raise ValueError(f"epochs must be ≥ 0, got {epochs}")
-        old_threads = torch.get_num_threads()
         self._running = True
         try:
-            if self.config.threads is not None:
-                torch.set_num_threads(int(self.config.threads))
-            yield from self._run(target, stop, step_events, checkpoint_path, checkpoint_every)
+            with torch_threads(self.config.threads):
+                yield from self._run(target, stop, step_events, checkpoint_path, checkpoint_every)
         finally:
             self._running = False
-            if torch.get_num_threads() != old_threads:
-                torch.set_num_threads(old_threads)
 
     def _run(self, target: int, stop: threading.Event | None, step_events: bool,
              checkpoint_path: Any, checkpoint_every: int) -> Iterator[TrainEvent]:
@@ -272,7 +265,7 @@ class Trainer:
             if self._plan is None:
                 self._plan = self.epoch_plan()
                 self._position = 0
-                self._epoch_sums = _empty_sums()
+                self._epoch_sums = empty_sums()
             beta = self.kl_weight_at(self.epoch)
             while self._position < self._plan.numel():
                 if stop is not None and stop.is_set():
@@ -365,93 +358,7 @@ class Trainer:
             f"({self.config.learning_rate:g}) is too high — try 10× lower — or the data are unscaled "
             f"(normalise={self.config.normalise}) or hold extreme values")
 
-    @torch.no_grad()
-    def test_loss(self, kl_weight: float | None = None) -> tuple[float | None, dict[str, float]]:
-        """Loss on the held-out positions (≤ 2048 of them), with the same pixel subset and noise
-        every call (own generator), so values are comparable between epochs."""
-        if self.n_test == 0:
-            return None, {}
-        beta = self.kl_weight_at(max(self.epoch - 1, 0)) if kl_weight is None else kl_weight
-        gen = torch.Generator().manual_seed(self.config.seed + 7919)
-        index = self.test_index
-        if index.size > MAX_TEST_PATTERNS:
-            index = np.sort(index[torch.randperm(index.size, generator=gen)[:MAX_TEST_PATTERNS].numpy()])
-        if not hasattr(self, "_test_patterns") or self._test_patterns[0] is not index and not np.array_equal(
-                self._test_patterns[0], index):
-            self._test_patterns = (index, torch.from_numpy(self.patterns.read(index)))
-            check_finite(self._test_patterns[1].numpy(), 0, self.scan_shape[1], index)
-        data = self._test_patterns[1]
-        model = self.model
-        was = model.training
-        model.eval()
-        n_pixels = model.n_pixels
-        pixels = None
-        if self.config.pixels_per_step is not None and self.config.pixels_per_step < n_pixels:
-            pixels = torch.randperm(n_pixels, generator=gen)[:self.config.pixels_per_step]
-            pixels = pixels.to(self.device)
-        dev_gen = gen if self.device.type == "cpu" else torch.Generator(self.device).manual_seed(self.config.seed + 7919)
-        losses, sums, n = [], dict.fromkeys(PARTS, 0.0), 0
-        for start in range(0, data.shape[0], 256):
-            x, target = model.prepare(data[start:start + 256].to(self.device))
-            with torch.no_grad():
-                each, parts = model.loss(x, target, dev_gen, pixels, beta, per_pattern=True)
-            b = x.shape[0]
-            losses.append(each.double().cpu())
-            for name in PARTS:
-                sums[name] += float(parts[name].detach()) * b
-            n += b
-        model.train(was)
-        self._test_losses = torch.cat(losses)      # per pattern: paired comparisons between epochs
-        return float(self._test_losses.mean()), {name: value / n for name, value in sums.items()}
-
-    # -- maps and diagnostics ------------------------------------------------------------------
-    def maps(self, batch_size: int = 256, novelty: bool = False) -> LatentMaps:
-        """Encode every probe position (the whole scan, not only the training region);
-        ``novelty``: with the novelty map."""
-        if self.patterns is None:
-            raise ValueError("this trainer has no data: use infer.encode(model, data)")
-        return encode(self.model, self.patterns, batch_size, novelty=novelty)
-
-    def correlate(self) -> Diagnostics:
-        """Maps now and their correlation with the COM maps; keeps the best state if asked."""
-        maps = self.maps()
-        diag = correlate(maps, self.com_magnitude, self.com_angle, epoch=self.epoch)
-        self.diagnostics.append(diag)
-        if self.history and self.history[-1]["epoch"] == self.epoch:
-            self.history[-1].update(max_abs_r=diag.max_abs_r, angle_rho=diag.angle_rho)
-        if self.config.epoch_selection == "com_correlation" and self.keeps_best and np.isfinite(diag.max_abs_r):
-            self._keep_if_best(diag.max_abs_r)
-        return diag
-
-    def _keep_if_best(self, score: float, test_losses: torch.Tensor | None = None) -> None:
-        """Keep a copy of the model state if ``score`` (higher is better) beats the kept one."""
-        if self.best is None or score > self.best["score"]:
-            self.best = {"epoch": self.epoch, "score": float(score),
-                         "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()}}
-            if test_losses is not None:
-                self.best["test_losses"] = test_losses.clone()
-
-    def _worse_than_best(self) -> bool:
-        """Held-out rule: whether the last epoch's held-out loss is above the kept minimum by more
-        than twice its standard error (paired over the test patterns: same patterns, pixels and
-        noise draws every epoch). A last state within the noise of the best is kept: training
-        longer is not penalised for fluctuations."""
-        kept = None if self.best is None else self.best.get("test_losses")
-        last = getattr(self, "_test_losses", None)
-        if kept is None or last is None or kept.shape != last.shape:
-            return self.best is not None
-        diff = last - kept
-        se = float(diff.std()) / math.sqrt(max(diff.numel(), 1))
-        return float(diff.mean()) > 2.0 * se
-
-    def use_best(self) -> bool:
-        """Load the kept best model state (if any) into ``self.model``; True if loaded."""
-        if self.best is None:
-            return False
-        self.model.load_state_dict(self.best["model"])
-        return True
-
-    # -- state ------------------------------------------------------------------------------------
+    # -- the last good state, put back after a NaN/Inf loss ------------------------------------
     def _snapshot(self) -> dict[str, Any]:
         return {
             "model": copy.deepcopy(self.model.state_dict()),
@@ -472,164 +379,28 @@ class Trainer:
         self._plan = None
         self._position = 0
 
-    # -- the rule that picks the maps' epoch ------------------------------------------------------
-    @property
-    def correlate_every(self) -> int:
-        """Epochs between two encodings of the whole scan (0: never), from the selection rule."""
-        return selection.correlate_every(self.config, self.total_epochs, self.com_magnitude is not None)
-
-    @property
-    def keeps_best(self) -> bool:
-        """Whether the selection rule keeps the best model state seen (see :mod:`.selection`)."""
-        return selection.keeps_best(self.config, self.com_magnitude is not None, self.n_test > 0)
-
-    def finish(self) -> int:
-        """Apply the epoch-selection rule after training (the one rule of the CLI, the API and
-        the Train widget, :mod:`.selection`): ``self.model`` then holds the chosen state.
-        Returns the chosen epoch (also in :attr:`selected_epoch`)."""
-        chosen = self.epoch
-        if self.keeps_best:
-            if self.config.epoch_selection == "com_correlation" and (
-                    not self.diagnostics or self.diagnostics[-1].epoch != self.epoch):
-                self.correlate()          # the final state competes with the kept one
-            held_out = self.config.epoch_selection == "held_out"
-            if self.best is not None and self.best["epoch"] != self.epoch and (not held_out or self._worse_than_best()):
-                self.use_best()
-                chosen = int(self.best["epoch"])
-        self.selected_epoch = chosen
-        return chosen
-
     # -- checkpoints ----------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
         """Everything needed to continue or to use the model, as plain values and tensors
-        (what a checkpoint file holds, see :mod:`.checkpoint`)."""
-        from .. import __version__
-
-        model = self.model
-        fingerprint = getattr(self, "fingerprint", None)
-        if fingerprint is None and self.patterns is not None:
-            fingerprint = _fingerprint(self.patterns, self.train_index)
-        cal = self.calibration
-        sums = self._epoch_sums if self._plan is not None else None
-        return {
-            "library_version": str(__version__),
-            "config": self.config.to_dict(),
-            "scan_shape": list(self.scan_shape),
-            "det_shape": list(self.det_shape),
-            "center": list(model.center),
-            "data_scale": float(model.data_scale),
-            "model": _cpu(model.state_dict()),
-            "optimizer": _cpu(self.optimizer.state_dict()),
-            "rng": self.generator.get_state(),
-            "device_rng": None if self.device_generator is self.generator else self.device_generator.get_state(),
-            "epoch": int(self.epoch),
-            "step": int(self.step),
-            "elapsed": float(self.elapsed),
-            "selected_epoch": self.selected_epoch,
-            "restart": int(self.restart),
-            "plan": None if self._plan is None else self._plan.clone(),
-            "position": int(self._position),
-            "epoch_sums": None if sums is None else {k: float(v) for k, v in sums.items()},
-            "train_index": torch.from_numpy(np.asarray(self.train_index, dtype=np.int64)),
-            "test_index": torch.from_numpy(np.asarray(self.test_index, dtype=np.int64)),
-            "roi_mask": None if self.roi_mask is None else torch.from_numpy(self.roi_mask.copy()),
-            "fingerprint": fingerprint,
-            "history": [dict(record) for record in self.history],
-            "diagnostics": [d.to_dict() for d in self.diagnostics],
-            "best": None if self.best is None else {
-                "epoch": int(self.best["epoch"]), "score": float(self.best["score"]),
-                "model": _cpu(self.best["model"]),
-                **({"test_losses": self.best["test_losses"].clone()} if "test_losses" in self.best else {})},
-            "calibration": None if cal is None else cal.to_dict(),
-            "provenance": list(self.provenance),
-            "source": self.source,
-        }
+        (what a checkpoint file holds, see :mod:`.checkpoint`; :func:`.trainer_state.state_of`)."""
+        return trainer_state.state_of(self)
 
     @classmethod
     def from_state(cls, state: dict[str, Any], data: Any = None, *, com_magnitude: Any = None,
                    com_angle: Any = None, **changes: Any) -> Trainer:
-        """See :meth:`_from_state`; anything inconsistent in ``state`` is a ValueError in one
-        sentence (never an IndexError or a RuntimeError from deep inside)."""
-        try:
-            return cls._from_state(state, data, com_magnitude=com_magnitude, com_angle=com_angle, **changes)
-        except ValueError:
-            raise
-        except (IndexError, KeyError, TypeError, RuntimeError, AttributeError) as exc:
-            reason = " ".join(str(exc).split())[:200]
-            raise ValueError(f"checkpoint {state.get('_path', '')!r} is damaged or was edited "
-                             f"({type(exc).__name__}: {reason})") from exc
-
-    @classmethod
-    def _from_state(cls, state: dict[str, Any], data: Any = None, *, com_magnitude: Any = None,
-                    com_angle: Any = None, **changes: Any) -> Trainer:
-        """A trainer rebuilt from :meth:`state` (e.g. read from a checkpoint file).
+        """A trainer rebuilt from :meth:`state` (e.g. read from a checkpoint file;
+        :func:`.trainer_state.from_state`).
 
         No original argument is needed: the configuration, geometry, data scale and split are
         in the state. Pass the same ``data`` to continue training (``run()`` continues exactly);
         without data the trainer still offers ``model``, ``history`` and ``save``. ``changes``
         may set training parameters (``epochs``, ``device``, ``threads``, ``correlate_every``,
         ``epoch_selection`` …) but not the architecture nor what defines the data split.
+        Anything inconsistent in ``state`` is a ValueError in one sentence (never an IndexError
+        or a RuntimeError from deep inside).
         """
-        from ..dataset import Calibration
-
-        path = state.get("_path", "checkpoint")
-        where = f"checkpoint {path!r}"
-        config = checkpoint.config_of(state)
-        for name in changes:
-            if name in RVAEConfig.ARCHITECTURE or name in ("seed", "test_fraction", "normalise", "center", "steps"):
-                raise ValueError(f"{name} cannot be changed when loading {where}: it was "
-                                 f"{getattr(config, name)!r} for the saved model (start a new training instead)")
-        trainer = cls.__new__(cls)
-        trainer._init_common(data, config.replace(**changes) if changes else config)
-        trainer.scan_shape = tuple(int(s) for s in state["scan_shape"])
-        trainer.det_shape = tuple(int(s) for s in state["det_shape"])
-        patterns = trainer.patterns
-        if patterns is not None and (patterns.det_shape != trainer.det_shape
-                                     or patterns.scan_shape != trainer.scan_shape):
-            raise ValueError(
-                f"{where} was trained on data of scan {trainer.scan_shape} × detector {trainer.det_shape}; "
-                f"the data given have scan {patterns.scan_shape} × detector {patterns.det_shape} "
-                "(use the same preprocessing, e.g. the same binning)")
-        trainer.roi_mask = None if state.get("roi_mask") is None else state["roi_mask"].numpy().astype(bool)
-        trainer.train_index = state["train_index"].numpy().astype(np.int64)
-        trainer.test_index = state["test_index"].numpy().astype(np.int64)
-        trainer.fingerprint = state.get("fingerprint")
-        if patterns is not None and trainer.fingerprint is not None:
-            now = _fingerprint(patterns, trainer.train_index)
-            if not np.allclose(now, trainer.fingerprint, rtol=1e-5, atol=1e-12):
-                raise ValueError(f"the data given differ from those {where} was trained on "
-                                 "(other file or preprocessing?)")
-        trainer.model = checkpoint.model_from_state(state, trainer.config).to(trainer.device)
-        trainer.restart = int(state.get("restart", 0))
-        seed = trainer.run_seed
-        trainer.generator = torch.Generator().manual_seed(seed)
-        if state.get("rng") is not None:
-            trainer.generator.set_state(state["rng"])
-        trainer.device_generator = trainer._device_generator(seed)
-        if state.get("device_rng") is not None and trainer.device_generator is not trainer.generator:
-            trainer.device_generator.set_state(state["device_rng"])
-        trainer.epoch = int(state.get("epoch", 0))
-        trainer.step = int(state.get("step", 0))
-        trainer.elapsed = float(state.get("elapsed", 0.0))
-        trainer.selected_epoch = state.get("selected_epoch")
-        trainer._plan = state.get("plan")
-        trainer._position = int(state.get("position", 0))
-        if state.get("epoch_sums") is not None:
-            trainer._epoch_sums = dict(state["epoch_sums"])
-        elif trainer._plan is not None:
-            trainer._epoch_sums = _empty_sums()
-        trainer.history = [dict(r) for r in state.get("history", [])]
-        trainer.diagnostics = [Diagnostics.from_dict(d) for d in state.get("diagnostics", [])]
-        best = state.get("best")
-        trainer.best = None if best is None else dict(best)
-        if trainer.best is not None and "score" not in trainer.best:  # format 1: the |r| rule
-            trainer.best["score"] = float(trainer.best.pop("max_abs_r"))
-        cal = state.get("calibration")
-        trainer.calibration = None if cal is None else Calibration.from_dict(cal)
-        trainer.provenance = tuple(state.get("provenance", []))
-        trainer.source = state.get("source")
-        trainer._finish_init(com_magnitude, com_angle, state.get("optimizer"))
-        return trainer
+        return trainer_state.from_state(cls, state, data, com_magnitude=com_magnitude, com_angle=com_angle,
+                                        **changes)
 
     def save(self, path: Any) -> str:
         """Write a checkpoint file atomically (:func:`.checkpoint.write_checkpoint`)."""
@@ -661,23 +432,3 @@ def load_checkpoint(path: Any, data: Any = None, *, com_magnitude: Any = None, c
     """A :class:`Trainer` restored from a checkpoint file (:meth:`Trainer.load`)."""
     return Trainer.load(path, data, com_magnitude=com_magnitude, com_angle=com_angle, **changes)
 
-
-def _empty_sums() -> dict[str, float]:
-    return {"loss": 0.0, **dict.fromkeys(PARTS, 0.0), "n": 0}
-
-
-def _cpu(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu().clone()
-    if isinstance(value, dict):
-        return {k: _cpu(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_cpu(v) for v in value)
-    return value
-
-
-def _fingerprint(patterns: Any, index: np.ndarray) -> list[float]:
-    """Sum and sum of squares of the first and last training pattern (detects other data)."""
-    picks = np.unique(index[[0, -1]])
-    frames = patterns.read(picks).astype(np.float64)
-    return [float(v) for f in frames for v in (f.sum(), (f * f).sum())]

@@ -13,14 +13,19 @@ from __future__ import annotations
 import math
 import os
 import re
+from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Callable
 
 import numpy as np
 
-from .dataset import Calibration, Dataset4D
-from .processing.atoms import AtomTable, cut_windows, find_atoms_series
-from .series import ImageSeries
+from ..dataset import Calibration, Dataset4D
+from ..options import option
+from ..atoms import ATOM_FWHM, MIN_SPACING, AtomTable, cut_windows, find_atoms_series
+from ..series import ImageSeries
+from .events import Done, Epoch, Event, Message, relay
 
 #: rVAE settings for windows around atoms. "default": this package's engine (angle with a
 #: proper posterior on the circle, uniform prior, shifts, content read from the aligned
@@ -35,6 +40,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 DEFAULT_WINDOW_ANGSTROM = 5.0
 DEFAULT_WINDOW_PIXELS = 32
+METHODS = ("auto", "unet", "log", "points")
+#: The rVAE settings offered beside the atom options (by the CLI and the Atoms tab alike).
+RVAE_FIELDS = ("latent_dim", "epochs", "seed", "threads", "device")
 
 
 def parse_length(text: Any, what: str = "--window") -> tuple[float, str]:
@@ -50,7 +58,7 @@ def parse_length(text: Any, what: str = "--window") -> tuple[float, str]:
     if unit.lower() in ("px", "pixel", "pixels"):
         unit = "px"
     else:
-        from .units import length_factor
+        from ..units import length_factor
 
         factor = length_factor(unit, "Å")
         if factor is None:
@@ -61,9 +69,62 @@ def parse_length(text: Any, what: str = "--window") -> tuple[float, str]:
     return value, unit
 
 
+
+@dataclass(frozen=True)
+class AtomOptions:
+    """How atoms are found and windows cut around them (the rVAE's own settings are an
+    :class:`~napari_4dstem_rvae.rvae.RVAEConfig`; ``preset`` sets the study's)."""
+
+    method: str = option(
+        "auto", "how atoms are found: unet (the study's network, trained on simulated images, shipped with the "
+        "package), log (band-pass and peaks), points (a Points layer or table given by hand), auto (unet when the "
+        "pixel size is known, else log)", choices=METHODS, label="find atoms by")
+    window: str = option(
+        f"{DEFAULT_WINDOW_ANGSTROM:g}Å", "side of the window around each atom: a length (5Å, 1.5nm) or pixels (40px)",
+        label="window")
+    pixels: int = option(DEFAULT_WINDOW_PIXELS, "window pixels after resampling", label="window pixels",
+                         minimum=8, maximum=256)
+    edge: str = option("drop", "windows crossing the frame edge: dropped or padded with the frame's median",
+                       choices=("drop", "pad"), label="at frame edges", advanced=True)
+    window_from: str = option("frames", "cut the windows from the raw frames or from the U-Net's class "
+                              "probabilities", choices=("frames", "probabilities"), advanced=True)
+    preset: str = option("default", "rVAE settings: this package's (default) or the published ones (study)",
+                         choices=tuple(PRESETS), label="rVAE preset")
+    fwhm: float = option(ATOM_FWHM, "width of an atom in the image (probe FWHM), for the band-pass finder",
+                         unit="Å", label="atom FWHM", minimum=0.1, maximum=20.0, step=0.1, advanced=True)
+    min_spacing: float = option(MIN_SPACING, "smallest distance between two atoms, for the band-pass finder",
+                                unit="Å", minimum=0.3, maximum=20.0, step=0.05, advanced=True)
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"--method must be one of {METHODS}, got {self.method!r}")
+        if self.preset not in PRESETS:
+            raise ValueError(f"--preset must be one of {sorted(PRESETS)}, got {self.preset!r}")
+        if self.edge not in ("drop", "pad"):
+            raise ValueError(f"--edge must be 'drop' or 'pad', got {self.edge!r}")
+        if self.window_from not in ("frames", "probabilities"):
+            raise ValueError(f"--window-from must be 'frames' or 'probabilities', got {self.window_from!r}")
+        if int(self.pixels) < 8:
+            raise ValueError(f"--pixels must be at least 8, got {self.pixels}")
+        parse_length(self.window, "--window")
+        for name in ("fwhm", "min_spacing"):
+            if not float(getattr(self, name)) > 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be a positive length in Å, got "
+                                 f"{getattr(self, name)!r}")
+
+    def replace(self, **changes: Any) -> AtomOptions:
+        import dataclasses
+
+        return dataclasses.replace(self, **changes)
+
+    def find_options(self) -> dict[str, Any]:
+        """Keyword options of the band-pass finder (the others ignore them)."""
+        return {"fwhm": float(self.fwhm), "min_spacing": float(self.min_spacing)}
+
+
 def windows_for(series: ImageSeries, table: AtomTable, window: Any = DEFAULT_WINDOW_ANGSTROM,
                 pixels: int = DEFAULT_WINDOW_PIXELS, edge: str = "drop", source: Any = None):
-    """Windows around the atoms (:func:`~.processing.atoms.cut_windows`); ``window`` in Å (or
+    """Windows around the atoms (:func:`~napari_4dstem_rvae.atoms.cut_windows`); ``window`` in Å (or
     ``"40px"``; Å needs a calibrated series)."""
     size, unit = parse_length(window, "window")
     if unit == "Å" and series.pixel_size_angstrom is None:
@@ -132,7 +193,7 @@ def find(series: ImageSeries, method: str = "auto", points: Any = None, **option
     if method == "log":
         table = find_atoms_series(series, **options)
     elif method == "unet":
-        from .rvae.unet import find_atoms_unet
+        from ..atoms.unet import find_atoms_unet
 
         table = find_atoms_unet(series, **options)
     elif method == "points":
@@ -146,12 +207,12 @@ def find(series: ImageSeries, method: str = "auto", points: Any = None, **option
         if frames.min() < 0 or frames.max() >= series.n_frames:
             raise ValueError(f"points lie in frames {frames.min()}–{frames.max()}; the series has "
                              f"{series.n_frames} frames")
-        from .processing.atoms import _intensity, classify_intensity
+        from ..atoms import atom_intensity, classify_intensity
 
         intensity = np.empty(len(pts))
         for f in np.unique(frames):
             m = frames == f
-            intensity[m] = _intensity(series.frame(int(f)), pts[m, 1], pts[m, 2], 2.0)
+            intensity[m] = atom_intensity(series.frame(int(f)), pts[m, 1], pts[m, 2], 2.0)
         cls, names = classify_intensity(intensity, options.get("classes", 2))
         table = AtomTable(frames, pts[:, 1], pts[:, 2], intensity, cls, np.full(len(pts), np.nan), None,
                           "points", names)
@@ -191,7 +252,7 @@ def analyse(series: ImageSeries, table: AtomTable | None = None, *, window: Any 
 
     ``window_from``: ``"frames"`` (the raw frames) or ``"probabilities"`` (the U-Net's class
     probabilities drawn as a cleaned image, p(C) + 2·p(Si): the study's second option)."""
-    from .rvae import RVAEConfig, fit
+    from ..rvae import RVAEConfig, fit
 
     if preset not in PRESETS:
         raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
@@ -201,7 +262,7 @@ def analyse(series: ImageSeries, table: AtomTable | None = None, *, window: Any 
         table = find(series, **(find_options or {}))
     source = None
     if window_from == "probabilities":
-        from .rvae.unet import probabilities
+        from ..atoms.unet import probabilities
 
         prob = probabilities(series, threads=changes.get("threads"))
         source = prob[:, 1] + 2.0 * prob[:, 2]
@@ -259,42 +320,101 @@ def frame_histograms(values: np.ndarray, frames: np.ndarray, n_frames: int, bins
     return out, edges
 
 
-def run_atoms(source: str | os.PathLike | ImageSeries, out: str | os.PathLike, *, read_options: dict | None = None,
-              window: Any = DEFAULT_WINDOW_ANGSTROM, pixels: int = DEFAULT_WINDOW_PIXELS, method: str = "auto",
-              preset: str = "default", edge: str = "drop", window_from: str = "frames", log=print,
-              **changes: Any) -> dict[str, str]:
-    """``stem-rvae atoms``: read the series, find atoms, train, write ``RESULTS.h5`` (the per-atom
-    table, settings, loss history) and an overview figure beside it."""
-    from .io.series import read_series
-    from .results import atoms_figure, claim_output, write_atom_results
-
+def atom_output(out: str | os.PathLike) -> tuple[str, str]:
+    """(results file, overview PNG) of ``out``: a results file ``RESULTS.h5`` or a folder
+    (``out/atoms.h5``)."""
     out = os.fspath(out)
     if not out.lower().endswith((".h5", ".hdf5")):
         if os.path.exists(out) and not os.path.isdir(out):
             raise ValueError(f"--out {out} is an existing file, not a folder; give a folder or a name ending in .h5")
         out = os.path.join(out, "atoms.h5")
-    png = os.path.splitext(out)[0] + "_overview.png"
-    inputs = [source.source] if isinstance(source, ImageSeries) else [source]
-    with claim_output(out, inputs):
-        series = source if isinstance(source, ImageSeries) else read_series(source, **(read_options or {}))
-        log(f"series: {series.shape} {series.data.dtype}"
-            + (f", {series.pixel_size:g} {series.unit}/px" if series.pixel_size else ", no pixel size")
-            + f" from {series.source}")
-        table = find(series, method)
+    return out, os.path.splitext(out)[0] + "_overview.png"
+
+
+class AtomRun:
+    """The atom-resolved study's run, once for every door (``stem-rvae atoms`` and the Atoms
+    tab): read the series → find atoms → windows → rVAE → per-atom table, written as a
+    results file and an overview figure.
+
+    ``options``: :class:`AtomOptions`; ``rvae``: single fields of the rVAE's settings over the
+    preset's (``{"epochs": 30}``); ``points``: ``(n, 3)`` frame, y, x of atoms marked by hand
+    (``method="points"``); ``table``: atoms already found (skips finding)."""
+
+    def __init__(self, source: Any, out: Any = None, *, options: AtomOptions | None = None,
+                 rvae: dict | None = None, read_options: dict | None = None, points: Any = None,
+                 table: AtomTable | None = None):
+        self.source, self.read_options = source, dict(read_options or {})
+        self.options = options if options is not None else AtomOptions()
+        self.rvae = {k: v for k, v in (rvae or {}).items() if v is not None}
+        if self.rvae.get("epochs") is not None and int(self.rvae["epochs"]) < 1:
+            raise ValueError(f"--epochs must be at least 1 (an untrained model maps nothing), got {self.rvae['epochs']}")
+        self.points, self.table = points, table
+        self.series: ImageSeries | None = source if isinstance(source, ImageSeries) else None
+        self.out = None if out is None else atom_output(out)
+        self.result: AtomResult | None = None
+        self.outputs: dict[str, str] = {}
+
+    @property
+    def inputs(self) -> list:
+        source = self.series.source if self.series is not None else self.source
+        return [os.fspath(source)] if source and not isinstance(source, ImageSeries) else []
+
+    def find_events(self, stop: Any = None) -> Iterator[Event]:
+        """Read the series (if a path) and find its atoms."""
+        from ..io.series import read_series
+
+        if self.series is None:
+            self.series = read_series(self.source, **self.read_options)
+        series = self.series
+        yield Message(f"series: {series.shape} {series.data.dtype}"
+                      + (f", {series.pixel_size:g} {series.unit}/px" if series.pixel_size else ", no pixel size")
+                      + f" from {series.source}")
+        self.table = table = find(series, self.options.method, points=self.points, **self.options.find_options())
         per_frame = np.bincount(table.frame, minlength=series.n_frames)
-        log(f"atoms: {len(table)} in {series.n_frames} frames ({per_frame.min()}–{per_frame.max()} per frame), "
-            f"classes {dict(zip(table.class_names, np.bincount(table.cls, minlength=len(table.class_names)).tolist()))}")
+        classes = dict(zip(table.class_names, np.bincount(table.cls, minlength=len(table.class_names)).tolist()))
+        yield Message(f"atoms: {len(table)} in {series.n_frames} frames ({per_frame.min()}–{per_frame.max()} per "
+                      f"frame), classes {classes}")
 
-        def progress(event):
-            total = event.epochs_total
-            if event.kind == "epoch" and (event.epoch % max(1, total // 10) == 0 or event.epoch == total):
-                log(f"epoch {event.epoch}/{total}: loss {event.train_loss:.4g} ({event.elapsed:.0f} s)")
+    def train_events(self, stop: Any = None) -> Iterator[Event]:
+        """Windows around the atoms → rVAE (epochs as :class:`Epoch` events) → :attr:`result`."""
+        if self.table is None:
+            yield from self.find_events(stop)
+        o = self.options
+        self.result = result = yield from relay(
+            partial(analyse, stop=stop), self.series, self.table, window=o.window, pixels=o.pixels, edge=o.edge, preset=o.preset,
+            window_from=o.window_from, stop=stop, callback="callback",
+            convert=lambda e: Epoch(e.epoch, e.epochs_total, float(e.train_loss),
+                                    None if e.test_loss is None else float(e.test_loss), None, float(e.elapsed))
+            if e.kind == "epoch" else None, **self.rvae)
+        note = result.windows_note
+        yield Message(f"windows: {note['windows']} of {note['side_px']:.1f} px resampled to {o.pixels} × {o.pixels}"
+                      + (f"; {note['dropped_at_edge']} atoms at the frame edges left out"
+                         if note.get("dropped_at_edge") else ""))
 
-        result = analyse(series, table, window=window, pixels=pixels, edge=edge, preset=preset,
-                         callback=progress, window_from=window_from, **changes)
-        log(f"windows: {result.windows_note['windows']} of {result.windows_note['side_px']:.1f} px resampled to "
-            f"{pixels} × {pixels}" + (f"; {result.windows_note['dropped_at_edge']} atoms at the frame edges left "
-                                      "out" if result.windows_note.get("dropped_at_edge") else ""))
-        path = write_atom_results(out, result, series)
-    figure = atoms_figure(png, result, series)
-    return {"h5": path, "png": figure}
+    def events(self, stop: Any = None) -> Iterator[Event]:
+        """The whole run; with ``out``, the output is claimed first and written at the end."""
+        from ..results import claim_output
+
+        with ExitStack() as hold:
+            if self.out is not None:
+                hold.enter_context(claim_output(self.out[0], self.inputs, "--out"))
+            if self.table is None:
+                yield from self.find_events(stop)
+            yield from self.train_events(stop)
+            if stop is not None and stop.is_set():
+                yield Done({}, stopped=True)
+                return
+            if self.out is not None:
+                self.write()
+        yield Done(dict(self.outputs))
+
+    def write(self, path: Any = None) -> dict[str, str]:
+        """The per-atom results file and its overview figure (to ``path`` or the run's ``out``)."""
+        from ..results import atoms_figure, write_atom_results
+
+        if self.result is None:
+            raise ValueError("nothing to save yet: find atoms and train first")
+        h5, png = self.out if path is None else atom_output(path)
+        written = write_atom_results(h5, self.result, self.series, inputs=self.inputs, what="--out")
+        self.outputs = {"h5": written, "png": atoms_figure(png, self.result, self.series)}
+        return dict(self.outputs)

@@ -9,7 +9,7 @@ The network is trained on :func:`napari_4dstem_rvae.simulate.haadf.haadf_series`
 noise drawn per frame, rotated grains, 0–10 % Si, holes). Frames of another calibrated pixel
 size are resampled to it. The weights shipped with the package (``weights/atom_unet.pt``,
 float16, weights only) were made by :func:`train_unet` with its defaults
-(``python -m napari_4dstem_rvae.rvae.unet --out FILE`` retrains them, a few minutes on 2 CPU
+(``python -m napari_4dstem_rvae.atoms.unet --out FILE`` retrains them, a few minutes on 2 CPU
 threads).
 """
 
@@ -25,7 +25,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..processing.atoms import ATOM_FWHM, MIN_SPACING, AtomTable, _intensity, band_pass_z, empty_table, link_frames
+from ..rvae.runtime import torch_threads
+from .find import band_pass_z
+from .table import ATOM_FWHM, MIN_SPACING, AtomTable, atom_intensity, empty_table
+from .track import link_frames
 
 TRAIN_PIXEL_SIZE = 0.16  # Å per pixel of the training images
 CLASS_NAMES = ("C", "Si")
@@ -102,10 +105,7 @@ def train_unet(steps: int = 1200, *, frames: int = 48, crop: int = 64, batch: in
                progress: Callable[[int, int, float], None] | None = None) -> AtomUNet:
     """A fresh :class:`AtomUNet` trained on ``frames`` simulated frames (random crops, flips
     and quarter turns; class-weighted cross-entropy, as Si atoms are rare)."""
-    previous = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(int(threads))
-    try:
+    with torch_threads(threads or None):
         images, labels = _training_frames(frames, seed)
         rng = np.random.default_rng(seed + 1)
         with torch.random.fork_rng():
@@ -134,8 +134,6 @@ def train_unet(steps: int = 1200, *, frames: int = 48, crop: int = 64, batch: in
             if progress is not None:
                 progress(step + 1, steps, float(loss.detach()))
         return model.eval()
-    finally:
-        torch.set_num_threads(previous)
 
 
 def save_weights(model: AtomUNet, path: str | os.PathLike) -> str:
@@ -155,7 +153,7 @@ def load_unet(path: str | os.PathLike | None = None) -> AtomUNet:
     when it is not one."""
     path = WEIGHTS if path is None else Path(path)
     if not path.exists():
-        raise ValueError(f"{path}: no such U-Net weights file (retrain: python -m napari_4dstem_rvae.rvae.unet "
+        raise ValueError(f"{path}: no such U-Net weights file (retrain: python -m napari_4dstem_rvae.atoms.unet "
                          f"--out {path})")
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
@@ -201,25 +199,13 @@ def _to_frame_grid(p: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
         :shape[0], :shape[1]] for c in p])
 
 
-class _Threads:
-    def __init__(self, threads: int | None):
-        self.threads, self.previous = threads, torch.get_num_threads()
-
-    def __enter__(self) -> None:
-        if self.threads:
-            torch.set_num_threads(int(self.threads))
-
-    def __exit__(self, *exc: Any) -> None:
-        torch.set_num_threads(self.previous)
-
-
 def probabilities(series: Any, model: AtomUNet | None = None, *, threads: int | None = None) -> np.ndarray:
     """Class probabilities ``(frames, 3, y, x)`` float32 (background, C, Si) on the series'
     own pixel grid."""
     model = model or load_unet()
     zoom = _zoom_for(series)
     out = np.empty((series.n_frames, model.classes, *series.frame_shape), np.float32)
-    with _Threads(threads):
+    with torch_threads(threads or None):
         for f in range(series.n_frames):
             out[f] = _to_frame_grid(_network_probabilities(series.frame(f), model, zoom), series.frame_shape)
     return out
@@ -271,7 +257,7 @@ def find_atoms_unet(series: Any, *, weights: str | os.PathLike | None = None, th
     frame_shape = tuple(series.frame_shape)
     prob = np.empty((series.n_frames, model.classes, *frame_shape), np.float32) if return_probabilities else None
     tables = []
-    with _Threads(threads):
+    with torch_threads(threads or None):
         for f in range(series.n_frames):
             frame = np.asarray(series.frame(f), np.float64)
             p = _network_probabilities(frame, model, zoom)
@@ -289,7 +275,7 @@ def find_atoms_unet(series: Any, *, weights: str | os.PathLike | None = None, th
             if prob is not None:
                 prob[f] = _to_frame_grid(p, frame_shape)
             if len(y):
-                intensity = _intensity(frame, y, x, 1.0)
+                intensity = atom_intensity(frame, y, x, 1.0)
                 tables.append(AtomTable(np.full(len(y), f), y, x, intensity, cls, score, None, "unet", CLASS_NAMES))
             if progress is not None:
                 progress(f + 1, series.n_frames)

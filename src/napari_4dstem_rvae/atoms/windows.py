@@ -1,0 +1,83 @@
+"""Windows around atoms, the rVAE's input: a square of a physical size at each atom's sub-pixel
+centre (bilinear), resampled to ``pixels`` × ``pixels``, rounded so that a rotation of the
+lattice is a rotation of the window."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+
+from .table import AtomTable
+
+
+def window_pixels_for(size: float, pixel_size: float | None) -> float:
+    """A window's side in pixels of the image for a side ``size`` in Å."""
+    return size if pixel_size is None else size / pixel_size
+
+
+def round_mask(pixels: int, taper: float = 0.15) -> np.ndarray:
+    """A disk filling the window, its edge tapered (raised cosine over ``taper`` of the radius):
+    the content of a window then turns without its square corners, so that a rotation of the
+    lattice is a rotation of the window."""
+    c = (pixels - 1) / 2
+    yy, xx = np.mgrid[:pixels, :pixels]
+    r = np.hypot(yy - c, xx - c) / (pixels / 2)
+    inner = 1 - taper
+    return np.where(r <= inner, 1.0, np.where(r >= 1, 0.0, 0.5 * (1 + np.cos(np.pi * (r - inner) / taper))))
+
+
+def cut_windows(series: Any, table: AtomTable, size: float, pixels: int = 32, *, source: Any = None,
+                edge: str = "drop", round: bool = True) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Windows ``(n, pixels, pixels)`` float32 centred on every atom (sub-pixel, bilinear).
+
+    ``size``: side in Å (``series.pixel_size`` known) or px; ``source``: another stack of the
+    series' frame shape to cut from (e.g. class-probability maps), default the frames.
+    ``edge``: ``"drop"`` windows crossing the frame edge, or ``"pad"`` them with the frame's
+    median. ``round``: each window minus its frame's median, times :func:`round_mask`.
+    Returns the windows, the indices of the atoms they belong to and a note of what
+    was dropped.
+    """
+    from scipy import ndimage
+
+    if edge not in ("drop", "pad"):
+        raise ValueError(f"edge must be 'drop' or 'pad', got {edge!r}")
+    if pixels < 4:
+        raise ValueError(f"windows need at least 4 × 4 pixels, got {pixels}")
+    side = window_pixels_for(size, series.pixel_size_angstrom)
+    if not side > 2:
+        raise ValueError(f"a window of {size} is {side:.2f} px of the image: expected more than 2 px "
+                         "(give the size in Å with a calibrated series, or in pixels)")
+    ny, nx = series.frame_shape
+    half = (side - 1) / 2 if side >= pixels else side / 2
+    grid = (np.arange(pixels) - (pixels - 1) / 2) * (side / pixels)
+    gy, gx = np.meshgrid(grid, grid, indexing="ij")
+    inside = (table.y - half >= -0.5) & (table.y + half <= ny - 0.5) & \
+             (table.x - half >= -0.5) & (table.x + half <= nx - 0.5)
+    keep = np.flatnonzero(inside) if edge == "drop" else np.arange(len(table))
+    out = np.empty((len(keep), pixels, pixels), np.float32)
+    mask = round_mask(pixels).astype(np.float32) if round else None
+    stack = source if source is not None else series.data
+    if tuple(stack.shape[-2:]) != (ny, nx):
+        raise ValueError(f"source has frames of {tuple(stack.shape[-2:])}; expected the series' {(ny, nx)}")
+    for f in np.unique(table.frame[keep]):
+        rows = np.flatnonzero(table.frame[keep] == f)
+        image = np.asarray(stack[int(f)], np.float32)
+        if hasattr(image, "compute"):
+            image = image.compute()
+        fill = float(np.median(image))
+        at = keep[rows]
+        coords = np.stack([table.y[at][:, None, None] + gy[None], table.x[at][:, None, None] + gx[None]])
+        out[rows] = ndimage.map_coordinates(image, coords.reshape(2, -1), order=1, mode="constant",
+                                            cval=fill).reshape(len(at), pixels, pixels)
+        if round:
+            out[rows] = (out[rows] - fill) * mask
+    note = {"windows": int(len(keep)), "dropped_at_edge": int(len(table) - len(keep)) if edge == "drop" else 0,
+            "padded_at_edge": int((~inside).sum()) if edge == "pad" else 0, "side_px": float(side),
+            "pixels": int(pixels), "round": bool(round)}
+    if note["dropped_at_edge"]:
+        warnings.warn(f"{note['dropped_at_edge']} of {len(table)} atoms are closer to the frame edge than half a "
+                      f"window ({side:.1f} px): their windows are left out (edge='pad' keeps them, padded)",
+                      stacklevel=2)
+    return out, keep, note

@@ -1,0 +1,116 @@
+"""What a run takes in and where its outputs go: a data set opened from a path, the results
+and figure paths of ``--out``, the training region, the overview detectors."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..dataset import Dataset4D
+
+
+def open_dataset(source: str | os.PathLike | Dataset4D, **read_options: Any) -> Dataset4D:
+    """``source`` as a Dataset4D: a Dataset4D as is, a path read lazily with ``read_options``
+    (``None`` values are ignored)."""
+    if isinstance(source, Dataset4D):
+        return source
+    from ..io import read
+
+    return read(source, **{k: v for k, v in read_options.items() if v is not None})
+
+
+def output_paths(out: str | os.PathLike, stem: str, inputs: Any = ()) -> tuple[Path, Path]:
+    """(results file, PNG) for ``out``: a folder (``out/<stem>.h5``, ``out/<stem>.png``) or a
+    results file ``RESULTS.h5`` (the PNG beside it, ``RESULTS_overview.png``). An existing
+    file that is not a results file name is refused, saying so when it is one of ``inputs``."""
+    out = Path(out)
+    if out.suffix.lower() in (".h5", ".hdf5"):
+        return out, out.with_name(out.stem + "_overview.png")
+    if out.exists() and not out.is_dir():
+        for source in inputs:
+            if source and os.path.exists(os.fspath(source)) and os.path.samefile(out, os.fspath(source)):
+                raise ValueError(f"--out {out} is the input {os.fspath(source)}; choose another output so that "
+                                 "the input is not overwritten")
+        raise ValueError(f"--out {out} is an existing file, not a folder; give a folder or a results "
+                         "file name ending in .h5 (the file is left untouched)")
+    return out / f"{stem}.h5", out / f"{stem}.png"
+
+
+def load_roi(roi: Any, scan_shape: tuple[int, int]) -> np.ndarray | None:
+    """A training region as a boolean (scan_y, scan_x) mask: an array or a ``.npy`` file of one.
+    Booleans and 0/1 integers are taken as they are; any other values (e.g. a float mask) are
+    refused in one sentence instead of being taken as "everywhere"."""
+    if roi is None:
+        return None
+    what = "--roi"
+    if not isinstance(roi, np.ndarray):
+        what = f"--roi {os.fspath(roi)}"
+        try:
+            roi = np.load(os.fspath(roi), allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{what}: not a readable .npy mask ({exc})") from exc
+    roi = np.asarray(roi)
+    if roi.shape != tuple(scan_shape):
+        raise ValueError(f"{what}: the mask has shape {roi.shape}; expected the scan shape {tuple(scan_shape)}")
+    if roi.dtype != bool:
+        values = np.unique(roi)
+        if roi.dtype.kind not in "iuf" or not np.isin(values, (0, 1)).all():
+            shown = ", ".join(f"{v:g}" for v in values[:4]) + (" …" if len(values) > 4 else "")
+            raise ValueError(f"{what}: expected a mask of booleans or 0/1 values (the training positions), found "
+                             f"{roi.dtype} values {shown}; threshold it first, e.g. numpy.save(path, mask > 0.5)")
+    roi = roi.astype(bool)
+    if not roi.any():
+        raise ValueError(f"{what}: the mask selects no probe position")
+    return roi
+
+
+def overview_masks(dataset: Dataset4D) -> dict[str, np.ndarray]:
+    """The detectors of the overview images: the total intensity (``"sum"``) and, when the
+    calibration gives the bright-field disk, the default ADF."""
+    from ..processing.virtual import default_image_detector
+
+    masks = {"sum": np.ones(dataset.det_shape, np.float32)}
+    name, mask = default_image_detector(dataset.calibration, dataset.det_shape)
+    if name != "sum":
+        masks[name] = mask
+    return masks
+
+
+def com_images(com: Any, dataset: Dataset4D) -> dict[str, np.ndarray] | None:
+    """The overview images a COM pass already made (its virtual images of the overview
+    detectors), or None when it did not make them all."""
+    wanted = overview_masks(dataset)
+    virtual = getattr(com, "virtual", {}) or {}
+    if all(name in virtual for name in wanted):
+        return {name: virtual[name] for name in wanted}
+    return None
+
+
+def prepared_data(ds: Dataset4D, factor: int, store: Path | None, mode: str, rank: int = 0) -> Iterator[Any]:
+    """The binned data the rVAE reads (a generator of messages returning them): in memory when
+    they fit, else (``mode`` ``"auto"``) or always (``"always"``) written once to the reduced
+    ``store`` beside the results — under torchrun by rank 0 while the others wait."""
+    from ..processing.chain import IN_MEMORY_LIMIT, in_memory, preprocess
+    from ..rvae.parallel import world
+    from .events import Message
+
+    binned = preprocess(ds, bin_detector=factor) if factor > 1 else ds
+    fits = not binned.is_lazy or binned.nbytes <= IN_MEMORY_LIMIT
+    if store is None or mode == "never" or (mode == "auto" and fits):
+        return in_memory(binned)
+    from ..io.reduced import write_reduced_store
+
+    if rank == 0:
+        prepared, reused = write_reduced_store(binned, store)
+        yield Message(f"reduced patterns: {'reusing' if reused else 'wrote'} {store}")
+    if world()[1] > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+        if rank:
+            prepared, _ = write_reduced_store(binned, store)
+    return prepared

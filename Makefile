@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 OUT ?= out
 
-.PHONY: demo test lint env system-deps bench screenshots clean
+.PHONY: demo test test-fast lint env system-deps bench screenshots clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ lint: env
 # architecture contracts, then pytest under Xvfb.
 test: system-deps env lint
 	$(PY) -m pytest tests
+
+# Leaves out the tests marked slow (training, subprocesses), for a quick local loop; CI runs everything.
+test-fast: env
+	$(PY) -m pytest tests -m "not slow" -q
 
 # Screenshots for the docs at two screen sizes (docs/screenshots/), the way a user clicks.
 screenshots: system-deps env

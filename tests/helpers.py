@@ -21,6 +21,13 @@ def click(qtbot, button) -> None:
     qtbot.mouseClick(button.native, Qt.MouseButton.LeftButton)
 
 
+def click_enabled(qtbot, button) -> None:
+    """:func:`click`, after checking the button is enabled: a user could not click a disabled
+    one, and Qt would swallow the click silently."""
+    assert button.enabled, f"button {button.text!r} is disabled"
+    click(qtbot, button)
+
+
 def wait_for_worker(qtbot, widget, timeout: int = 120_000) -> None:
     """Wait until the widget's current worker has finished (its callbacks have run)."""
     qtbot.waitUntil(lambda: widget.worker is not None and widget.worker.done, timeout=timeout)

@@ -1,8 +1,6 @@
-import subprocess
-import sys
-
 import numpy as np
 import pytest
+from helpers import loaded_after_import
 
 from napari_4dstem_rvae import Calibration, Dataset4D
 from napari_4dstem_rvae.dataset import electron_wavelength_angstrom
@@ -57,8 +55,5 @@ def test_pattern_and_derive_keep_input_untouched():
 
 
 def test_import_is_light():
-    code = ("import sys, napari_4dstem_rvae as m; "
-            "heavy = [n for n in ('torch', 'napari', 'qtpy', 'PyQt6', 'dask', 'h5py', 'sklearn') if n in sys.modules]; "
-            "print(heavy); assert not heavy, heavy")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout + result.stderr
+    heavy = ("torch", "napari", "qtpy", "PyQt6", "dask", "h5py", "sklearn")
+    assert loaded_after_import("napari_4dstem_rvae", heavy) == set()

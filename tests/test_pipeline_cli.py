@@ -13,6 +13,7 @@ from napari_4dstem_rvae.io import save_dataset
 from napari_4dstem_rvae.simulate import graphene
 
 
+@pytest.mark.slow
 def test_stem_rvae_run_writes_results_and_overview(tmp_path):
     ds = graphene(scan_shape=(8, 8), det_shape=(32, 32))
     source = save_dataset(ds, tmp_path / "scan.h5")
@@ -78,6 +79,7 @@ def test_stem_rvae_errors_are_one_line(tmp_path, capsys):
     assert "--bin must be a number of detector pixels" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_run_keeps_the_epoch_the_rule_picks(tmp_path):
     """The study's stopping rule on request (maps from the epoch whose latent best follows the COM
     magnitude); by default the held-out rule, which looks at the data only."""
@@ -138,6 +140,7 @@ def test_cli_calibration_flags_and_one_line_warnings(tmp_path, capsys):
         assert f["com/com_divergence"].attrs["unit"] == "mrad/probe step"
 
 
+@pytest.mark.slow
 def test_quick_demo_in_a_subprocess(tmp_path):
     """``stem-rvae demo --quick``: the whole chain as a user runs it, in its own process."""
     import subprocess

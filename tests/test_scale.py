@@ -36,6 +36,7 @@ def trained():
     return ds, fit(ds, epochs=3, threads=1, seed=0)
 
 
+@pytest.mark.slow
 def test_encoding_on_the_cluster_equals_one_process(cluster, trained):
     from napari_4dstem_rvae.rvae import encode
     from napari_4dstem_rvae.rvae.distributed import encode_on_cluster
@@ -47,6 +48,7 @@ def test_encoding_on_the_cluster_equals_one_process(cluster, trained):
         np.testing.assert_allclose(getattr(maps, name), getattr(ref, name), rtol=1e-6, atol=1e-6, err_msg=name)
 
 
+@pytest.mark.slow
 def test_a_worker_killed_during_encoding_is_survived(cluster, trained, monkeypatch):
     from napari_4dstem_rvae.rvae import distributed, encode
 
@@ -67,6 +69,7 @@ def test_a_worker_killed_during_encoding_is_survived(cluster, trained, monkeypat
     np.testing.assert_allclose(maps.novelty, ref.novelty, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_stem_rvae_run_with_local_workers_equals_one_process(tmp_path):
     ds = graphene(scan_shape=(12, 12), det_shape=(64, 64), seed=3)   # binned ×2 by the workers
     source = save_dataset(ds, tmp_path / "scan.h5")
@@ -95,6 +98,7 @@ def test_stem_rvae_run_with_local_workers_equals_one_process(tmp_path):
     assert bad.returncode == 1 and "--workers must be at least 1" in bad.stderr and "Traceback" not in bad.stderr
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_train_one_model_as_well_as_one_process(tmp_path):
     """``torchrun --nproc_per_node 2 -m napari_4dstem_rvae.cli run`` (gloo on CPU): the two ranks
     train one model on their shares of every minibatch; rank 0 alone writes the results and

@@ -32,6 +32,25 @@ def plain_fields(obj: Any) -> dict[str, Any]:
     return out
 
 
+def scan_mask(mask: Any, shape: tuple[int, int], name: str = "mask") -> np.ndarray | None:
+    """A boolean mask over the probe positions (a training region): booleans or 0/1 values of
+    ``shape``; anything else (a float mask of 0.5 everywhere, labels 0/2) is refused in one
+    sentence naming ``name`` instead of being taken as "everywhere". ``None`` stays None."""
+    if mask is None:
+        return None
+    mask = np.asarray(mask)
+    if mask.shape != tuple(shape):
+        raise ValueError(f"{name} has shape {mask.shape}; expected the scan shape {tuple(shape)}")
+    if mask.dtype != bool:
+        values = np.unique(mask)
+        if mask.dtype.kind not in "iuf" or not np.isin(values, (0, 1)).all():
+            shown = ", ".join(f"{v:g}" for v in values[:4]) + (" …" if len(values) > 4 else "")
+            raise ValueError(f"{name}: expected booleans or 0/1 values (the positions to use), found {mask.dtype} "
+                             f"values {shown}; threshold it first, e.g. mask > 0.5")
+        mask = mask.astype(bool)
+    return mask
+
+
 @dataclass(frozen=True)
 class Calibration:
     """Physical calibration of a 4D-STEM data set.

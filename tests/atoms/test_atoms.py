@@ -222,6 +222,7 @@ def _cli(*args, timeout=300):
     return subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_cli_atoms(tmp_path, small):
     series, truth = small
     tif = tmp_path / "movie.tif"

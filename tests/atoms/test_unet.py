@@ -104,6 +104,7 @@ def test_windows_from_the_network_output():
         analyse(series, result.table, window_from="labels")
 
 
+@pytest.mark.slow
 def test_cli_atoms_with_the_unet(tmp_path):
     series, _ = haadf_series(n_frames=2, shape=(160, 160), seed=6)
     np.save(tmp_path / "movie.npy", series.data)

@@ -12,12 +12,9 @@ import textwrap
 import h5py
 import numpy as np
 import pytest
+from helpers import cube
 
 from napari_4dstem_rvae import io
-
-
-def cube(shape=(6, 5, 16, 16), dtype=np.uint16):
-    return (np.arange(int(np.prod(shape))) % 60001).astype(dtype).reshape(shape)
 
 
 @pytest.fixture
@@ -39,7 +36,7 @@ def h5_reads(monkeypatch):
 # Lazy reading
 # ----------------------------------------------------------------------------------------
 def test_hdf5_open_reads_nothing_and_pattern_reads_one_frame(tmp_path, h5_reads):
-    data = cube()
+    data = cube((6, 5, 16, 16))
     path = tmp_path / "lazy.h5"
     with h5py.File(path, "w") as f:
         f.create_dataset("scan/data", data=data, chunks=(1, 1, 16, 16))
@@ -72,7 +69,7 @@ def test_rsciio_emd_transposed_pattern_reads_one_frame(tmp_path, h5_reads):
 
 def test_zarr_counting_store(tmp_path, monkeypatch):
     import zarr
-    data = cube()
+    data = cube((6, 5, 16, 16))
     path = tmp_path / "lazy.zarr"
     z = zarr.create_array(str(path), shape=data.shape, dtype=data.dtype, chunks=(1, 1, 16, 16))
     z[...] = data
@@ -208,7 +205,7 @@ def assert_one_sentence(exc_info, path):
 def test_truncated_hdf5(tmp_path):
     path = tmp_path / "truncated.h5"
     with h5py.File(path, "w") as f:
-        f["data"] = cube()
+        f["data"] = cube((6, 5, 16, 16))
     size = path.stat().st_size
     with open(path, "r+b") as fh:
         fh.truncate(size // 2)

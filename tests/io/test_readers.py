@@ -15,16 +15,10 @@ import warnings
 import h5py
 import numpy as np
 import pytest
+from helpers import cube
 
 from napari_4dstem_rvae import io
 from napari_4dstem_rvae.dataset import Calibration
-
-
-def cube(shape=(3, 4, 6, 8), dtype=np.uint16, start=0):
-    """Distinct values along every axis (modulo the dtype range for small types)."""
-    n = int(np.prod(shape))
-    values = np.arange(start, start + n) % (256 if np.dtype(dtype).itemsize == 1 else 60001)
-    return values.astype(dtype).reshape(shape)
 
 
 def assert_same(ds, expected):

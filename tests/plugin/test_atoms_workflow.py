@@ -4,19 +4,10 @@ curve per frame; every step twice (layers updated by name, not piled up)."""
 
 import numpy as np
 import pytest
+from helpers import PLUGIN, click, wait_for_worker
 
-PLUGIN = "napari-4dstem-rvae"
-
-
-def _click(qtbot, button):
-    from qtpy.QtCore import Qt
-
-    qtbot.mouseClick(button.native, Qt.MouseButton.LeftButton)
-
-
-def _wait(qtbot, widget, timeout=240000):
-    qtbot.waitUntil(lambda: widget.worker is not None and widget.worker.done, timeout=timeout)
-    qtbot.wait(20)
+#: Finding atoms and training on the series can take minutes on a loaded machine.
+TIMEOUT_MS = 240_000
 
 
 @pytest.fixture
@@ -32,6 +23,7 @@ def atoms_setup(make_napari_viewer, monkeypatch):
     return viewer, image, dock.atoms, messages
 
 
+@pytest.mark.slow
 def test_find_train_points_and_histograms_twice(atoms_setup, qtbot):
     from napari_4dstem_rvae._napari.atoms_widget import HISTOGRAM_DOCK
 
@@ -46,8 +38,8 @@ def test_find_train_points_and_histograms_twice(atoms_setup, qtbot):
     dock.show_tab("Atoms")
     widget.epochs.value = 2
     for round_ in range(2):
-        _click(qtbot, widget.find_button)
-        _wait(qtbot, widget)
+        click(qtbot, widget.find_button)
+        wait_for_worker(qtbot, widget, TIMEOUT_MS)
         assert not messages, messages
         points = viewer.layers[f"{image.name} atoms"]
         n_found = len(points.data)
@@ -58,8 +50,8 @@ def test_find_train_points_and_histograms_twice(atoms_setup, qtbot):
         frame0 = np.asarray(image.data[0])
         at = np.round(points.data[points.data[:, 0] == 0][:, 1:]).astype(int)
         assert frame0[at[:, 0], at[:, 1]].mean() > np.percentile(frame0, 90)
-        _click(qtbot, widget.train_button)
-        _wait(qtbot, widget)
+        click(qtbot, widget.train_button)
+        wait_for_worker(qtbot, widget, TIMEOUT_MS)
         assert not messages, messages
         features = points.features
         for column in ("angle", "angle mod 120°", "latent_1", "latent_2", "shift_x", "novelty", "class",
@@ -86,16 +78,16 @@ def test_points_layer_by_hand_and_no_atoms(atoms_setup, qtbot, tmp_path):
     marks = viewer.add_points(np.array([[0, 40 * pixel, 50 * pixel], [1, 100 * pixel, 120 * pixel]]), name="mine")
     widget.method.value = "points"
     widget.points_layer.value = "mine"
-    _click(qtbot, widget.find_button)
-    _wait(qtbot, widget)
+    click(qtbot, widget.find_button)
+    wait_for_worker(qtbot, widget, TIMEOUT_MS)
     points = viewer.layers[f"{image.name} atoms"]
     np.testing.assert_allclose(points.data[:, 1:], [[40, 50], [100, 120]], atol=1e-6)
     # an empty image: no atoms, one sentence, nothing added
     viewer.add_image(np.zeros((64, 64), np.float32), name="blank")
     widget.layer.value = "blank"
     widget.method.value = "log"
-    _click(qtbot, widget.find_button)
-    _wait(qtbot, widget)
+    click(qtbot, widget.find_button)
+    wait_for_worker(qtbot, widget, TIMEOUT_MS)
     assert "blank atoms" not in viewer.layers
     del marks
 
@@ -127,8 +119,8 @@ def test_unet_choice_in_the_dock(atoms_setup, qtbot):
     viewer, image, widget, messages = atoms_setup
     widget.method.value = "unet"
     for _ in range(2):
-        _click(qtbot, widget.find_button)
-        _wait(qtbot, widget)
+        click(qtbot, widget.find_button)
+        wait_for_worker(qtbot, widget, TIMEOUT_MS)
         assert not messages, messages
         points = viewer.layers[f"{image.name} atoms"]
         assert len(points.data) > 6 * 1000

@@ -3,6 +3,7 @@
 
 import numpy as np
 import pytest
+from helpers import PLUGIN
 
 from napari_4dstem_rvae import Calibration, Dataset4D
 from napari_4dstem_rvae._napari.layers import (
@@ -13,8 +14,6 @@ from napari_4dstem_rvae._napari.layers import (
 )
 from napari_4dstem_rvae._napari.writers import write_tiff
 from napari_4dstem_rvae.results import read_results, write_results
-
-PLUGIN = "napari-4dstem-rvae"
 
 
 @pytest.fixture

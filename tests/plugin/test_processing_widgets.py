@@ -4,26 +4,11 @@ import re
 
 import numpy as np
 import pytest
-from qtpy.QtCore import Qt
+from helpers import PLUGIN, click, shifted_disks, wait_for_worker
 
 from napari_4dstem_rvae import Calibration, Dataset4D
 from napari_4dstem_rvae._napari.layers import find_dataset
 from napari_4dstem_rvae._napari.reader import layer_data_for
-
-
-def _shifted_disks(ny=8, nx=9, k=32, seed=0):
-    """Disks whose centre moves with a known field: dy = 0.3·sin, dx = 0.2·cos over the scan."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:k, 0:k]
-    sy, sx = np.mgrid[0:ny, 0:nx]
-    dy = 0.8 * np.sin(sy / 2.0)
-    dx = 0.6 * np.cos(sx / 3.0)
-    data = np.empty((ny, nx, k, k), np.float32)
-    for i in range(ny):
-        for j in range(nx):
-            r = np.hypot(yy - (k - 1) / 2 - dy[i, j], xx - (k - 1) / 2 - dx[i, j])
-            data[i, j] = np.clip(6.0 - r, 0, 1) + 0.01 * rng.random((k, k))
-    return data
 
 
 @pytest.fixture
@@ -31,27 +16,15 @@ def viewer_with_data(make_napari_viewer):
     viewer = make_napari_viewer()
     cal = Calibration(scan_step=0.5, scan_unit="Å", det_pixel_size=2.0, det_unit="mrad",
                       energy_kev=60, semiangle_mrad=10.0, det_origin=(15.5, 15.5), scan_origin=(1.0, 2.0))
-    ds = Dataset4D(_shifted_disks(), cal, metadata={"name": "disks"})
+    ds = Dataset4D(shifted_disks()[0], cal, metadata={"name": "disks"})
     data, kwargs, _ = layer_data_for(ds)[0]
     layer = viewer.add_image(data, **kwargs)
     return viewer, layer, ds
 
 
-PLUGIN = "napari-4dstem-rvae"
-
-
 def _dock(viewer):
     """The analysis dock as a user opens it: Plugins > 4D-STEM rVAE > 4D-STEM analysis."""
     return viewer.window.add_plugin_dock_widget(PLUGIN, "4D-STEM analysis")[1]
-
-
-def _click(qtbot, button):
-    qtbot.mouseClick(button.native, Qt.MouseButton.LeftButton)
-
-
-def _wait(qtbot, widget):
-    qtbot.waitUntil(lambda: widget.worker is not None and widget.worker.done, timeout=60000)
-    qtbot.wait(50)
 
 
 def test_com_widget_layers_match_compute_com(viewer_with_data, qtbot):
@@ -62,8 +35,8 @@ def test_com_widget_layers_match_compute_com(viewer_with_data, qtbot):
     assert widget.layer.value == adf.name
     widget.rotation.value = "0"
     widget.flip.value = "no"
-    _click(qtbot, widget.run_button)
-    _wait(qtbot, widget)
+    click(qtbot, widget.run_button)
+    wait_for_worker(qtbot, widget)
     expected = compute_com(ds, rotation=0.0, flip=False)
     names = [f"disks COM {n}" for n in ("x", "y", "magnitude", "angle", "divergence", "curl", "colour wheel")]
     for name in names:
@@ -77,12 +50,13 @@ def test_com_widget_layers_match_compute_com(viewer_with_data, qtbot):
     assert viewer.layers["disks COM colour wheel"].rgb
     # re-running updates by name: no copies pile up
     n_layers = len(viewer.layers)
-    _click(qtbot, widget.run_button)
-    _wait(qtbot, widget)
+    click(qtbot, widget.run_button)
+    wait_for_worker(qtbot, widget)
     assert len(viewer.layers) == n_layers
     assert all(w.enabled for w in widget._controls)
 
 
+@pytest.mark.slow
 def test_com_widget_runs_on_a_dask_scheduler_given_by_address(viewer_with_data, qtbot, monkeypatch):
     from distributed import LocalCluster
 
@@ -90,8 +64,8 @@ def test_com_widget_runs_on_a_dask_scheduler_given_by_address(viewer_with_data, 
     widget = _dock(viewer).com
     widget.rotation.value = "0"
     widget.flip.value = "no"
-    _click(qtbot, widget.run_button)
-    _wait(qtbot, widget)
+    click(qtbot, widget.run_button)
+    wait_for_worker(qtbot, widget)
     here = viewer.layers["disks COM x"].data.copy()
     n_layers = len(viewer.layers)
     statuses = []                                  # every text the status label shows
@@ -99,8 +73,8 @@ def test_com_widget_runs_on_a_dask_scheduler_given_by_address(viewer_with_data, 
     monkeypatch.setattr(widget.status._widget, "_mgui_set_value", lambda v: (statuses.append(str(v)), show(v)))
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster:
         widget.scheduler.value = cluster.scheduler_address
-        _click(qtbot, widget.run_button)
-        _wait(qtbot, widget)
+        click(qtbot, widget.run_button)
+        wait_for_worker(qtbot, widget)
         assert f"on {cluster.scheduler_address} (dashboard http" in widget.status.value
         assert cluster.scheduler.task_prefixes   # the fresh cluster's workers ran the pass
     # while it ran, the status line counted the cluster's tasks up to all of them
@@ -112,8 +86,8 @@ def test_com_widget_runs_on_a_dask_scheduler_given_by_address(viewer_with_data, 
     messages = []
     monkeypatch.setattr("napari_4dstem_rvae._napari.com_widget.notify_error", messages.append)
     widget.scheduler.value = "tcp://127.0.0.1:9"                # nothing listens there
-    _click(qtbot, widget.run_button)
-    _wait(qtbot, widget)
+    click(qtbot, widget.run_button)
+    wait_for_worker(qtbot, widget)
     assert len(messages) == 1 and "dask scheduler tcp://127.0.0.1:9: no dask scheduler answers there" in messages[0]
     assert len(viewer.layers) == n_layers
     assert all(w.enabled for w in widget._controls)
@@ -129,8 +103,8 @@ def test_com_widget_bad_mask_is_a_notification(viewer_with_data, qtbot, monkeypa
     widget.unit.value = "px"
     widget.inner.value, widget.outer.value = 500.0, 600.0  # outside the 32-px detector
     n_layers = len(viewer.layers)
-    _click(qtbot, widget.run_button)
-    _wait(qtbot, widget)
+    click(qtbot, widget.run_button)
+    wait_for_worker(qtbot, widget)
     assert len(messages) == 1 and "COM of 'disks' failed" in messages[0]
     assert len(viewer.layers) == n_layers
     assert all(w.enabled for w in widget._controls)  # re-enabled after the error
@@ -144,8 +118,8 @@ def test_preprocess_widget_adds_processed_dataset(viewer_with_data, qtbot):
     widget.subtract_mean.value = True
     raw, processed = widget.preview()
     assert raw.shape == (32, 32) and processed.shape == (16, 16)
-    _click(qtbot, widget.apply_button)
-    _wait(qtbot, widget)
+    click(qtbot, widget.apply_button)
+    wait_for_worker(qtbot, widget)
     layer = viewer.layers[f"{adf.name} processed"]
     result = find_dataset(layer)
     assert result.shape == (8, 9, 16, 16)
@@ -163,8 +137,8 @@ def test_virtual_detector_widget_matches_masked_sum(viewer_with_data, qtbot):
     widget = _dock(viewer).virtual
     widget.unit.value = "px"
     widget.inner.value, widget.outer.value = 7.0, 14.0
-    _click(qtbot, widget.run_button)
-    _wait(qtbot, widget)
+    click(qtbot, widget.run_button)
+    wait_for_worker(qtbot, widget)
     layer = viewer.layers["disks virtual detector"]
     centre, inner, outer = widget.radii_px(ds)
     yy, xx = np.mgrid[0:32, 0:32]
@@ -184,27 +158,27 @@ def test_calibration_by_hand_on_open_and_for_a_loaded_data_set(make_napari_viewe
     viewer = make_napari_viewer()
     dock = _dock(viewer)
     path = tmp_path / "uncalibrated.npy"
-    np.save(path, _shifted_disks())
+    np.save(path, shifted_disks()[0])
     dock.open.path.value = str(path)
     fields = dock.open.calibration
     fields.scan_step_y.value, fields.scan_unit.value = 0.5, "Å"
     fields.det_pixel_size.value, fields.det_unit.value, fields.semiangle_mrad.value = 2.0, "mrad", 10.0
-    _click(qtbot, dock.open.open_button)
+    click(qtbot, dock.open.open_button)
     layer = viewer.layers[-1]
     ds = find_dataset(layer)
     assert ds.calibration.scan_step == 0.5 and ds.calibration.det_unit == "mrad"
     assert ds.provenance[-1]["step"] == "calibration"
     assert layer.name.endswith("ADF")  # the calibration given makes the ADF image possible
     np.testing.assert_allclose(layer.scale, (0.5, 0.5))
-    _click(qtbot, dock.com.run_button)
-    _wait(qtbot, dock.com)
+    click(qtbot, dock.com.run_button)
+    wait_for_worker(qtbot, dock.com)
     com_x = viewer.layers[f"{ds.name} COM x"]
     panel = dock.calibration
     panel.layer.value = layer.name
     assert panel.fields.scan_step_y.value == 0.5
     panel.fields.scan_step_y.value = panel.fields.scan_step_x.value = 0.25
     panel.fields.scan_unit.value = "nm"
-    _click(qtbot, panel.apply_button)
+    click(qtbot, panel.apply_button)
     new = find_dataset(layer)
     assert new is not ds and new.calibration.scan_step == 0.25 and new.calibration.scan_unit == "nm"
     assert new.provenance[-1]["before"]["scan_step"] == 0.5
@@ -212,5 +186,5 @@ def test_calibration_by_hand_on_open_and_for_a_loaded_data_set(make_napari_viewe
         np.testing.assert_allclose(follower.scale, (0.25, 0.25))
         assert str(follower.units[0]) == "nanometer"
     panel.fields.semiangle_mrad.value = 0.0  # cleared: no longer known
-    _click(qtbot, panel.apply_button)
+    click(qtbot, panel.apply_button)
     assert find_dataset(layer).calibration.semiangle_mrad is None

@@ -5,6 +5,7 @@ from types import SimpleNamespace
 import h5py
 import numpy as np
 import pytest
+from helpers import PLUGIN, shifted_disks
 
 from napari_4dstem_rvae import Calibration, Dataset4D
 from napari_4dstem_rvae._napari.layers import DATASET_KEY, ROLE_KEY, find_dataset
@@ -13,21 +14,10 @@ from napari_4dstem_rvae._napari.workers import running_workers
 from napari_4dstem_rvae.io import save_dataset
 from napari_4dstem_rvae.processing import ADF_INNER_BF, default_image_detector
 
-PLUGIN = "napari-4dstem-rvae"
-
-
-def _disk_data(ny=6, nx=7, k=24, seed=0):
-    """Patterns with a bright disk and a random dark-field halo (float32)."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:k, 0:k]
-    disk = (np.hypot(yy - (k - 1) / 2, xx - (k - 1) / 2) < k / 6).astype(np.float32)
-    data = rng.random((ny, nx, k, k), dtype=np.float32) * 0.1 + disk
-    return data
-
 
 @pytest.fixture
 def calibrated_file(tmp_path):
-    data = _disk_data()
+    data, _ = shifted_disks(6, 7, 24)
     cal = Calibration(scan_step=(0.5, 0.25), scan_unit="Å", det_pixel_size=2.0, det_unit="mrad",
                       energy_kev=60.0, semiangle_mrad=8.0, det_origin=(11.5, 11.5))
     path = save_dataset(Dataset4D(data, cal), tmp_path / "scan.h5")
@@ -145,7 +135,7 @@ def test_open_widget_reads_raw_and_reports_size_mismatch(make_napari_viewer, tmp
     from napari_4dstem_rvae._napari.open_widget import OpenWidget
 
     messages = _errors(monkeypatch)
-    data = _disk_data(3, 4, 16).astype("<u2")
+    data = shifted_disks(3, 4, 16, radius=4.0)[0].astype("<u2")
     header = b"\x00" * 8
     frames = b"".join(header + data[i, j].tobytes() for i in range(3) for j in range(4))
     path = tmp_path / "frames.raw"
@@ -173,8 +163,8 @@ def test_open_widget_lists_hdf5_datasets(make_napari_viewer, tmp_path):
 
     path = tmp_path / "two.h5"
     with h5py.File(path, "w") as f:
-        f["a/big"] = _disk_data(4, 4, 8)
-        f["b/small"] = _disk_data(2, 3, 8)
+        f["a/big"] = shifted_disks(4, 4, 8, radius=2.0)[0]
+        f["b/small"] = shifted_disks(2, 3, 8, radius=2.0)[0]
     viewer = make_napari_viewer()
     widget = OpenWidget(viewer)
     widget.path.value = str(path)

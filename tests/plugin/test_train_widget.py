@@ -2,13 +2,10 @@
 
 import numpy as np
 import pytest
-from helpers import PLUGIN, click
-from helpers import wait_for_worker as _wait_done
+from helpers import PLUGIN, click, wait_for_worker
 
 from napari_4dstem_rvae._napari.layers import find_dataset
 from napari_4dstem_rvae._napari.regions import region_mask
-
-_click = click
 
 
 @pytest.fixture
@@ -33,14 +30,15 @@ def trained_setup(make_napari_viewer, monkeypatch):
     return viewer, adf, ds, shapes, widget, messages
 
 
+@pytest.mark.slow
 def test_training_in_region_gives_aligned_maps(trained_setup, qtbot):
     viewer, adf, ds, shapes, widget, messages = trained_setup
     mask = region_mask(shapes, ds)
     assert mask.sum() == 12 * 14
     assert widget.count.value.startswith(f"{12 * 14} of {32 * 32}")
-    _click(qtbot, widget.start_button)
+    click(qtbot, widget.start_button)
     assert not widget.start_button.enabled and widget.stop_button.enabled  # parameters locked while running
-    _wait_done(qtbot, widget)
+    wait_for_worker(qtbot, widget)
     assert not messages, messages
     names = [f"{adf.name} rVAE angle", f"{adf.name} rVAE latent 1", f"{adf.name} rVAE latent 2"]
     for name in names:
@@ -63,19 +61,19 @@ def test_training_in_region_gives_aligned_maps(trained_setup, qtbot):
 def test_stop_mid_training_then_resume(trained_setup, qtbot):
     viewer, adf, ds, shapes, widget, messages = trained_setup
     widget.epochs.value = 500
-    _click(qtbot, widget.start_button)
+    click(qtbot, widget.start_button)
     qtbot.waitUntil(lambda: widget.session is not None and widget.session.epochs_done >= 1, timeout=60000)
-    _click(qtbot, widget.stop_button)
-    _wait_done(qtbot, widget, timeout=60000)  # stops within the current step (no wall time asserted)
+    click(qtbot, widget.stop_button)
+    wait_for_worker(qtbot, widget, timeout=60000)  # stops within the current step (no wall time asserted)
     done = widget.session.epochs_done
     assert 1 <= done < 500
     assert widget.resume_button.enabled and widget.start_button.enabled
     assert f"{adf.name} rVAE angle" in viewer.layers  # the partial model's maps are shown
     state = {k: v.clone() for k, v in widget.session.trainer.model.state_dict().items()}
-    _click(qtbot, widget.resume_button)
+    click(qtbot, widget.resume_button)
     qtbot.waitUntil(lambda: widget.session.epochs_done >= done + 1, timeout=60000)
-    _click(qtbot, widget.stop_button)
-    _wait_done(qtbot, widget)
+    click(qtbot, widget.stop_button)
+    wait_for_worker(qtbot, widget)
     assert widget.session.epochs_done > done
     changed = any(not np.array_equal(v.numpy(), widget.session.trainer.model.state_dict()[k].numpy())
                   for k, v in state.items())
@@ -89,7 +87,7 @@ def test_closing_viewer_during_training_stops_the_thread(trained_setup, qtbot):
     viewer, adf, ds, shapes, widget, messages = trained_setup
     widget.epochs.value = 500
     viewer.window.add_dock_widget(widget, name="Train rVAE")
-    _click(qtbot, widget.start_button)
+    click(qtbot, widget.start_button)
     qtbot.waitUntil(lambda: widget.session is not None and widget.session.trainer is not None
                     and widget.session.trainer.step >= 1, timeout=60000)
     worker = widget.worker
@@ -106,12 +104,12 @@ def test_errors_are_notifications_and_keep_layers(trained_setup, qtbot, monkeypa
     viewer.add_shapes([far], shape_type="rectangle", name="far away")
     widget.region.value = "far away"
     assert "covers no probe position" in widget.count.value
-    _click(qtbot, widget.start_button)
+    click(qtbot, widget.start_button)
     assert len(messages) == 1 and "covers no probe position" in messages[-1]
     # a Labels layer of another shape
     viewer.add_labels(np.ones((5, 5), int), name="other labels")
     widget.region.value = "other labels"
-    _click(qtbot, widget.start_button)
+    click(qtbot, widget.start_button)
     assert "other labels" in messages[-1] and "32×32" in messages[-1]
     # running out of memory
     import napari_4dstem_rvae._napari.train_widget as tw
@@ -121,8 +119,8 @@ def test_errors_are_notifications_and_keep_layers(trained_setup, qtbot, monkeypa
 
     monkeypatch.setattr(tw, "STEMRun", out_of_memory)
     widget.region.value = "region"
-    _click(qtbot, widget.start_button)
-    _wait_done(qtbot, widget)
+    click(qtbot, widget.start_button)
+    wait_for_worker(qtbot, widget)
     assert "ran out of memory" in messages[-1] and "could not start" in messages[-1]
     assert len(viewer.layers) == n_layers + 2  # only the two region layers added by this test
     assert all(w.enabled for w in widget._parameters if w is not widget.resume_button)
@@ -131,37 +129,38 @@ def test_errors_are_notifications_and_keep_layers(trained_setup, qtbot, monkeypa
 def test_resume_refuses_a_changed_dataset(trained_setup, qtbot):
     viewer, adf, ds, shapes, widget, messages = trained_setup
     widget.epochs.value = 500
-    _click(qtbot, widget.start_button)
+    click(qtbot, widget.start_button)
     qtbot.waitUntil(lambda: widget.session is not None and widget.session.epochs_done >= 1, timeout=60000)
-    _click(qtbot, widget.stop_button)
-    _wait_done(qtbot, widget)
+    click(qtbot, widget.stop_button)
+    wait_for_worker(qtbot, widget)
     # the layer now holds another data set (e.g. re-opened or reprocessed under the widget)
     from dataclasses import replace
 
     adf.metadata["dataset4d"] = replace(ds, data=ds.data * 2)
-    _click(qtbot, widget.resume_button)
+    click(qtbot, widget.resume_button)
     assert "data set changed" in messages[-1]
 
 
+@pytest.mark.slow
 def test_checkpoint_and_results_roundtrip(trained_setup, qtbot, tmp_path):
     import h5py
 
     viewer, adf, ds, shapes, widget, messages = trained_setup
     widget.epochs.value = 2
-    _click(qtbot, widget.start_button)
-    _wait_done(qtbot, widget)
+    click(qtbot, widget.start_button)
+    wait_for_worker(qtbot, widget)
     widget.checkpoint_path.value = str(tmp_path / "model.pt")
     assert widget.save_checkpoint() == str(tmp_path / "model.pt")
     widget.results_path.value = str(tmp_path / "results.h5")
-    _click(qtbot, widget.save_results_button)                  # written in a worker, not the GUI thread
-    _wait_done(qtbot, widget)
+    click(qtbot, widget.save_results_button)                  # written in a worker, not the GUI thread
+    wait_for_worker(qtbot, widget)
     assert widget.status.value == f"results saved: {tmp_path / 'results.h5'}"
     with h5py.File(tmp_path / "results.h5", "r") as f:
         assert f["angle"].shape == ds.scan_shape and f["latents"].shape == (2,) + ds.scan_shape
     angle_before = viewer.layers[f"{adf.name} rVAE angle"].data.copy()
     viewer.layers.remove(f"{adf.name} rVAE angle")
     widget.load_checkpoint()
-    _wait_done(qtbot, widget)
+    wait_for_worker(qtbot, widget)
     np.testing.assert_allclose(viewer.layers[f"{adf.name} rVAE angle"].data, angle_before, atol=1e-3)
     # the results file reopens as layers aligned with the ADF image
     layers = viewer.open(str(tmp_path / "results.h5"), plugin=PLUGIN)
@@ -181,24 +180,25 @@ def test_checkpoint_path_set_before_start_keeps_the_training_while_it_runs(train
     widget.epochs.value = 200
     path = tmp_path / "running.pt"
     widget.checkpoint_path.value = str(path)
-    _click(qtbot, widget.start_button)
+    click(qtbot, widget.start_button)
     qtbot.waitUntil(lambda: path.exists() and read_checkpoint(path)["epoch"] >= 10, timeout=120000)
     saved = read_checkpoint(path)["epoch"]     # written during the run, before any Stop
     assert saved % 10 == 0                     # every total/20 epochs
-    _click(qtbot, widget.stop_button)
-    _wait_done(qtbot, widget)
+    click(qtbot, widget.stop_button)
+    wait_for_worker(qtbot, widget)
     widget.session = None                      # as after a crash: nothing in memory
     widget.load_checkpoint()
-    _wait_done(qtbot, widget)
+    wait_for_worker(qtbot, widget)
     assert widget.session.epochs_done >= saved and widget.resume_button.enabled
     done = widget.session.epochs_done
-    _click(qtbot, widget.resume_button)
+    click(qtbot, widget.resume_button)
     qtbot.waitUntil(lambda: widget.session.epochs_done >= done + 2, timeout=60000)
-    _click(qtbot, widget.stop_button)
-    _wait_done(qtbot, widget)
+    click(qtbot, widget.stop_button)
+    wait_for_worker(qtbot, widget)
     assert not messages, messages
 
 
+@pytest.mark.slow
 def test_explore_click_reconstruction_and_lasso_selection(trained_setup, qtbot):
     from types import SimpleNamespace
 
@@ -206,8 +206,8 @@ def test_explore_click_reconstruction_and_lasso_selection(trained_setup, qtbot):
 
     viewer, adf, ds, shapes, widget, messages = trained_setup
     widget.epochs.value = 2
-    _click(qtbot, widget.start_button)
-    _wait_done(qtbot, widget)
+    click(qtbot, widget.start_button)
+    wait_for_worker(qtbot, widget)
     panel = widget.explore
     sy, sx = ds.calibration.scan_step_yx
     panel._on_click(viewer, SimpleNamespace(type="mouse_press", position=(10 * sy, 7 * sx)))
@@ -231,13 +231,14 @@ def test_explore_click_reconstruction_and_lasso_selection(trained_setup, qtbot):
     assert grid.shape == (3, 3) + widget.session.prepared.det_shape
 
 
+@pytest.mark.slow
 def test_widget_keeps_the_epoch_the_shared_selection_rule_picks(trained_setup, qtbot):
     """The Train widget, the CLI and the API choose the maps' epoch by one rule (rvae.selection)."""
     viewer, adf, ds, shapes, widget, messages = trained_setup
     widget.epochs.value = 4
     widget.correlate_every.value = 1                        # |r| followed live (plotted)
-    _click(qtbot, widget.start_button)
-    _wait_done(qtbot, widget)
+    click(qtbot, widget.start_button)
+    wait_for_worker(qtbot, widget)
     trainer = widget.session.trainer
     assert trainer.config.epoch_selection == "held_out"  # the default, as in stem-rvae run
     best = min(trainer.history, key=lambda record: record["test_loss"])
@@ -248,6 +249,7 @@ def test_widget_keeps_the_epoch_the_shared_selection_rule_picks(trained_setup, q
     assert not messages
 
 
+@pytest.mark.slow
 def test_final_maps_encoded_on_a_dask_scheduler_equal_those_made_here(trained_setup, qtbot, monkeypatch):
     from distributed import LocalCluster
 
@@ -261,8 +263,8 @@ def test_final_maps_encoded_on_a_dask_scheduler_equal_those_made_here(trained_se
                                                                                         _update(event)))
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster:
         widget.scheduler.value = cluster.scheduler_address
-        _click(qtbot, widget.start_button)
-        _wait_done(qtbot, widget)
+        click(qtbot, widget.start_button)
+        wait_for_worker(qtbot, widget)
         assert not messages, messages
         assert f"maps encoded on {cluster.scheduler_address} (dashboard http" in widget.status.value
         assert cluster.scheduler.task_prefixes                     # the workers encoded the patterns
@@ -281,12 +283,13 @@ def test_final_maps_encoded_on_a_dask_scheduler_equal_those_made_here(trained_se
     np.testing.assert_allclose(viewer.layers[f"{adf.name} rVAE novelty"].data, here["novelty"], atol=0.1)
     # a scheduler that does not answer: one message naming it, the layers kept
     widget.scheduler.value = "tcp://127.0.0.1:9"
-    _click(qtbot, widget.start_button)
-    _wait_done(qtbot, widget)
+    click(qtbot, widget.start_button)
+    wait_for_worker(qtbot, widget)
     assert len(messages) == 1 and "tcp://127.0.0.1:9: no dask scheduler answers there" in messages[0], messages
     assert len(viewer.layers) == n_layers
 
 
+@pytest.mark.slow
 def test_the_train_tab_and_the_cli_write_the_same_results_file(trained_setup, qtbot, tmp_path):
     """One run for both doors: for the same data and options the Train tab's Save results and
     ``stem-rvae run`` write files with the same groups, attributes and maps; the tab's save
@@ -302,11 +305,11 @@ def test_the_train_tab_and_the_cli_write_the_same_results_file(trained_setup, qt
     widget.layer.value = opened.name
     widget.region.value = None
     widget.epochs.value = 2
-    _click(qtbot, widget.start_button)
-    _wait_done(qtbot, widget)
+    click(qtbot, widget.start_button)
+    wait_for_worker(qtbot, widget)
     widget.results_path.value = str(tmp_path / "tab.h5")
-    _click(qtbot, widget.save_results_button)
-    _wait_done(qtbot, widget)
+    click(qtbot, widget.save_results_button)
+    wait_for_worker(qtbot, widget)
     assert not messages, messages
     assert main(["run", source, "--epochs", "2", "--batch-size", "32", "--threads", "1",
                  "--out", str(tmp_path / "cli.h5")]) == 0
@@ -325,7 +328,7 @@ def test_the_train_tab_and_the_cli_write_the_same_results_file(trained_setup, qt
     # the data set's own file is never the results file
     before = (tmp_path / "scan.h5").read_bytes()
     widget.results_path.value = source
-    _click(qtbot, widget.save_results_button)
-    _wait_done(qtbot, widget)
+    click(qtbot, widget.save_results_button)
+    wait_for_worker(qtbot, widget)
     assert len(messages) == 1 and "is the input" in messages[0]
     assert (tmp_path / "scan.h5").read_bytes() == before

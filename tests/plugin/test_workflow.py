@@ -6,6 +6,7 @@ import warnings
 
 import numpy as np
 import pytest
+from helpers import PLUGIN, click_enabled, wait_for_worker
 from napari.utils._test_utils import read_only_mouse_event
 from napari.utils.interactions import (
     mouse_move_callbacks,
@@ -18,8 +19,6 @@ from qtpy.QtCore import Qt
 from napari_4dstem_rvae._napari.analysis import scale_bar
 from napari_4dstem_rvae._napari.layers import find_dataset
 from napari_4dstem_rvae._napari.regions import region_mask
-
-PLUGIN = "napari-4dstem-rvae"
 
 
 @pytest.fixture
@@ -34,16 +33,6 @@ def _problems(seen):
     return [f"{n.severity}: {n.message}" for n in seen if n.severity >= NotificationSeverity.WARNING]
 
 
-def _click(qtbot, button):
-    assert button.enabled, f"button {button.text!r} is disabled"
-    qtbot.mouseClick(button.native, Qt.MouseButton.LeftButton)
-
-
-def _wait(qtbot, widget, timeout=120_000):
-    qtbot.waitUntil(lambda: widget.worker is not None and widget.worker.done, timeout=timeout)
-    qtbot.wait(30)
-
-
 def _drag_rectangle(layer, start, end):
     """Draw a rectangle with the Shapes layer's own tool: press, drag, release (world coordinates)."""
     layer.mode = "add_rectangle"
@@ -52,6 +41,7 @@ def _drag_rectangle(layer, start, end):
     mouse_release_callbacks(layer, read_only_mouse_event(type="mouse_release", position=end))
 
 
+@pytest.mark.slow
 def test_whole_workflow_through_the_plugins_menu(make_napari_viewer, qtbot, tmp_path, notifications):
     viewer = make_napari_viewer()
     with warnings.catch_warnings(record=True) as caught:
@@ -68,8 +58,8 @@ def test_whole_workflow_through_the_plugins_menu(make_napari_viewer, qtbot, tmp_
         analysis.show_tab("COM")
         counts = []
         for _ in range(2):
-            _click(qtbot, analysis.com.run_button)
-            _wait(qtbot, analysis.com)
+            click_enabled(qtbot, analysis.com.run_button)
+            wait_for_worker(qtbot, analysis.com)
             counts.append(len(viewer.layers))
         assert counts[0] == counts[1] == 1 + 7, [layer.name for layer in viewer.layers]
         wheel = viewer.layers[f"{ds.name} COM colour wheel"]
@@ -81,16 +71,16 @@ def test_whole_workflow_through_the_plugins_menu(make_napari_viewer, qtbot, tmp_
         # -- virtual detector, twice ------------------------------------------------------
         analysis.show_tab("Virtual")
         for _ in range(2):
-            _click(qtbot, analysis.virtual.run_button)
-            _wait(qtbot, analysis.virtual)
+            click_enabled(qtbot, analysis.virtual.run_button)
+            wait_for_worker(qtbot, analysis.virtual)
         assert len(viewer.layers) == counts[-1] + 1
 
         # -- preprocess, twice: one processed data set -------------------------------------
         analysis.show_tab("Preprocess")
         analysis.preprocess.bin_detector.value = 2
         for _ in range(2):
-            _click(qtbot, analysis.preprocess.apply_button)
-            _wait(qtbot, analysis.preprocess)
+            click_enabled(qtbot, analysis.preprocess.apply_button)
+            wait_for_worker(qtbot, analysis.preprocess)
         assert len(viewer.layers) == counts[-1] + 2
         n_before_regions = len(viewer.layers)
 
@@ -104,7 +94,7 @@ def test_whole_workflow_through_the_plugins_menu(make_napari_viewer, qtbot, tmp_
         assert tuple(str(u) for u in viewer.layers[-1].units) == ("angstrom", "angstrom")
         analysis.show_tab("Train")
         train = analysis.train
-        _click(qtbot, train.new_region_button)
+        click_enabled(qtbot, train.new_region_button)
         drawn = viewer.layers[train.region.value]
         assert tuple(str(u) for u in drawn.units) == tuple(str(u) for u in adf.units)  # no unit warning
         _drag_rectangle(drawn, (2 * sy, 3 * sx), (12 * sy, 20 * sx))
@@ -120,8 +110,8 @@ def test_whole_workflow_through_the_plugins_menu(make_napari_viewer, qtbot, tmp_
         train.batch_size.value = 32
         counts = []
         for _ in range(2):
-            _click(qtbot, train.start_button)
-            _wait(qtbot, train)
+            click_enabled(qtbot, train.start_button)
+            wait_for_worker(qtbot, train)
             counts.append(len(viewer.layers))
         assert counts[0] == counts[1] == n_before_regions + 3 + 5  # angle, certainty, novelty, latent 1, latent 2
         trainer = train.session.trainer
@@ -141,11 +131,11 @@ def test_whole_workflow_through_the_plugins_menu(make_napari_viewer, qtbot, tmp_
         # -- save / load, twice ----------------------------------------------------------------
         train.checkpoint_path.value = str(tmp_path / "model.pt")
         train.results_path.value = str(tmp_path / "results.h5")
-        _click(qtbot, train.save_button)
-        _click(qtbot, train.save_results_button)
+        click_enabled(qtbot, train.save_button)
+        click_enabled(qtbot, train.save_results_button)
         for _ in range(2):
-            _click(qtbot, train.load_button)
-            _wait(qtbot, train)
+            click_enabled(qtbot, train.load_button)
+            wait_for_worker(qtbot, train)
         assert len(viewer.layers) == n_explored
         reopened = []
         for _ in range(2):

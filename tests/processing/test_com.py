@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import soft_disk
 
 from napari_4dstem_rvae.processing import (
     calibrate_rotation,
@@ -29,15 +30,6 @@ def com_per_pattern(data: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
             rows[i, j] = (pattern.sum(axis=1) * np.arange(ky)).sum() / s
             cols[i, j] = (pattern.sum(axis=0) * np.arange(kx)).sum() / s
     return total, rows, cols
-
-
-def soft_disk(det_shape, center, radius, supersample=8) -> np.ndarray:
-    """A disk with each pixel weighted by the fraction of it inside (supersampled)."""
-    offsets = (np.arange(supersample) + 0.5) / supersample - 0.5
-    rows = np.arange(det_shape[0])[:, None, None, None] + offsets[None, None, :, None]
-    cols = np.arange(det_shape[1])[None, :, None, None] + offsets[None, None, None, :]
-    inside = (rows - center[0]) ** 2 + (cols - center[1]) ** 2 <= radius**2
-    return inside.mean(axis=(2, 3))
 
 
 def gaussian_potential(scan_shape, centres, sigma):

@@ -36,6 +36,7 @@ def test_detector_blocks_sum_every_pixel_once():
 
 
 @pytest.mark.parametrize("defect", ["vacancy", "si"])
+@pytest.mark.slow
 def test_a_single_defect_is_marked_at_1e5_electrons(defect):
     """Poisson counts, 10⁵ e⁻ per pattern (a few per cent of a pattern change at the defect):
     robust contrast > 5 within 1.5 Å, the top 1 % of the map within 3 Å."""
@@ -51,6 +52,7 @@ def test_a_single_defect_is_marked_at_1e5_electrons(defect):
     assert (dist[top] <= 3).all()
 
 
+@pytest.mark.slow
 def test_lattice_found_and_perfect_lattice_quiet():
     """The reciprocal vectors of graphene (d = 2.13 Å planes) found from the data; a perfect
     lattice with noise shows nothing like a defect."""
@@ -62,6 +64,7 @@ def test_lattice_found_and_perfect_lattice_quiet():
     assert np.nanmax(result.novelty) < 8
 
 
+@pytest.mark.slow
 def test_no_lattice_no_lattice_novelty():
     """A scan without periodicity (patterns that change at random) has no periodic average:
     ``None`` (the caller falls back to the model's residual)."""
@@ -73,6 +76,7 @@ def test_no_lattice_no_lattice_novelty():
     assert found is None or found[1] < 0.5
 
 
+@pytest.mark.slow
 def test_encode_uses_the_lattice_and_falls_back_to_the_model(tmp_path):
     """Through the rVAE: ``encode(..., novelty=True)`` gives the lattice novelty for a
     calibrated crystal (defect on top) and the model's residual for a scan without lattice;

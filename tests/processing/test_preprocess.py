@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import soft_disk
 
 from napari_4dstem_rvae.dataset import Calibration, Dataset4D
 from napari_4dstem_rvae.processing import (
@@ -37,11 +38,6 @@ def dataset(lazy=False, shape=(6, 8, 32, 34), dtype=np.float32, seed=0):
 
 def values(ds):
     return np.asarray(ds.data.compute() if ds.is_lazy else ds.data)
-
-
-def soft_disk(det_shape, center, radius):
-    yy, xx = np.indices(det_shape)
-    return np.clip(radius - np.hypot(yy - center[0], xx - center[1]) + 0.5, 0, 1)
 
 
 # -- crop -----------------------------------------------------------------------------------

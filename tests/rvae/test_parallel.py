@@ -7,6 +7,7 @@ import os
 import socket
 
 import numpy as np
+import pytest
 import torch
 import torch.multiprocessing as mp
 
@@ -45,6 +46,7 @@ def _rank(rank: int, port: int, out: str) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.slow  # starts two processes (gloo ranks)
 def test_two_ranks_share_a_minibatch_and_get_its_whole_gradient(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -21,6 +21,7 @@ def graphene():
     return ds, np.hypot(com.x, com.y), np.arctan2(com.y, com.x)
 
 
+@pytest.mark.slow
 def test_latent_follows_com_magnitude_on_simulated_graphene(graphene, tmp_path):
     data, magnitude, angle = graphene
     # the defaults, with a shorter training than the default ~2,400 steps to fit a test budget
@@ -37,6 +38,7 @@ def test_latent_follows_com_magnitude_on_simulated_graphene(graphene, tmp_path):
     np.testing.assert_allclose(again.latents, result.maps.latents, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_a_pattern_from_another_structure_is_novel(graphene):
     """Patterns of another material injected into the scan of a trained model: the novelty map
     ranks them above every graphene position."""

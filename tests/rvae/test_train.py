@@ -108,6 +108,7 @@ def test_training_length_from_steps_and_cosine_schedule(small):
     assert events[-1].epoch == 10                                  # at least 10 epochs
 
 
+@pytest.mark.slow
 def test_training_learns_the_rotation_and_encoding_is_equivariant():
     """A rotated input adds the rotation to the encoded angle (counter-clockwise = +)."""
     data, angles, sizes = comet_data(scan=(16, 16), det=16, seed=1)

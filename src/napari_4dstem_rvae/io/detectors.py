@@ -35,6 +35,7 @@ def read_rsciio(path: str, plugin: str, scan_shape: Any = None, chunks: Any = No
             if not os.path.exists(target):
                 raise ReadError(f"{path}: a Merlin .hdr without its .mib frames ({target} is missing)")
         layout = merlin_layout(target)
+        _check_announced_frames(path, target, layout["complete"])
         if scan_shape is not None:
             scan_shape = _two_positive(path, scan_shape)
             scan_shape_source = "user"
@@ -315,14 +316,12 @@ class _quiet_rsciio:
         self.logger.setLevel(self.level)
 
 
-def _merlin_scan_shape(mib_path: str) -> tuple[tuple[int, int] | None, str]:
-    """ScanX/ScanY from the Merlin ``.hdr`` (Merlin software 1.5 and later) as the scan shape;
-    RosettaSciIO 0.15 ignores them and guesses from frames per trigger or timestamps.
-    Returns the shape (or None) and where it comes from."""
+def _merlin_hdr(mib_path: str) -> dict[str, str]:
+    """The ``key: value`` lines of the Merlin ``.hdr`` beside a ``.mib`` (empty without one)."""
     hdr_path = _sibling(mib_path, ".hdr")
-    if hdr_path is None:
-        return None, "frame timestamps"
     hdr: dict[str, str] = {}
+    if hdr_path is None:
+        return hdr
     try:
         with open(hdr_path, encoding="utf-8", errors="ignore") as fh:
             for line in fh:
@@ -331,18 +330,38 @@ def _merlin_scan_shape(mib_path: str) -> tuple[tuple[int, int] | None, str]:
                 key, value = line.split("\t", 1)
                 hdr[key.strip().rstrip(":").strip()] = value.strip()
     except OSError:
-        return None, "frame timestamps"
+        return {}
+    return hdr
+
+
+def _hdr_int(hdr: dict[str, str], key: str, default: int = 0) -> int:
     try:
-        scan_x, scan_y = int(hdr["ScanX"]), int(hdr["ScanY"])
-    except (KeyError, ValueError):
-        scan_x = scan_y = 0
+        return int(hdr.get(key, default))
+    except ValueError:
+        return default
+
+
+def _merlin_scan_shape(mib_path: str) -> tuple[tuple[int, int] | None, str]:
+    """ScanX/ScanY from the Merlin ``.hdr`` (Merlin software 1.5 and later) as the scan shape;
+    RosettaSciIO 0.15 ignores them and guesses from frames per trigger or timestamps.
+    Returns the shape (or None) and where it comes from."""
+    hdr = _merlin_hdr(mib_path)
+    if not hdr:
+        return None, "frame timestamps"
+    scan_x, scan_y = _hdr_int(hdr, "ScanX"), _hdr_int(hdr, "ScanY")
     if scan_x > 0 and scan_y > 0:
         return (scan_y, scan_x), "hdr ScanX/ScanY"
-    try:
-        per_trigger = int(hdr.get("Frames per Trigger (Number)", "1"))
-    except ValueError:
-        per_trigger = 1
+    per_trigger = _hdr_int(hdr, "Frames per Trigger (Number)", 1)
     return None, ("hdr frames per trigger" if per_trigger > 1 else "frame timestamps")
+
+
+def _check_announced_frames(path: str, mib_path: str, complete: int | None) -> None:
+    """A ``.mib`` holding fewer complete frames than its ``.hdr`` announces ("Frames in
+    Acquisition") is said to be incomplete, also when what it holds still makes a scan shape."""
+    announced = _hdr_int(_merlin_hdr(mib_path), "Frames in Acquisition (Number)")
+    if complete is not None and announced > complete:
+        warnings.warn(f"{path}: holds {complete} complete frames of the {announced} that its .hdr announces "
+                      "(interrupted acquisition or a truncated copy?)", stacklevel=4)
 
 
 def _rsciio_calibration(axes: list[dict], signal: dict, path: str,

@@ -13,14 +13,15 @@ import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from .arrays import is_dask
 
-if TYPE_CHECKING:
-    from .engine import _Plan
+#: The plan a driver follows (:class:`.engine._Plan`; named here only in annotations, so that
+#: the engine and its drivers do not import each other).
+_Plan = Any
 
 #: Frames handed to one thread of the in-memory path at a time (bytes).
 TASK_BYTES = 8 * 2**20
@@ -128,9 +129,23 @@ def reduce_block(block: np.ndarray, plan: _Plan) -> np.ndarray:
 
 
 # -- drivers ---------------------------------------------------------------------------
-def reduce_numpy(data: np.ndarray, plan: _Plan, n_threads: int) -> np.ndarray:
+def _throttled(progress: Any, total: int) -> Any:
+    """``progress(done, total)`` called at the start, about every 1 % and at the end."""
+    if progress is None:
+        return None
+    step = max(1, total // 100)
+    progress(0, total)
+
+    def report(done: int) -> None:
+        if done == total or done % step == 0:
+            progress(done, total)
+    return report
+
+
+def reduce_numpy(data: np.ndarray, plan: _Plan, n_threads: int, progress: Any = None) -> np.ndarray:
     """An array in memory (also ``np.memmap``) → ``(scan_y, scan_x, n_masks)`` float64,
-    runs of frames within a scan row spread over ``n_threads`` threads."""
+    runs of frames within a scan row spread over ``n_threads`` threads; ``progress(done,
+    total)`` follows those runs."""
     ny, nx, ky, kx = data.shape
     n_masks = sum(g.shape[1] for g in plan.mask_groups)
     out = np.empty((ny, nx, n_masks), dtype=np.float64)
@@ -145,23 +160,28 @@ def reduce_numpy(data: np.ndarray, plan: _Plan, n_threads: int) -> np.ndarray:
         frames = data[iy, x0:x1].reshape(x1 - x0, ky * kx)
         reduce_frames(frames, plan, out[iy, x0:x1])
 
+    report = _throttled(progress, len(tasks))
     with single_blas_thread():
         if n_threads <= 1 or len(tasks) == 1:
-            for task in tasks:
+            for done, task in enumerate(tasks, 1):
                 run(task)
+                if report is not None:
+                    report(done)
         else:
             from concurrent.futures import ThreadPoolExecutor
 
             with ThreadPoolExecutor(max_workers=n_threads) as pool:
-                for _ in pool.map(run, tasks):
-                    pass
+                for done, _ in enumerate(pool.map(run, tasks), 1):
+                    if report is not None:
+                        report(done)
     return out
 
 
 def reduce_dask(data: Any, plan: _Plan, client: Any, progress: Any = None) -> np.ndarray:
     """A dask array (or anything dask can wrap) → ``(scan_y, scan_x, n_masks)`` float64, on
     dask's current scheduler or, with ``client`` (a client or a scheduler address), on a
-    cluster; ``progress(done, total)`` follows the cluster's blocks."""
+    cluster; ``progress(done, total)`` follows the blocks as they are reduced (here or on the
+    cluster)."""
     import dask.array as da
 
     darr = data if is_dask(data) else da.from_array(data, chunks=_chunks_for(data))
@@ -176,7 +196,7 @@ def reduce_dask(data: Any, plan: _Plan, client: Any, progress: Any = None) -> np
     )
     if client is None:
         # Local threads share this process's BLAS: limit it once for the whole pass.
-        with single_blas_thread():
+        with single_blas_thread(), _BlocksDone(reduced, progress):
             return np.asarray(reduced.compute())[:, :, 0, :]
     own_client = None
     if isinstance(client, str):
@@ -198,6 +218,34 @@ def reduce_dask(data: Any, plan: _Plan, client: Any, progress: Any = None) -> np
     finally:
         if own_client is not None:
             own_client.close()
+
+
+class _BlocksDone:
+    """A dask callback counting the reduced blocks of a local pass (``progress(done, total)``
+    from dask's worker threads), or nothing without ``progress``."""
+
+    def __init__(self, reduced: Any, progress: Any):
+        self.name, self.total, self.progress = reduced.name, int(np.prod(reduced.numblocks)), progress
+        self.done, self.callback = 0, None
+
+    def __enter__(self) -> None:
+        if self.progress is None:
+            return
+        from dask.callbacks import Callback
+
+        report = _throttled(self.progress, self.total)
+
+        def posttask(key: Any, result: Any, dsk: Any, state: Any, worker_id: Any) -> None:
+            if isinstance(key, tuple) and key and key[0] == self.name:
+                self.done += 1
+                report(self.done)
+
+        self.callback = Callback(posttask=posttask)
+        self.callback.__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.callback is not None:
+            self.callback.__exit__(*exc)
 
 
 def _chunks_for(data: Any) -> Any:

@@ -257,8 +257,9 @@ def reduce_masks(
         ``"auto"`` (float32 products for ≤ 32-bit float and ≤ 16-bit integer data,
         float64 otherwise), ``"float32"`` or ``"float64"``. Results are always float64.
     progress
-        With ``client``: called as ``progress(done, total)`` while the cluster's tasks finish
-        (``done`` from 0 to ``total`` blocks), in the calling thread.
+        Called as ``progress(done, total)`` as the pass goes (``done`` from 0 to ``total``
+        blocks): the cluster's tasks as they finish, or this process's blocks (possibly from
+        a worker thread).
 
     Returns
     -------
@@ -295,8 +296,8 @@ def reduce_masks(
 
     def reduce(plan: _Plan) -> np.ndarray:
         if client is None and isinstance(data, np.ndarray):
-            return _reduce_numpy(data, plan, threads)
-        return _reduce_dask(data, plan, client, progress if client is not None else None)
+            return _reduce_numpy(data, plan, threads, progress)
+        return _reduce_dask(data, plan, client, progress)
 
     values = reduce(plan)
     if dtype != np.float64 and not np.all(np.isfinite(values)):

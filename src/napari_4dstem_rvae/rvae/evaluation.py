@@ -85,12 +85,12 @@ class Evaluation:
 
 
     # -- maps and diagnostics ------------------------------------------------------------------
-    def maps(self, batch_size: int = 256, novelty: bool = False) -> LatentMaps:
+    def maps(self, batch_size: int = 256, novelty: bool = False, progress: Any = None) -> LatentMaps:
         """Encode every probe position (the whole scan, not only the training region);
-        ``novelty``: with the novelty map."""
+        ``novelty``: with the novelty map; ``progress(done, total)``: patterns encoded."""
         if self.patterns is None:
             raise ValueError("this trainer has no data: use infer.encode(model, data)")
-        return encode(self.model, self.patterns, batch_size, novelty=novelty)
+        return encode(self.model, self.patterns, batch_size, novelty=novelty, progress=progress)
 
     def correlate(self) -> Diagnostics:
         """Maps now and their correlation with the COM maps; keeps the best state if asked."""

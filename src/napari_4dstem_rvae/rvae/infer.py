@@ -268,14 +268,15 @@ def maps_from(values: dict[str, np.ndarray], scan_shape: tuple[int, int], model:
     )
 
 
-def encode(model: RVAE, data: Any, batch_size: int | None = None, novelty: bool = False) -> LatentMaps:
+def encode(model: RVAE, data: Any, batch_size: int | None = None, novelty: bool = False,
+           progress: Any = None) -> LatentMaps:
     """Encode every probe position of ``data`` (Dataset4D, numpy or dask, 4D) to maps.
 
     The model's detector shape must match the data's; data are streamed in batches of
     ``batch_size`` patterns (default :data:`ENCODE_BATCH` for the model's device; lazy data
     block of scan rows by block). ``novelty``: also the
     novelty map (each pattern decoded with its posterior means; costs about as much as the
-    encoding again).
+    encoding again). ``progress(done, total)``: patterns encoded so far.
     """
     patterns = as_patterns(data)
     if patterns.det_shape != model.det_shape:
@@ -291,9 +292,15 @@ def encode(model: RVAE, data: Any, batch_size: int | None = None, novelty: bool 
     was_training = model.training
     model.eval()
     bad: list[int] = []
+    done = 0
+    if progress is not None:
+        progress(0, n)
     try:
         for index, block in _batches(patterns, batch_size, bad=bad):
             post = encode_batch(model, block.reshape(len(block), *patterns.det_shape), novelty, pixels)
+            done += len(block)
+            if progress is not None:
+                progress(done, n)
             for key, value in post.items():
                 if key not in values:
                     values[key] = np.empty((n, *value.shape[1:]), np.float32)

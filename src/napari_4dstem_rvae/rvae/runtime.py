@@ -106,16 +106,10 @@ def resolve_device(name: str) -> torch.device:
 
 
 def check_mask(mask: Any, shape: tuple[int, int], name: str) -> np.ndarray | None:
-    if mask is None:
-        return None
-    mask = np.asarray(mask)
-    if mask.shape != tuple(shape):
-        raise ValueError(f"{name} has shape {mask.shape}, expected {tuple(shape)}")
-    if mask.dtype != bool:
-        if not np.isin(mask, (0, 1)).all():
-            raise ValueError(f"{name} must be boolean (or 0/1), got values other than 0 and 1")
-        mask = mask.astype(bool)
-    return mask
+    """:func:`napari_4dstem_rvae.dataset.scan_mask` (the one check of a region, for every door)."""
+    from ..dataset import scan_mask
+
+    return scan_mask(mask, shape, name)
 
 
 def adam(parameters: list[torch.nn.Parameter], lr: float) -> torch.optim.Adam:

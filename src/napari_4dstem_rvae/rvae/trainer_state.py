@@ -6,7 +6,7 @@ plain values and tensors (:func:`state_of`), and the trainer rebuilt from it (:f
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -16,10 +16,10 @@ from .config import RVAEConfig
 from .diagnostics import Diagnostics
 from .runtime import empty_sums
 
-if TYPE_CHECKING:
-    from .train import Trainer
-
-T = TypeVar("T", bound="Trainer")
+#: A :class:`~.train.Trainer` (or subclass): the class is passed in, never imported here, so
+#: that the trainer and its state do not import each other.
+Trainer = Any
+T = TypeVar("T")
 
 
 def state_of(trainer: Trainer) -> dict[str, Any]:

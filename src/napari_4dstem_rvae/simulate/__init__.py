@@ -1,4 +1,5 @@
-"""Physics-based simulation for sample data, tests and benchmarks: 4D-STEM of monolayer graphene.
+"""Physics-based simulation for sample data, tests and benchmarks: 4D-STEM of monolayer graphene
+and of a thick ZnS crystal.
 
 The default call reproduces the conditions of the published rVAE study of graphene
 (Oxley, Ziatdinov, Kalinin et al.): 60 kV, aberration-free probe with a 31 mrad
@@ -12,8 +13,8 @@ Physics (references: E. J. Kirkland, *Advanced Computing in Electron Microscopy*
   σ = 2π / (λ V) · (m0c² + eV) / (2 m0c² + eV) in rad / (V·Å) (Kirkland ch. 5).
 - **Projected atomic potential.** Kirkland's fit of the electron scattering factor
   (Kirkland appendix C, three Lorentzians plus three Gaussians),
-  f_e(q) = Σ a_i / (q² + b_i) + Σ c_i exp(−d_i q²), q in 1/Å, coefficients for C (Z = 6)
-  and Si (Z = 14). In real space the projected potential of one atom is
+  f_e(q) = Σ a_i / (q² + b_i) + Σ c_i exp(−d_i q²), q in 1/Å, coefficients for C (Z = 6),
+  Si (Z = 14), S (Z = 16) and Zn (Z = 30). In real space the projected potential of one atom is
   v_z(r) = 4π² a0 e Σ a_i K0(2π r √b_i) + 2π² a0 e Σ (c_i/d_i) exp(−π² r² / d_i)
   (Kirkland ch. 5, :func:`atom_projected_potential`). Its 2D Fourier transform is
   2π a0 e f_e(q), which is how :func:`projected_potential` builds the potential of the
@@ -66,9 +67,18 @@ supercell is a whole number of such cells. One carbon atom sits exactly at the s
 position ``(scan_y // 2, scan_x // 2)``; the ``defect`` options remove it (vacancy) or
 replace it by silicon.
 
+Thick specimens: :func:`zns` simulates zincblende ZnS viewed along [011] (the study's
+Fig. 4: 60 kV, 31 mrad, 76 Å thick, a 0.75 Å FWHM source) by multislice
+(:mod:`.multislice`: slices of Kirkland projected potentials, Fresnel propagation between
+them, both band-limited to ⅔ of the grid's Nyquist frequency, an absorptive potential or
+frozen phonons), for the periodic crystal exactly from a Nyquist-sampled grid of probe
+positions over one cell, the partial coherence applied exactly in Fourier space (:mod:`.zns`).
+
 Modules: :mod:`.potentials` (beam constants, Kirkland potentials, transmission function),
 :mod:`.stem4d` (probe, patterns, detector rebinning, partial coherence, noise),
-:mod:`.graphene` (lattice, defects, the calibrated data set).
+:mod:`.graphene` (lattice, defects, the calibrated data set), :mod:`.multislice` (slices,
+propagator, absorptive transmission, multislice patterns, periodic scans), :mod:`.zns`
+(the zincblende [011] cell and the ZnS data set).
 
 Only numpy is imported at module level; scipy is imported inside functions.
 """
@@ -93,10 +103,24 @@ from .potentials import (
     projected_potential,
     transmission_function,
 )
+from .multislice import (
+    band_limit,
+    fresnel_propagator,
+    multislice,
+    periodic_scan,
+    probe_grid_for_cell,
+    simulate_multislice,
+    slice_atoms,
+    slice_transmission,
+)
 from .stem4d import simulate_4dstem
+from .zns import ZNS_LATTICE_CONSTANT, zincblende_011_cell, zns
 
 __all__ = [
     "BOHR_RADIUS_ANGSTROM", "ELECTRON_CHARGE_VOLT_ANGSTROM", "KIRKLAND_COEFFICIENTS", "DEFECTS", "GRAPHENE_LATTICE_CONSTANT", "atom_projected_potential", "electron_scattering_factor",
     "graphene", "graphene_cell", "graphene_supercell", "interaction_constant", "projected_potential",
     "simulate_4dstem", "transmission_function",
+    "ZNS_LATTICE_CONSTANT", "band_limit", "fresnel_propagator", "multislice", "periodic_scan",
+    "probe_grid_for_cell", "simulate_multislice", "slice_atoms", "slice_transmission",
+    "zincblende_011_cell", "zns",
 ]

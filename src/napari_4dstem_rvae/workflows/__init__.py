@@ -24,7 +24,8 @@ from typing import Any
 _PUBLIC = {
     # runs and their events
     "STEMRun": ".workflows.stem", "RunOptions": ".workflows.stem", "named_maps": ".workflows.stem",
-    "load_roi": ".workflows.stem", "open_dataset": ".workflows.stem", "run": ".workflows.stem",
+    "load_roi": ".workflows.stem", "open_dataset": ".workflows.stem", "run": ".workflows.calls",
+    "run_atoms": ".workflows.calls",
     "AtomRun": ".workflows.atoms", "AtomOptions": ".workflows.atoms", "AtomResult": ".workflows.atoms",
     "PRESETS": ".workflows.atoms", "RVAE_FIELDS": ".workflows.atoms", "analyse": ".workflows.atoms",
     "find": ".workflows.atoms", "frame_histograms": ".workflows.atoms", "parse_length": ".workflows.atoms",

@@ -3,6 +3,7 @@ and figure paths of ``--out``, the training region, the overview detectors."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,9 +42,10 @@ def output_paths(out: str | os.PathLike, stem: str, inputs: Any = ()) -> tuple[P
 
 
 def load_roi(roi: Any, scan_shape: tuple[int, int]) -> np.ndarray | None:
-    """A training region as a boolean (scan_y, scan_x) mask: an array or a ``.npy`` file of one.
-    Booleans and 0/1 integers are taken as they are; any other values (e.g. a float mask) are
-    refused in one sentence instead of being taken as "everywhere"."""
+    """A training region as a boolean (scan_y, scan_x) mask: an array or a ``.npy`` file of one,
+    checked by :func:`~napari_4dstem_rvae.dataset.scan_mask` (booleans or 0/1 only)."""
+    from ..dataset import scan_mask
+
     if roi is None:
         return None
     what = "--roi"
@@ -53,16 +55,7 @@ def load_roi(roi: Any, scan_shape: tuple[int, int]) -> np.ndarray | None:
             roi = np.load(os.fspath(roi), allow_pickle=False)
         except (OSError, ValueError) as exc:
             raise ValueError(f"{what}: not a readable .npy mask ({exc})") from exc
-    roi = np.asarray(roi)
-    if roi.shape != tuple(scan_shape):
-        raise ValueError(f"{what}: the mask has shape {roi.shape}; expected the scan shape {tuple(scan_shape)}")
-    if roi.dtype != bool:
-        values = np.unique(roi)
-        if roi.dtype.kind not in "iuf" or not np.isin(values, (0, 1)).all():
-            shown = ", ".join(f"{v:g}" for v in values[:4]) + (" …" if len(values) > 4 else "")
-            raise ValueError(f"{what}: expected a mask of booleans or 0/1 values (the training positions), found "
-                             f"{roi.dtype} values {shown}; threshold it first, e.g. numpy.save(path, mask > 0.5)")
-    roi = roi.astype(bool)
+    roi = scan_mask(roi, scan_shape, what)
     if not roi.any():
         raise ValueError(f"{what}: the mask selects no probe position")
     return roi
@@ -114,3 +107,33 @@ def prepared_data(ds: Dataset4D, factor: int, store: Path | None, mode: str, ran
         if rank:
             prepared, _ = write_reduced_store(binned, store)
     return prepared
+
+
+def data_of_checkpoint(state: dict, dataset: Dataset4D, path: Any) -> tuple[Dataset4D, int | None]:
+    """The data a checkpoint's model was trained on, made again from ``dataset``: the detector
+    binned to the checkpoint's size, the mean pattern subtracted and the patterns pooled when
+    the checkpoint's data were. Returns the data and the binning target (None: none)."""
+    from ..processing.chain import prepare_for_rvae
+    from ..processing.pooling import pool_patterns
+
+    steps = {p.get("step"): p for p in state.get("provenance", []) if isinstance(p, dict)}
+    subtract = "subtract_mean_pattern" in steps and "subtract_mean_pattern" not in \
+        [p.get("step") for p in dataset.provenance]
+    target = min(int(v) for v in state["det_shape"])
+    binned = target if min(dataset.det_shape) > target else None
+    prepared = prepare_for_rvae(dataset, binned, subtract_mean=subtract)
+    if tuple(prepared.scan_shape) != tuple(state.get("scan_shape", prepared.scan_shape)):
+        raise ValueError(f"checkpoint {path} was trained on a scan of {tuple(state['scan_shape'])} "
+                         f"positions; this data set has {prepared.scan_shape}")
+    pooling = steps.get("pooling")
+    if pooling is not None and not prepared.is_lazy:
+        from ..rvae.data import as_patterns, looks_like_counts
+
+        counts = looks_like_counts(as_patterns(prepared), np.arange(int(np.prod(prepared.scan_shape))))
+        from ..rvae.infer import scan_step_angstrom
+
+        pooled = pool_patterns(np.asarray(prepared.data), pooling["mode"], counts=counts,
+                               step_angstrom=scan_step_angstrom(prepared))
+        prepared = dataclasses.replace(prepared, data=pooled.data, frame_source=None,
+                                       provenance=prepared.provenance + (dict(pooling),))
+    return prepared, binned

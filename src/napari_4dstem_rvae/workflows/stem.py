@@ -25,6 +25,7 @@ from ..dataset import Dataset4D
 from ..options import option
 from ..processing.chain import RVAE_DETECTOR_PIXELS
 from .cluster import cluster
+from .pooling import POOLING_CHOICES, pooled_data, with_measured_novelty
 from .inputs import com_images, load_roi, open_dataset, output_paths, overview_masks, prepared_data
 from .events import Done, Event, Maps, Message, Progress, epoch_event, named_maps, relay, reporting
 
@@ -40,6 +41,11 @@ class RunOptions:
         RVAE_DETECTOR_PIXELS, "detector pixels after binning, as the study did (it binned to 64); counts stay "
         "counts", flag="bin", label="bin the detector to", unit="px", none="no binning", minimum=0,
         maximum=4096)
+    pooling: str = option(
+        "auto", "pool each pattern with its neighbours before the rVAE: lattice (the scan's periodic average plus "
+        "the pooled residual), neighbours (a Gaussian mean), none; auto: lattice for counts, none otherwise — "
+        "the width is chosen from the data; the novelty map always uses the measured patterns",
+        choices=POOLING_CHOICES)
     reduced: str = option(
         "auto", "write the binned patterns once to RESULTS.reduced.zarr and train and encode from it: when they "
         "exceed the memory budget (auto), always, or never (re-read the file)", choices=REDUCED, advanced=True,
@@ -51,6 +57,8 @@ class RunOptions:
     def __post_init__(self) -> None:
         if self.bin_to is not None and int(self.bin_to) < 0:
             raise ValueError(f"--bin must be a number of detector pixels ≥ 0 (0: no binning), got {self.bin_to}")
+        if self.pooling not in POOLING_CHOICES:
+            raise ValueError(f"--pooling must be one of {POOLING_CHOICES}, got {self.pooling!r}")
         if self.reduced not in REDUCED:
             raise ValueError(f"reduced must be one of {REDUCED}, got {self.reduced!r}")
         if self.checkpoint_every is not None and int(self.checkpoint_every) < 1:
@@ -114,7 +122,10 @@ class STEMRun:
             self.results_file, self.png_file = output_paths(out, "results", self.inputs)
             if self.png_file.name == "results.png":
                 self.png_file = self.png_file.with_name("overview.png")
-        self.prepared: Dataset4D | None = None
+        self.prepared: Dataset4D | None = None   # what the rVAE sees (binned, pooled)
+        self.measured: Dataset4D | None = None   # binned, as measured (the novelty's)
+        self.pooled: Any = None                  # processing.pooling.Pooled, when pooled
+        self.counts = False
         self.trainer: Any = None
         self.result: Any = None        # rvae.RVAEResult of the final maps
         self.roi: np.ndarray | None = None
@@ -221,24 +232,19 @@ class STEMRun:
         from ..processing.chain import detector_bin_factor
 
         factor = detector_bin_factor(ds.det_shape, self.options.bin_to)
-        self.prepared = yield from prepared_data(ds, factor, self.store, self.options.reduced, rank)
+        self.measured = yield from prepared_data(ds, factor, self.store, self.options.reduced, rank)
+        self.counts = counts = looks_like_counts(as_patterns(self.measured),
+                                                 np.arange(int(np.prod(self.measured.scan_shape))))
+        self.prepared, self.pooled = yield from pooled_data(self.measured, self.options.pooling, counts)
         cfg = self.config
         likelihood = resolve_likelihood(cfg, self.prepared)
-        counts = looks_like_counts(as_patterns(self.prepared), np.arange(int(np.prod(self.prepared.scan_shape))))
         yield Message(
             f"rVAE input: {self.prepared.shape} (detector binned ×{factor}), {'counts' if counts else 'not counts'}; "
             f"likelihood {likelihood}{' (auto)' if cfg.likelihood == 'auto' else ''}; novelty with "
             f"{'Poisson' if counts else 'Gaussian'} noise; epoch selection: {describe(cfg, True)}"
             + (f"; {cfg.restarts} restarts" if cfg.restarts > 1 else ""))
         self.config = cfg = cfg.replace(likelihood=likelihood)
-        from ..rvae.parallel import world
-
-        ranks = world()[1]
-        if ranks > 1:
-            import torch.distributed as dist
-
-            yield Message(f"training on {ranks} processes together (torchrun, {dist.get_backend()}; "
-                          f"{cfg.threads or 'default'} threads each); rank 0 writes the results")
+        yield from _torchrun_note(cfg)
         start_from = self._checkpoint_to_resume()
         maps = dict(com_magnitude=com.magnitude, com_angle=com.angle)
         if start_from is not None:
@@ -302,8 +308,10 @@ class STEMRun:
             return
         if chosen != trainer.epoch:
             yield Message(f"maps from epoch {chosen} of {trainer.epoch} ({describe(trainer.config, True)})")
-        if client is None:
-            maps = trainer.maps(novelty=True)
+        if client is None or self.pooled is not None:  # pooled patterns live in this process
+            maps = yield from reporting(trainer.maps, "encoding", novelty=True, unit="patterns", stop=stop)
+            if self.pooled is not None:
+                maps = with_measured_novelty(maps, self.measured, self.counts)
         else:
             maps = yield from self._encode_on_cluster(client, stop)
             if maps is None:
@@ -354,7 +362,14 @@ class STEMRun:
                 "roi_positions": None if self.roi is None else int(self.roi.sum()),
                 "epoch_selection": describe(config, True), "rvae": config.to_dict(),
                 "com_options": self.com_options.describe(),
+                "pooling": {"asked": self.options.pooling, **(self.pooled.describe(self._step()) if self.pooled
+                                                              else {"mode": "none"})},
                 "restart_scores": getattr(self.trainer, "restart_scores", None), "resumed_from": self.started_from}
+
+    def _step(self) -> float | None:
+        from ..rvae.infer import scan_step_angstrom
+
+        return scan_step_angstrom(self.dataset)
 
     def write(self, path: Any = None) -> dict[str, str]:
         """Write the results file (images, COM, rVAE maps, parameters, provenance) and the
@@ -394,19 +409,11 @@ class STEMRun:
     def from_checkpoint(cls, path: Any, dataset: Dataset4D, name: str = "") -> STEMRun:
         """A run over ``dataset`` continuing the training saved in checkpoint ``path`` (the
         detector binned as the checkpoint says)."""
-        from ..processing.chain import prepare_for_rvae
         from ..rvae import Trainer, read_checkpoint
+        from .inputs import data_of_checkpoint
 
         state = read_checkpoint(path)
-        steps = [p.get("step") for p in state.get("provenance", []) if isinstance(p, dict)]
-        subtract = "subtract_mean_pattern" in steps and "subtract_mean_pattern" not in \
-            [p.get("step") for p in dataset.provenance]
-        target = min(int(v) for v in state["det_shape"])
-        binned = target if min(dataset.det_shape) > target else None
-        prepared = prepare_for_rvae(dataset, binned, subtract_mean=subtract)
-        if tuple(prepared.scan_shape) != tuple(state.get("scan_shape", prepared.scan_shape)):
-            raise ValueError(f"checkpoint {path} was trained on a scan of {tuple(state['scan_shape'])} "
-                             f"positions; this data set has {prepared.scan_shape}")
+        prepared, binned = data_of_checkpoint(state, dataset, path)
         trainer = Trainer.from_state(state, prepared)
         run = cls(dataset, config=trainer.config, options=RunOptions(bin_to=binned), name=name)
         run.prepared, run.trainer, run.started_from = prepared, trainer, os.fspath(path)
@@ -429,23 +436,13 @@ class STEMRun:
         return self.trainer.save(path)
 
 
-def run(source: Any, out: Any = None, *, log: Any = None, **settings: Any) -> STEMRun:
-    """:class:`STEMRun` to the end in one call (notebooks, scripts): ``settings`` are fields of
-    :class:`~napari_4dstem_rvae.rvae.RVAEConfig` (``epochs=50``, ``latent_dim=3`` …), of
-    :class:`RunOptions` (``bin_to=16``) or arguments of :class:`STEMRun` (``roi=``,
-    ``resume=``, ``client=`` …); ``log``: called with each message. The run is returned:
-    ``.result`` (the :class:`~napari_4dstem_rvae.rvae.RVAEResult`), ``.outputs`` (paths)."""
-    import dataclasses
+def _torchrun_note(config: Any) -> Iterator[Message]:
+    """Under torchrun: a message saying how many processes train together."""
+    from ..rvae.parallel import world
 
-    from ..rvae.config import RVAEConfig
+    ranks = world()[1]
+    if ranks > 1:
+        import torch.distributed as dist
 
-    fields = {f.name for f in dataclasses.fields(RVAEConfig)}
-    own = {f.name for f in dataclasses.fields(RunOptions)}
-    config = RVAEConfig().replace(**{k: settings.pop(k) for k in list(settings) if k in fields
-                                     and settings[k] is not None})
-    options = RunOptions(**{k: settings.pop(k) for k in list(settings) if k in own})
-    stem = STEMRun(source, out, config=config, options=options, **settings)
-    for event in stem.events():
-        if isinstance(event, Message) and log is not None:
-            log(event.text)
-    return stem
+        yield Message(f"training on {ranks} processes together (torchrun, {dist.get_backend()}; "
+                      f"{config.threads or 'default'} threads each); rank 0 writes the results")

@@ -56,8 +56,7 @@ def test_hdf5_writer_roundtrip_through_napari(make_napari_viewer, dataset, tmp_p
     assert saved == [path]
     originals = {layer.name: (layer.data.copy(), tuple(layer.scale), tuple(layer.translate)) for layer in viewer.layers}
     viewer.layers.clear()
-    viewer.open(path, plugin=PLUGIN)  # added (or updated) by name in the viewer
-    viewer.open(path, plugin=PLUGIN)
+    viewer.open(path, plugin=PLUGIN)  # layer data, returned to napari like any other file's
     layers = list(viewer.layers)
     assert sorted(layer.name for layer in layers) == sorted(originals)
     for layer in layers:
@@ -104,3 +103,23 @@ def test_results_file_reopens_aligned(dataset, tmp_path):
     np.testing.assert_allclose(layers[3][0], 2.0)
     np.testing.assert_allclose(layers[1][0], np.degrees(0.1), rtol=1e-6)  # spread shown in degrees too
     assert layers[1][1]["colormap"] == "magma"
+
+
+def test_the_maps_writer_never_writes_over_the_data_set_file(dataset, tmp_path):
+    """The layer writer guards its output like every writer: not the file of the data set behind
+    the maps (nor a foreign file); the file is left as it was."""
+    from dataclasses import replace
+
+    from napari_4dstem_rvae._napari.writers import write_hdf5
+    from napari_4dstem_rvae.io import save_dataset
+
+    source = save_dataset(dataset, tmp_path / "scan.h5")
+    before = (tmp_path / "scan.h5").read_bytes()
+    layer = map_layer_data("latents", np.ones((6, 8)), replace(dataset, source=source), title="rVAE latent 1")
+    with pytest.raises(ValueError, match="is the input"):
+        write_hdf5(source, [layer])
+    assert (tmp_path / "scan.h5").read_bytes() == before
+    (tmp_path / "notes.h5").write_bytes(b"someone else's file")
+    with pytest.raises(ValueError, match="not a results file"):
+        write_hdf5(str(tmp_path / "notes.h5"), [layer])
+    assert write_hdf5(str(tmp_path / "maps.h5"), [layer]) == [str(tmp_path / "maps.h5")]

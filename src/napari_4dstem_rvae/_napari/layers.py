@@ -8,7 +8,7 @@ behind it (:func:`find_dataset`). Maps are styled from the one map schema
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -56,25 +56,29 @@ def scan_geometry(source: Dataset4D | Calibration | None) -> dict[str, Any]:
     return geometry
 
 
-def iter_virtual_image(dataset: Dataset4D, mask: np.ndarray,
-                       target_bytes: int = 128 * 2**20) -> Iterator[tuple[tuple[slice, slice], np.ndarray]]:
-    """Virtual image ``Σ_k data[y, x, k] · mask[k]`` block by block of the scan (the one-pass
-    engine on each block), so that a caller can show progress and partial results.
-
-    Yields ``((rows, cols), values)``; reads each chunk of the file once.
-    """
-    from ..workflows import reduce_masks
-    from ..workflows import iter_frame_blocks
-
-    for where, block in iter_frame_blocks(dataset.data, target_bytes):
-        yield where, reduce_masks(block, {"image": mask}, n_threads=1, nonfinite="nan")["image"]
-
-
 def virtual_image(dataset: Dataset4D, mask: np.ndarray) -> np.ndarray:
     """The whole virtual image (scan_y, scan_x), float64, in one pass."""
     from ..workflows import reduce_masks
 
     return reduce_masks(dataset.data, {"image": mask}, nonfinite="nan")["image"]
+
+
+def lazy_virtual_image(dataset: Dataset4D, mask: np.ndarray) -> Any:
+    """The virtual image as a lazy dask array (scan_y, scan_x): each chunk of scan rows reduced
+    when napari draws it, so that opening a large file reads nothing."""
+    import dask.array as da
+
+    from ..workflows import reduce_masks
+
+    data = dataset.data if hasattr(dataset.data, "map_blocks") else da.from_array(dataset.data)
+    data = data.rechunk({2: -1, 3: -1})
+    weights = np.asarray(mask, np.float32)
+
+    def block_image(block: np.ndarray) -> np.ndarray:
+        return reduce_masks(block, {"image": weights}, n_threads=1, nonfinite="nan")["image"].astype(np.float32)
+
+    return data.map_blocks(block_image, drop_axis=(2, 3), dtype=np.float32,
+                           meta=np.empty((0, 0), np.float32))
 
 
 def real_space_layer_data(dataset: Dataset4D, image: np.ndarray, name: str,
@@ -86,9 +90,10 @@ def real_space_layer_data(dataset: Dataset4D, image: np.ndarray, name: str,
                                              "detector": spec.title, **(extra or {})}}
     kwargs = {"name": f"{dataset.name} {spec.title}", "metadata": meta, "colormap": spec.cmap,
               **scan_geometry(dataset)}
-    finite = np.isfinite(image)
-    if finite.any() and np.ptp(image[finite]) > 0:
-        kwargs["contrast_limits"] = (float(image[finite].min()), float(image[finite].max()))
+    if isinstance(image, np.ndarray):  # a lazy image: napari finds its range when drawn
+        finite = np.isfinite(image)
+        if finite.any() and np.ptp(image[finite]) > 0:
+            kwargs["contrast_limits"] = (float(image[finite].min()), float(image[finite].max()))
     return (image, kwargs, "image")
 
 

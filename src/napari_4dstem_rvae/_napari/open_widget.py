@@ -106,9 +106,7 @@ class OpenWidget(Container):
             self._error(f"{path}: could not be read ({type(exc).__name__}: {exc})")
             return []
         added = []
-        for item in layer_data_for(dataset, viewer=self.viewer):
-            if item[0] is None:
-                continue
+        for item in layer_data_for(dataset):
             data, kwargs, _ = item
             added.append(self.viewer.add_image(data, **kwargs))
         self.status.value = f"Opened {dataset.name}: {dataset.shape}" if added else self.status.value

@@ -138,9 +138,7 @@ class PreprocessWidget(WorkerMixin, Container):
         def done(result):
             self.result = result
             result.metadata["name"] = f"{ds.name} processed"
-            for item in layer_data_for(result, viewer=self.viewer):
-                if item[0] is None:
-                    continue
+            for item in layer_data_for(result):
                 data, kwargs, layer_type = item
                 kwargs["name"] = f"{source_layer.name} processed"
                 upsert_layer(self.viewer, (data, kwargs, layer_type))

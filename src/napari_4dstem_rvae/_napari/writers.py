@@ -36,14 +36,16 @@ def write_hdf5(path: str, layer_data: list[tuple]) -> list[str]:
     images = [(d, m) for d, m, t in layer_data if t == "image"]
     if not images:
         return []
-    calibration = None
+    calibration, sources = None, []
     for _, meta in images:
         holder = type("Layer", (), {"metadata": meta.get("metadata", {})})()
         dataset = find_dataset(holder)
         if dataset is not None:
-            calibration = dataset.calibration
-            break
-    return [write_layer_maps(path, [_layer_map(d, m) for d, m in images], calibration)]
+            calibration = calibration or dataset.calibration
+            if dataset.source:
+                sources.append(dataset.source)  # never written over: the results writer refuses it
+    return [write_layer_maps(path, [_layer_map(d, m) for d, m in images], calibration, inputs=sources,
+                             what="the maps' file")]
 
 
 def write_tiff(path: str, layer_data: list[tuple]) -> list[str]:

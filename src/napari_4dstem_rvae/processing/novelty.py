@@ -24,12 +24,14 @@ detector region of a 4D scan):
    same way, so the projected residuals are averaged over ``0.25 Å`` (a Gaussian, normalised
    at the scan's edges) before they are squared: the defect's change adds up, the noise
    averages out (squaring first would pool the noise's variance too).
-4. The novelty is the larger of the pooled and the single-position robust z-scores of that
-   χ² (a single odd pattern keeps its own score).
+4. The novelty is the largest of the robust z-scores of the pooled and the single-position
+   χ² and of the single position's χ² over all blocks (a single odd pattern keeps its own
+   score, also when it changes the pattern unlike the lattice does).
 
 The lattice (``g₁, g₂``, in cycles per probe step) is found from the data: the strongest peaks
 of the power spectrum of the leading principal-component maps of the block intensities
-(smoothed over one probe step for counts, so that low doses still show it), refined by least
+(smoothed over one probe step for counts, so that low doses still show it; two steps would
+lend random noise a lattice), refined by least
 squares. When the scan shows no lattice (the periodic fit explains less than half of the
 variation of the principal-component maps), :func:`lattice_novelty` returns ``None`` and the
 caller falls back to the model's own residual. Measured in ``benchmarks/bench_rvae_quality.py``.
@@ -165,11 +167,8 @@ def lattice_novelty(blocks: np.ndarray, scan_shape: tuple[int, int], step_angstr
     valid = np.ones(n, bool) if valid is None else np.asarray(valid, bool) & np.isfinite(blocks).all(1)
     if min(sy, sx) < 8 or valid.sum() < 64:
         return None
-    found = None
-    for smooth in ((1.0, 2.0) if counts else (0.0,)):  # low doses: pooled wider if need be
-        found = _lattice_of(blocks, valid, scan_shape, counts, smooth)
-        if found is not None and found[1] >= MIN_PERIODIC_SHARE:
-            break
+    # counts: smoothed over one probe step (wider smoothing lends random noise a "lattice")
+    found = _lattice_of(blocks, valid, scan_shape, counts, 1.0 if counts else 0.0)
     if found is None or found[1] < MIN_PERIODIC_SHARE:
         return None
     g, share = found
@@ -183,7 +182,9 @@ def lattice_novelty(blocks: np.ndarray, scan_shape: tuple[int, int], step_angstr
     projected = np.zeros((n, directions.shape[0]))
     projected[valid] = standard @ directions.T
     single = np.where(valid, (projected ** 2).sum(1), np.nan).reshape(sy, sx)
-    z = robust_z(single)
+    everything = np.full(n, np.nan)
+    everything[valid] = (standard ** 2).sum(1)  # any change, also one unlike the lattice's own
+    z = np.fmax(robust_z(single), robust_z(everything.reshape(sy, sx)))
     sigma = smooth_angstrom / step_angstrom if step_angstrom else 1.0
     if sigma > 0.2:  # pooled: a defect changes every pattern within the probe's reach alike
         pooled = _pooled_chi2(projected.reshape(sy, sx, -1), valid.reshape(sy, sx), sigma)

@@ -13,8 +13,8 @@ draws its own noise and trains its own model with ``stem-rvae run``'s defaults (
 
 - ``perpattern`` — ``--pooling none`` on a 32 × 32 scan at 0.25 Å steps (a scan as coarse as
   the probe: nothing to pool), clean / 10⁵ / 10⁴;
-- ``pooled`` — the default (``auto`` = lattice pooling for counts) and ``none`` on a 64 × 64
-  scan at 0.1 Å steps (scans finer than the probe, as usual), 10⁵ / 10⁴ / 10³;
+- ``pooled`` — the default (``auto`` = lattice pooling for counts) on a 64 × 64 scan at 0.1 Å
+  steps (scans finer than the probe, as usual), 10⁵ / 10⁴ / 10³;
 - ``zns`` — ZnS [011], clean and 10⁴, the defaults.
 
 Columns: ``|r|`` — the largest |Pearson r| between a latent map and the COM magnitude of the
@@ -48,7 +48,7 @@ PARTS = {
     "perpattern": {"material": "graphene", "step": 0.25, "scan": 32, "doses": ("clean", "1e5", "1e4"),
                    "poolings": ("none",), "defects": ("none", "vacancy", "si")},
     "pooled": {"material": "graphene", "step": 0.1, "scan": 64, "doses": ("1e5", "1e4", "1e3"),
-               "poolings": ("auto", "none"), "defects": ("none", "vacancy", "si")},
+               "poolings": ("auto",), "defects": ("none", "vacancy", "si")},
     "zns": {"material": "zns", "step": None, "scan": 32, "doses": ("clean", "1e4"), "poolings": ("auto",),
             "defects": ("none",)},
 }

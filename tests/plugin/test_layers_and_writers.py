@@ -95,9 +95,9 @@ def test_results_file_reopens_aligned(dataset, tmp_path):
     path = write_results(tmp_path / "results.h5", calibration=dataset.calibration, scan_shape=(6, 8), rvae=maps)
     layers = stored_map_layers(read_results(path), prefix="results")
     names = [kw["name"] for _, kw, _ in layers]
-    assert names == ["results rVAE angle", "results rVAE angle spread", "results rVAE latent 1",
-                     "results rVAE latent 2", "results rVAE latent 1 spread", "results rVAE latent 2 spread",
-                     "results rVAE training region"]
+    assert names == ["rVAE angle · results", "rVAE angle spread · results", "rVAE latent 1 · results",
+                     "rVAE latent 2 · results", "rVAE latent 1 spread · results", "rVAE latent 2 spread · results",
+                     "rVAE training region · results"]
     np.testing.assert_allclose(layers[0][0], 90.0)  # radians stored, degrees shown
     assert layers[0][1]["scale"] == (0.5, 0.25) and layers[0][1]["translate"] == (1.0, -2.0)
     np.testing.assert_allclose(layers[3][0], 2.0)

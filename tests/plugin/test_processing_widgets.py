@@ -38,16 +38,16 @@ def test_com_widget_layers_match_compute_com(viewer_with_data, qtbot):
     click(qtbot, widget.run_button)
     wait_for_worker(qtbot, widget)
     expected = compute_com(ds, rotation=0.0, flip=False)
-    names = [f"disks COM {n}" for n in ("x", "y", "magnitude", "angle", "divergence", "curl", "colour wheel")]
+    names = [f"COM {n} · disks" for n in ("x", "y", "magnitude", "angle", "divergence", "curl", "colour wheel")]
     for name in names:
         layer = viewer.layers[name]
         assert layer.data.shape[:2] == ds.scan_shape
         np.testing.assert_allclose(layer.scale, adf.scale)
         np.testing.assert_allclose(layer.translate, adf.translate)
-    np.testing.assert_allclose(viewer.layers["disks COM x"].data, expected.x_mrad, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(viewer.layers["disks COM angle"].data, np.degrees(expected.angle), rtol=1e-5, atol=1e-4)
-    assert viewer.layers["disks COM angle"].colormap.name == "twilight_shifted"
-    assert viewer.layers["disks COM colour wheel"].rgb
+    np.testing.assert_allclose(viewer.layers["COM x · disks"].data, expected.x_mrad, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(viewer.layers["COM angle · disks"].data, np.degrees(expected.angle), rtol=1e-5, atol=1e-4)
+    assert viewer.layers["COM angle · disks"].colormap.name == "twilight_shifted"
+    assert viewer.layers["COM colour wheel · disks"].rgb
     # re-running updates by name: no copies pile up
     n_layers = len(viewer.layers)
     click(qtbot, widget.run_button)
@@ -66,7 +66,7 @@ def test_com_widget_runs_on_a_dask_scheduler_given_by_address(viewer_with_data, 
     widget.flip.value = "no"
     click(qtbot, widget.run_button)
     wait_for_worker(qtbot, widget)
-    here = viewer.layers["disks COM x"].data.copy()
+    here = viewer.layers["COM x · disks"].data.copy()
     n_layers = len(viewer.layers)
     statuses = []                                  # every text the status label shows
     show = widget.status._widget._mgui_set_value
@@ -82,7 +82,7 @@ def test_com_widget_runs_on_a_dask_scheduler_given_by_address(viewer_with_data, 
     assert counts and counts[0][0] == 0 and counts[-1][0] == counts[-1][1] >= 1, statuses
     assert [done for done, _ in counts] == sorted(done for done, _ in counts)
     assert len(viewer.layers) == n_layers                       # the same layers, updated
-    np.testing.assert_allclose(viewer.layers["disks COM x"].data, here, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(viewer.layers["COM x · disks"].data, here, rtol=1e-6, atol=1e-7)
     messages = []
     monkeypatch.setattr("napari_4dstem_rvae._napari.com_widget.notify_error", messages.append)
     widget.scheduler.value = "tcp://127.0.0.1:9"                # nothing listens there
@@ -139,7 +139,7 @@ def test_virtual_detector_widget_matches_masked_sum(viewer_with_data, qtbot):
     widget.inner.value, widget.outer.value = 7.0, 14.0
     click(qtbot, widget.run_button)
     wait_for_worker(qtbot, widget)
-    layer = viewer.layers["disks virtual detector"]
+    layer = viewer.layers["virtual detector · disks"]
     centre, inner, outer = widget.radii_px(ds)
     yy, xx = np.mgrid[0:32, 0:32]
     r = np.hypot(yy - centre[0], xx - centre[1])
@@ -168,11 +168,11 @@ def test_calibration_by_hand_on_open_and_for_a_loaded_data_set(make_napari_viewe
     ds = find_dataset(layer)
     assert ds.calibration.scan_step == 0.5 and ds.calibration.det_unit == "mrad"
     assert ds.provenance[-1]["step"] == "calibration"
-    assert layer.name.endswith("ADF")  # the calibration given makes the ADF image possible
+    assert layer.name.startswith("ADF · ")  # the calibration given makes the ADF image possible
     np.testing.assert_allclose(layer.scale, (0.5, 0.5))
     click(qtbot, dock.com.run_button)
     wait_for_worker(qtbot, dock.com)
-    com_x = viewer.layers[f"{ds.name} COM x"]
+    com_x = viewer.layers[f"COM x · {ds.name}"]
     panel = dock.calibration
     panel.layer.value = layer.name
     assert panel.fields.scan_step_y.value == 0.5

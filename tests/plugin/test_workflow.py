@@ -62,10 +62,10 @@ def test_whole_workflow_through_the_plugins_menu(make_napari_viewer, qtbot, tmp_
             wait_for_worker(qtbot, analysis.com)
             counts.append(len(viewer.layers))
         assert counts[0] == counts[1] == 1 + 7, [layer.name for layer in viewer.layers]
-        wheel = viewer.layers[f"{ds.name} COM colour wheel"]
+        wheel = viewer.layers[f"COM colour wheel · {ds.name}"]
         assert wheel.visible and 0 < wheel.opacity < 1
-        assert not viewer.layers[f"{ds.name} COM x"].visible  # one map at a time over the ADF
-        assert viewer.layers[f"{ds.name} COM magnitude"].metadata["napari_4dstem_rvae"]["unit"] == "mrad"
+        assert not viewer.layers[f"COM x · {ds.name}"].visible  # one map at a time over the ADF
+        assert viewer.layers[f"COM magnitude · {ds.name}"].metadata["napari_4dstem_rvae"]["unit"] == "mrad"
         assert not analysis.com.legend_canvas.isHidden()
 
         # -- virtual detector, twice ------------------------------------------------------
@@ -117,7 +117,7 @@ def test_whole_workflow_through_the_plugins_menu(make_napari_viewer, qtbot, tmp_
         trainer = train.session.trainer
         used = set(trainer.train_index.tolist()) | set(trainer.test_index.tolist())
         assert used == set(np.flatnonzero(mask.ravel()).tolist())
-        latent = viewer.layers[f"{adf.name} rVAE latent 1"]
+        latent = viewer.layers[f"rVAE latent 1 · {ds.name}"]
         np.testing.assert_allclose(latent.scale, adf.scale)
         assert latent.visible and latent.opacity < 1
 

@@ -86,7 +86,8 @@ class AnalysisWidget(QWidget):
         self.splitter.setStretchFactor(0, 1)
         self.splitter.setStretchFactor(1, 3)
         self._sized = False
-        self.splitter.setChildrenCollapsible(False)
+        self.splitter.setChildrenCollapsible(True)  # the pattern can be dragged away on a small screen
+        self.splitter.setCollapsible(1, False)
         # the diffraction pattern means nothing for an image series: the Atoms tab gets the
         # whole height (on a 1366 × 768 screen with the histogram dock, both would not fit)
         self.tabs.currentChanged.connect(self._tab_changed)
@@ -102,9 +103,12 @@ class AnalysisWidget(QWidget):
     def showEvent(self, event):  # noqa: N802 - Qt's name
         super().showEvent(event)
         if not self._sized and self.height() > 0:
-            # the pattern gets at most a third of the height (≤ 330 px), the stages the rest
+            # the pattern gets about 30 % of the height (140–330 px), the stages the rest; with
+            # the separate diffraction browser docked too, this one steps aside
             self._sized = True
-            top = int(min(330, max(240, 0.36 * self.height())))
+            self._separate = any("Diffraction browser" in str(name) for name in _dock_names(self.viewer))
+            self.browser.setVisible(not self._separate)
+            top = 0 if self._separate else int(min(330, max(140, 0.3 * self.height())))
             self.splitter.setSizes([top, max(1, self.height() - top)])
 
     def sizeHint(self):  # noqa: N802 - Qt's name
@@ -113,7 +117,7 @@ class AnalysisWidget(QWidget):
         return QSize(400, 700)
 
     def _tab_changed(self, index: int) -> None:
-        self.browser.setVisible(TAB_NAMES[index] != "Atoms")
+        self.browser.setVisible(TAB_NAMES[index] != "Atoms" and not getattr(self, "_separate", False))
 
     def show_tab(self, name: str) -> None:
         """Bring a stage's tab to the front (``"Train"``, ``"COM"`` …)."""
@@ -124,6 +128,9 @@ class AnalysisWidget(QWidget):
         units (napari's own "new layer" buttons make them unitless, and napari then warns of
         inconsistent units): the layer is drawn in world coordinates, which are the scan's."""
         layer = unwrap(event.value)
+        from .layers import show_colour_bar
+
+        show_colour_bar(layer)  # maps opened from a results file show their colour bar too
         if layer_kind(layer) not in ("shapes", "labels", "points"):
             return
         if any(str(u) != "pixel" for u in layer.units):
@@ -135,6 +142,15 @@ class AnalysisWidget(QWidget):
             if any(str(u) != "pixel" for u in units) and layer.ndim == 2:
                 layer.units = units
                 return
+
+
+def _dock_names(viewer: Any) -> list:
+    window = getattr(viewer, "window", None)
+    docks = getattr(window, "dock_widgets", None) or getattr(window, "_dock_widgets", None) or {}
+    try:
+        return list(docks.keys())
+    except Exception:  # noqa: BLE001 - napari's window API moved
+        return []
 
 
 def _disconnect(viewer: Any, callback: Any) -> None:

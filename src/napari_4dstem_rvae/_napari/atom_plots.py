@@ -10,9 +10,11 @@ from typing import Any
 
 import numpy as np
 from qtpy.QtWidgets import QVBoxLayout, QWidget
+from .plots import themed
 
 
 class FrameHistograms(QWidget):
+    @themed
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
         from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
@@ -26,7 +28,8 @@ class FrameHistograms(QWidget):
         self.setMinimumHeight(180)
         self.curves: dict[str, list] = {}
 
-    def show_result(self, result: Any, n_frames: int) -> None:
+    @themed
+    def show_result(self, result: Any, n_frames: int, colour_by: str = "angle mod 120°") -> None:
         import matplotlib
 
         from ..results.colours import angle_mod_120
@@ -64,11 +67,13 @@ class FrameHistograms(QWidget):
         if latent_space:
             ax = extra.pop(0)
             ok = np.isfinite(columns["latent_1"]) & np.isfinite(angle)
-            self.scatter = ax.scatter(columns["latent_1"][ok], columns["latent_2"][ok], c=angle[ok], s=2,
-                                      cmap="twilight", vmin=-60, vmax=60, linewidths=0, rasterized=True)
+            colours = _colours_of(columns, colour_by, angle)
+            self.scatter = ax.scatter(columns["latent_1"][ok], columns["latent_2"][ok], c=colours[ok], s=2,
+                                      linewidths=0, rasterized=True)
             ax.set_xlabel("latent 1", fontsize=8)
             ax.set_ylabel("latent 2", fontsize=8)
-            ax.set_title("latent space (colour: angle mod 120°)", fontsize=7)
+            ax.set_title(f"latent space (colour: {colour_by})", fontsize=7)
+            self.scatter_axes = ax
             ax.tick_params(labelsize=7)
         if model is not None and extra:
             ax = extra.pop(0)
@@ -79,7 +84,22 @@ class FrameHistograms(QWidget):
             ax.set_title("decoded windows", fontsize=7)
             ax.tick_params(labelsize=7)
         self.figure.suptitle("histograms per frame (dark: first frame, bright: last)", fontsize=8)
+        self.colour_by = colour_by
         self.canvas.draw_idle()
+
+
+def _colours_of(columns: dict, colour_by: str, angle: np.ndarray) -> np.ndarray:
+    """RGBA per window of the chosen per-atom quantity, as the Points layer colours it."""
+    from ..results.colours import feature_colours
+
+    if colour_by == "angle mod 120°":
+        values = angle
+    elif colour_by == "angle" and "angle" in columns:
+        values = np.degrees(np.asarray(columns["angle"], np.float64))
+    else:
+        values = np.asarray(columns.get(colour_by, angle), np.float64)
+    return feature_colours(values, colour_by if colour_by in columns or colour_by == "angle mod 120°"
+                           else "angle mod 120°")
 
 
 def traversal_montage(model: Any, n: int = 5, span: float = 2.0) -> np.ndarray:

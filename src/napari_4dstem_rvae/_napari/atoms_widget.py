@@ -225,6 +225,9 @@ class AtomsWidget(Container, WorkerMixin):
         points.face_color = feature_colours(np.asarray(points.features[feature], np.float64), feature)
         points.metadata["coloured_by"] = feature
         points.refresh()
+        dock = getattr(self, "_histograms", None)
+        if dock is not None and _alive(dock) and self.result is not None and getattr(dock, "colour_by", None) != choice:
+            dock.show_result(self.result, self.series.n_frames, colour_by=choice)  # the titles follow
 
     # -- train ----------------------------------------------------------------------------------------
     def train(self) -> Any:
@@ -295,7 +298,7 @@ class AtomsWidget(Container, WorkerMixin):
             dock = FrameHistograms()
             self._histograms = dock
             self.viewer.window.add_dock_widget(dock, name=HISTOGRAM_DOCK, area="bottom")
-        dock.show_result(self.result, self.series.n_frames)
+        dock.show_result(self.result, self.series.n_frames, colour_by=self.colour_by.value)
         return dock
 
     # -- keep -------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from qtpy.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QVBoxLayout, QWidget
 
 from .layers import dataset_layers, find_dataset
 from .proxies import unwrap
+from .plots import themed
 
 MARKER_LAYER = "probe position"
 
@@ -24,6 +25,7 @@ MARKER_LAYER = "probe position"
 class DiffractionBrowser(QWidget):
     """Dock widget; ``napari_viewer`` is injected by napari."""
 
+    @themed
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None):
         super().__init__(parent)
         from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
@@ -37,7 +39,7 @@ class DiffractionBrowser(QWidget):
 
         self.figure = Figure(figsize=(3.4, 2.9), layout="constrained")
         self.canvas = FigureCanvasQTAgg(self.figure)
-        self.canvas.setMinimumSize(200, 160)
+        self.canvas.setMinimumSize(160, 100)
         self.axes = self.figure.add_subplot(111)
         self.axes.set_xticks([])
         self.axes.set_yticks([])
@@ -57,10 +59,14 @@ class DiffractionBrowser(QWidget):
         row = QHBoxLayout()
         row.addWidget(self.follow)
         row.addWidget(self.log_scale)
+        row.addStretch(1)
         layout = QVBoxLayout(self)
-        layout.addWidget(self.canvas)
+        layout.setContentsMargins(2, 2, 2, 2)
+        # the switches above the plot: a short dock trims the plot, never covers its axis labels
         layout.addLayout(row)
+        layout.addWidget(self.canvas, 1)
         layout.addWidget(self.info)
+        self.setMinimumHeight(140)
 
         # Hover updates are coalesced: at most one read per event-loop turn.
         self._timer = QTimer(self)
@@ -178,6 +184,7 @@ class DiffractionBrowser(QWidget):
         oy, ox, step, _ = self._geometry
         return (col - ox) * step, (row - oy) * step
 
+    @themed
     def _redraw(self) -> None:
         pattern, layer = self.current_pattern, self._current_layer
         ds = find_dataset(layer)

@@ -18,10 +18,11 @@ from ..schema import MAPS, map_names, resolve_unit
 from ..workflows import COMOptions, COMRun, Done, Message, Progress
 from .common import chosen_layer, dataset_combo, reveal
 from .fields import OptionForm
-from .layers import COM_KEY, ROLE_KEY, map_layer_data, scan_geometry, upsert_layer
+from .layers import COM_KEY, ROLE_KEY, layer_name, map_layer_data, scan_geometry, upsert_layer
 from .progress import ProgressBars
 from .proxies import unwrap
 from .workers import WorkerMixin, friendly_error, notify_error, notify_warning
+from .plots import themed
 
 
 def com_layer_data(com: Any, dataset: Any, extra: dict | None = None) -> list[tuple]:
@@ -35,7 +36,7 @@ def com_layer_data(com: Any, dataset: Any, extra: dict | None = None) -> list[tu
     for name in map_names("com", shown=True):
         spec = MAPS[name]
         layers.append(map_layer_data(spec, maps[name], dataset, unit=resolve_unit(spec.unit, com.map_unit, scan),
-                                     extra=info, layer_name=f"{dataset.name} {spec.title}"))
+                                     extra=info, layer_name=layer_name(spec.title, dataset.name)))
     for _, kwargs, _ in layers:
         kwargs["visible"] = False  # one map at a time over the ADF image: the colour wheel first
     top = wheel_top(maps["com_magnitude"])
@@ -43,12 +44,13 @@ def com_layer_data(com: Any, dataset: Any, extra: dict | None = None) -> list[tu
     meta = dict(layers[0][1]["metadata"])
     meta[ROLE_KEY] = {**meta[ROLE_KEY], "map": "com_colour_wheel", "map_kind": "rgb", "wheel_top": top,
                       "title": "COM colour wheel"}
-    layers.append((rgb, {"name": f"{dataset.name} COM colour wheel", "rgb": True, "metadata": meta,
+    layers.append((rgb, {"name": layer_name("COM colour wheel", dataset.name), "rgb": True, "metadata": meta,
                          "opacity": 0.8, "blending": "translucent", **scan_geometry(dataset)}, "image"))
     return layers
 
 
 class COMWidget(WorkerMixin, Container):
+    @themed
     def __init__(self, napari_viewer: Any):
         super().__init__(labels=True)
         self.viewer = napari_viewer = unwrap(napari_viewer)
@@ -117,6 +119,7 @@ class COMWidget(WorkerMixin, Container):
 
         return self.run_worker(com_run.events, controls=self._controls, on_yielded=shown, on_error=failed)
 
+    @themed
     def _shown(self, layer: Any, dataset: Any, options: COMOptions, com_run: COMRun) -> None:
         com = self.last_result = com_run.result
         unwrap(layer).metadata[COM_KEY] = {"dataset": dataset, "options": options, "result": com}

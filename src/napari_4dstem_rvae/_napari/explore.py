@@ -17,10 +17,13 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from .plots import themed
+
 SELECTION_LAYER = "rVAE selection"
 
 
 class ExplorePanel(QWidget):
+    @themed
     def __init__(self, viewer: Any, session_getter, parent: QWidget | None = None):
         super().__init__(parent)
         from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
@@ -96,6 +99,7 @@ class ExplorePanel(QWidget):
             return self.maps["latents"][int(name.split()[1]) - 1].ravel()
         return np.degrees(self.maps["angle"]).ravel()
 
+    @themed
     def draw_scatter(self) -> None:
         from matplotlib.widgets import LassoSelector
 
@@ -165,6 +169,7 @@ class ExplorePanel(QWidget):
         if 0 <= y < ds.scan_shape[0] and 0 <= x < ds.scan_shape[1]:
             self.show_position(y, x)
 
+    @themed
     def show_position(self, y: int, x: int) -> tuple[np.ndarray, np.ndarray]:
         """Pattern, reconstruction with the inferred pose, and latent values at ``(y, x)``."""
         session = self._session()
@@ -196,6 +201,7 @@ class ExplorePanel(QWidget):
         self._marker = self._scatter_axes.scatter(*self._xy[index], s=60, marker="x", color="black")
         self.latent_canvas.draw_idle()
 
+    @themed
     def show_traversal(self, n: int = 5) -> np.ndarray | None:
         """Decode an n × n grid over the first two latents (±2 prior standard deviations)."""
         from ..workflows import traverse

@@ -35,6 +35,12 @@ COM_KEY = "napari_4dstem_rvae_com"
 SERIES_KEY = "image_series"
 
 
+def layer_name(title: str, source: str) -> str:
+    """A layer's name: the map's title first (what the layer list shows when a long name is
+    elided), then the data set or file it belongs to."""
+    return f"{title} · {source}" if source else title
+
+
 def _calibration(source: Dataset4D | Calibration | None) -> Calibration:
     if isinstance(source, Dataset4D):
         return source.calibration
@@ -88,7 +94,7 @@ def real_space_layer_data(dataset: Dataset4D, image: np.ndarray, name: str,
     spec = spec_for(name)
     meta = {DATASET_KEY: dataset, ROLE_KEY: {"kind": "virtual_image", "map": spec.name,
                                              "detector": spec.title, **(extra or {})}}
-    kwargs = {"name": f"{dataset.name} {spec.title}", "metadata": meta, "colormap": spec.cmap,
+    kwargs = {"name": layer_name(spec.title, dataset.name), "metadata": meta, "colormap": spec.cmap,
               **scan_geometry(dataset)}
     if isinstance(image, np.ndarray):  # a lazy image: napari finds its range when drawn
         finite = np.isfinite(image)
@@ -143,7 +149,7 @@ def map_layer_data(name: str | MapSpec, values: np.ndarray, source: Dataset4D | 
 def stored_map_layers(results: Any, prefix: str = "") -> list[tuple]:
     """Layer data of every map of a :class:`~napari_4dstem_rvae.results.ResultsFile` (each
     plane of a stack as its own layer), aligned by the file's calibration or the map's own
-    geometry; named ``"<prefix> <title>"`` (maps saved from napari layers keep their names)."""
+    geometry; named :func:`layer_name` (title · prefix; maps saved from layers keep their names)."""
     layers: list[tuple] = []
     for stored in results.maps:
         planes = ([(stored.title, stored.values)] if stored.values.ndim == 2 else
@@ -151,7 +157,7 @@ def stored_map_layers(results: Any, prefix: str = "") -> list[tuple]:
                    for i, plane in enumerate(stored.values)])
         for title, plane in planes:
             # maps saved from layers keep their layer names; others are named after the file
-            label = title if stored.path.startswith("layers/") else f"{prefix} {title}".strip()
+            label = title if stored.path.startswith("layers/") else layer_name(title, prefix)
             extra = {"source_file": results.path}
             if stored.displayed:  # version-0.1 napari files: values as shown, styling stored
                 kwargs: dict[str, Any] = {"name": label, **scan_geometry(results.calibration)}
@@ -200,8 +206,23 @@ def upsert_layer(viewer: Any, layer_data: tuple):
             if key in kwargs:
                 setattr(layer, key, kwargs[key])
         layer.metadata.update(kwargs.get("metadata", {}))
-        return layer
-    return getattr(viewer, f"add_{layer_type}")(data, **kwargs)
+    else:
+        layer = getattr(viewer, f"add_{layer_type}")(data, **kwargs)
+    show_colour_bar(layer)
+    return layer
+
+
+def show_colour_bar(layer: Any) -> None:
+    """A map layer (a value per probe position with a colormap) shows its colour bar, with its
+    unit (napari's layer colour-bar overlay)."""
+    layer = unwrap(layer)
+    role = getattr(layer, "metadata", {}).get(ROLE_KEY, {}) or {}
+    if role.get("kind") != "map" or getattr(layer, "rgb", False) or not hasattr(layer, "colorbar"):
+        return
+    try:
+        layer.colorbar.visible = True
+    except Exception:  # noqa: BLE001 - an older napari without the overlay: nothing to show
+        pass
 
 
 def series_layer_data(series, name: str | None = None) -> tuple:
@@ -210,8 +231,14 @@ def series_layer_data(series, name: str | None = None) -> tuple:
     pixel, unit = series.pixel_size, series.unit
     if series.pixel_size_angstrom is not None:  # one length unit for images, atoms and windows
         pixel, unit = series.pixel_size_angstrom, "Å"
-    kwargs = {"name": name or series.name, "metadata": {SERIES_KEY: series}, "colormap": "gray"}
+    data = series.data
+    kwargs: dict[str, Any] = {"name": name or series.name, "metadata": {SERIES_KEY: series}, "colormap": "gray"}
+    if np.ndim(data) == 3:  # the frame slider says "frame", not an axis number
+        kwargs["axis_labels"] = ("frame", "y", "x")
     if pixel is not None and unit:
         kwargs["scale"] = (1.0, pixel, pixel)
         kwargs["units"] = ("pixel", napari_unit(unit), napari_unit(unit))
-    return (series.data, kwargs, "image")
+        if series.frame_time:  # the frame axis in seconds when the file says how long a frame takes
+            kwargs["scale"] = (float(series.frame_time), pixel, pixel)
+            kwargs["units"] = ("second", napari_unit(unit), napari_unit(unit))
+    return (data, kwargs, "image")

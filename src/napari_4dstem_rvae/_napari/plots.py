@@ -1,5 +1,6 @@
-"""Small Qt/matplotlib pieces for the training widget: the live loss/correlation plot and
-an event-loop latency probe (how responsive the UI stays while a worker trains)."""
+"""Small Qt/matplotlib pieces: the plots' colours from napari's theme (:func:`themed`), the live
+loss/correlation plot and an event-loop latency probe (how responsive the UI stays while a
+worker trains; for the benchmark, not shown to users)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,45 @@ import numpy as np
 from qtpy.QtCore import QObject, QTimer
 
 
+def theme_rc() -> dict[str, Any]:
+    """matplotlib settings in the colours of napari's current theme (dark by default): the
+    figures drawn in the docks look like the rest of the window."""
+    background, text, grid = "#262930", "#f0f1f2", "#5a626c"
+    try:
+        from napari.settings import get_settings
+        from napari.utils.theme import get_theme
+
+        theme = get_theme(get_settings().appearance.theme)
+        background, text = theme.background.as_hex(), theme.text.as_hex()
+        grid = theme.secondary.as_hex() if hasattr(theme, "secondary") else grid
+    except Exception:  # noqa: BLE001 - napari's theme API moved: keep the dark defaults
+        pass
+    return {"figure.facecolor": background, "axes.facecolor": background, "savefig.facecolor": background,
+            "axes.edgecolor": grid, "axes.labelcolor": text, "text.color": text, "xtick.color": text,
+            "ytick.color": text, "legend.facecolor": background, "legend.edgecolor": grid,
+            "axes.titlecolor": text}
+
+
+def themed(function: Any) -> Any:
+    """Decorator: draw inside napari's colours (``theme_rc``); figures made inside also take the
+    theme's background."""
+    import functools
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        import matplotlib
+
+        with matplotlib.rc_context(theme_rc()):
+            return function(*args, **kwargs)
+    return wrapper
+
+
 class LivePlot:
     """Train/test loss per epoch (left axis) and the largest latent–COM |r| (right axis), both
     labelled, the legend below the axes; lines are updated in place and redrawn at most
     every ``min_interval_ms`` (a redraw costs tens of ms in the GUI thread)."""
 
+    @themed
     def __init__(self, height: float = 2.3, min_interval_ms: int = 400):
         from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
         from matplotlib.figure import Figure

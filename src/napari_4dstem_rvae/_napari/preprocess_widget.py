@@ -16,6 +16,7 @@ from .fields import OptionForm
 from .layers import upsert_layer
 from .proxies import unwrap
 from .workers import WorkerMixin, friendly_error, notify_error
+from .plots import themed
 
 
 class PreprocessWidget(WorkerMixin, Container):
@@ -97,6 +98,7 @@ class PreprocessWidget(WorkerMixin, Container):
         self._show_preview(raw, processed, (y, x))
         return raw, processed
 
+    @themed
     def _show_preview(self, raw: np.ndarray, processed: np.ndarray, position) -> None:
         from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
         from matplotlib.figure import Figure

@@ -24,7 +24,7 @@ from ..schema import MAPS, map_names
 from ..workflows import Done, Epoch, Maps, Message, Progress, RunOptions, RVAEConfig, STEMRun
 from .common import chosen_layer
 from .fields import OptionForm
-from .layers import COM_KEY, find_dataset, map_layer_data, upsert_layer
+from .layers import COM_KEY, find_dataset, layer_name, map_layer_data, upsert_layer
 from .plots import LivePlot
 from .progress import ProgressBars
 from .proxies import unwrap
@@ -147,7 +147,7 @@ class TrainWidget(WorkerMixin, Container):
         def make_run() -> STEMRun:
             return STEMRun(dataset, config=config, options=options, roi=mask, client=scheduler,
                            com=made.get("result") if reuse else None,
-                           com_made_with=made.get("options") if reuse else None, name=source_layer.name)
+                           com_made_with=made.get("options") if reuse else None, name=dataset.name)
 
         self.session = None
         self.plot.clear()
@@ -275,13 +275,13 @@ class TrainWidget(WorkerMixin, Container):
             if values is None:
                 continue
             if not spec.is_stack:
-                items.append(map_layer_data(spec, values, ds, extra=extra, layer_name=f"{prefix} {spec.title}"))
+                items.append(map_layer_data(spec, values, ds, extra=extra, layer_name=layer_name(spec.title, prefix)))
                 continue
             for i, plane in enumerate(values):
                 r = latent_r[i] if name == "latents" and i < len(latent_r) else None
                 title = spec.plane_title(i)
                 items.append(map_layer_data(spec, plane, ds, extra=dict(extra, plane=i, r_com_magnitude=r),
-                                            title=title, layer_name=f"{prefix} {title}"))
+                                            title=title, layer_name=layer_name(title, prefix)))
         first = MAPS["latents"].plane_title(0)
         for _, kwargs, _ in items:
             kwargs["visible"] = kwargs["metadata"]["napari_4dstem_rvae"].get("title") == first
@@ -310,7 +310,7 @@ class TrainWidget(WorkerMixin, Container):
         path = str(self.checkpoint_path.value)
         try:
             layer, dataset = chosen_layer(self.viewer, self.layer)
-            self.session = STEMRun.from_checkpoint(path, dataset, name=layer.name)
+            self.session = STEMRun.from_checkpoint(path, dataset, name=dataset.name)
         except Exception as exc:  # noqa: BLE001
             self._error(f"Loading the checkpoint failed: {friendly_error(exc)}")
             return None

@@ -10,7 +10,7 @@ import numpy as np
 from magicgui.widgets import ComboBox, Container, FloatSpinBox, Label, PushButton
 
 from .common import chosen_layer, dataset_combo, find_browser
-from .layers import map_layer_data, upsert_layer
+from .layers import layer_name, map_layer_data, upsert_layer
 from .proxies import unwrap
 from .workers import WorkerMixin, friendly_error, notify_error
 
@@ -87,7 +87,7 @@ class VirtualDetectorWidget(WorkerMixin, Container):
 
         def done(image):
             self.last_image = np.asarray(image)
-            item = map_layer_data("virtual", self.last_image, ds, layer_name=f"{ds.name} virtual detector",
+            item = map_layer_data("virtual", self.last_image, ds, layer_name=layer_name("virtual detector", ds.name),
                                   extra={"detector": label, "inner_px": inner_px, "outer_px": outer_px})
             upsert_layer(self.viewer, item)
             self.status.value = f"{label} (radii {inner_px:.1f}–{outer_px:.1f} px)"

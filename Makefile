@@ -1,10 +1,11 @@
 # Two entry points (see README): `make demo` and `make test`.
 PYTHON ?= python3
 VENV ?= .venv
+VENV_LOWEST ?= .venv-lowest
 PY := $(VENV)/bin/python
 OUT ?= out
 
-.PHONY: demo test test-fast lint env system-deps bench screenshots clean
+.PHONY: demo test test-fast lint env system-deps bench screenshots clean package-check test-lowest
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,6 +46,22 @@ bench: env
 	$(PY) benchmarks/bench_com.py
 	$(PY) benchmarks/bench_rvae.py
 	xvfb-run -a -s "-screen 0 1920x1080x24" $(PY) benchmarks/bench_ui_latency.py
+
+# Builds the sdist and wheel, installs the wheel (no extras) into a fresh venv and checks the CLI,
+# a headless run without napari/Qt, the quick demo, the packaged data files and the npe2 manifest.
+package-check: env
+	PYTHON=$(PY) bash scripts/check_package.sh
+
+# The fast tests against the lowest versions pyproject.toml allows (ci/lowest-constraints.txt),
+# in a fresh $(VENV_LOWEST): torch's CPU build first, then the package with the constraints.
+test-lowest: system-deps
+	rm -rf $(VENV_LOWEST)
+	$(PYTHON) -m venv $(VENV_LOWEST)
+	$(VENV_LOWEST)/bin/python -m pip install -q --upgrade pip
+	$(VENV_LOWEST)/bin/python -m pip install -q torch==2.13.0
+	$(VENV_LOWEST)/bin/python -m pip install -q -c ci/lowest-constraints.txt -e ".[testing]"
+	$(VENV_LOWEST)/bin/python -m pip check
+	$(VENV_LOWEST)/bin/python -m pytest tests -m "not slow" -q -p no:cacheprovider --ignore=tests/plugin/test_workflow.py
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache

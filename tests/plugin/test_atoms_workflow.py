@@ -68,7 +68,20 @@ def test_find_train_points_and_histograms_twice(atoms_setup, qtbot):
         assert len(plot.curves["angle mod 120° (°)"]) == 6   # one curve per frame
         assert len(plot.scatter.get_offsets()) == has.sum()   # the latent space: every window
         assert plot.traversal.shape == (5 * 33 - 1, 5 * 33 - 1) and np.isfinite(plot.traversal).any()
-    assert len(viewer.layers) == 2                          # the series and its atoms, nothing piled up
+        # the atoms followed over the frames: a Tracks layer aligned with the points and the image
+        tracks = viewer.layers[f"{image.name} tracks"]
+        assert tracks._type_string == "tracks"
+        np.testing.assert_allclose(tracks.scale, image.scale)
+        np.testing.assert_allclose(tracks.translate, image.translate)
+        assert set(tracks.data[:, 1].astype(int)) == set(range(6))                  # every frame
+        on_points = {tuple(p) for p in np.round(points.data, 6)}
+        assert {tuple(v) for v in np.round(tracks.data[:, 1:], 6)} <= on_points   # the vertices are atoms
+        assert {"class", "lifetime", "mean angle"} <= set(tracks.features.columns)
+        # the dynamics: per-frame curves (atoms, tracks begun and ended, dopant hops)
+        assert len(plot.dynamics_lines["atoms"].get_xdata()) == 6
+        np.testing.assert_array_equal(plot.dynamics_lines["atoms"].get_ydata(),
+                                      np.bincount(points.data[:, 0].astype(int), minlength=6))
+    assert len(viewer.layers) == 3                 # the series, its atoms and their tracks, nothing piled up
 
 
 def test_points_layer_by_hand_and_no_atoms(atoms_setup, qtbot, tmp_path):

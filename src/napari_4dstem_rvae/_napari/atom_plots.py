@@ -39,7 +39,10 @@ class FrameHistograms(QWidget):
         self.figure.clear()
         model = getattr(result, "model", None)
         latent_space = "latent_1" in columns and "latent_2" in columns
-        ratios = [1.4, 1.4] + ([1.0] if latent_space else []) + ([1.0] if model is not None else [])
+        moving = getattr(result, "dynamics", None)
+        has_dynamics = moving is not None and bool(moving.frames) and n_frames > 1
+        ratios = ([1.4, 1.4] + ([1.0] if latent_space else []) + ([1.0] if model is not None else [])
+                  + ([1.2] if has_dynamics else []))
         axes = self.figure.subplots(1, len(ratios), width_ratios=ratios)
         cmap = matplotlib.colormaps["viridis"]
         self.curves = {}
@@ -75,6 +78,18 @@ class FrameHistograms(QWidget):
             ax.set_title(f"latent space (colour: {colour_by})", fontsize=7)
             self.scatter_axes = ax
             ax.tick_params(labelsize=7)
+        if has_dynamics:
+            ax = extra.pop(-1)
+            frames = moving.frames
+            self.dynamics_lines = {}
+            for key, style in (("atoms", "-"), ("appeared", "--"), ("lost", ":"), ("heavy_hops", "-.")):
+                (self.dynamics_lines[key],) = ax.plot(frames["frame"], frames[key], style, lw=1.2,
+                                                      label=key.replace("_", " "))
+            ax.set_yscale("symlog", linthresh=10)
+            ax.set_xlabel("frame", fontsize=8)
+            ax.set_title("per frame: atoms, tracks begun/ended, dopant hops", fontsize=7)
+            ax.tick_params(labelsize=7)
+            ax.legend(fontsize=6)
         if model is not None and extra:
             ax = extra.pop(0)
             self.traversal = traversal_montage(model)

@@ -204,7 +204,48 @@ class AtomsWidget(Container, WorkerMixin):
                 kwargs["units"] = units
             points = self.viewer.add_points(coords, **kwargs)
         self._recolour()
+        self._show_tracks(layer)
         return points
+
+    def _tracks_name(self) -> str:
+        return f"{self.layer.value} tracks"
+
+    def _show_tracks(self, layer: Any) -> Any:
+        """The atoms linked over frames as a Tracks layer (track, frame, y, x), aligned with the
+        Points layer and the image, each vertex carrying its track's class, lifetime and mean
+        angle; updated in place by name. Nothing for a single frame."""
+        from ..atoms.dynamics import dynamics
+
+        table = self.table
+        if len(np.asarray(layer.scale)) != 3 or self.series.n_frames < 2 or not (table.track >= 0).any():
+            return None
+        linked = np.flatnonzero(table.track >= 0)
+        order = linked[np.lexsort((table.frame[linked], table.track[linked]))]
+        data = np.column_stack([table.track[order], table.frame[order], table.y[order], table.x[order]]).astype(float)
+        moving = self.result.dynamics if self.result is not None and self.result.dynamics is not None \
+            else dynamics(table, self.series.n_frames)
+        per_track = {name: dict(zip(moving.tracks["track"].tolist(), moving.tracks[name].tolist()))
+                     for name in ("class", "lifetime", "mean_angle", "displacement")}
+        ids = table.track[order].tolist()
+        features = {"class": [per_track["class"][t] for t in ids], "lifetime": [per_track["lifetime"][t] for t in ids],
+                    "mean angle": np.degrees([per_track["mean_angle"][t] for t in ids]),
+                    "displacement": [per_track["displacement"][t] for t in ids]}
+        name = self._tracks_name()
+        scale, translate = tuple(float(v) for v in layer.scale), tuple(float(v) for v in layer.translate)
+        if name in self.viewer.layers and layer_kind(self.viewer.layers[name]) == "tracks":
+            tracks = unwrap(self.viewer.layers[name])
+            tracks.data = data
+            tracks.features = features
+            tracks.scale, tracks.translate = scale, translate
+        else:
+            kwargs: dict[str, Any] = {"name": name, "scale": scale, "translate": translate, "features": features,
+                                      "tail_length": 3, "tail_width": 1.5, "color_by": "class",
+                                      "metadata": {ATOMS_KEY: {"image": layer.name}}}
+            units = tuple(str(u) for u in getattr(layer, "units", ()))
+            if units and any(u != "pixel" for u in units):
+                kwargs["units"] = units
+            tracks = self.viewer.add_tracks(data, **kwargs)
+        return tracks
 
     def _features(self):
         if self.result is not None:

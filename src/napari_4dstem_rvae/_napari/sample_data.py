@@ -34,3 +34,12 @@ def haadf_series_sample() -> list:
 
     series, _ = haadf_series()
     return [series_layer_data(series, "HAADF series")]
+
+
+def zns_sample() -> list:
+    """ZnS viewed along [011] (zincblende, 76 Å thick, multislice), 60 kV, 31 mrad, 0.75 Å
+    source: the second material of the 4D-STEM study."""
+    from ..workflows import zns
+    from .reader import layer_data_for
+
+    return layer_data_for(zns())

@@ -179,6 +179,7 @@ def read_hdf5(path: str, dataset: str | None = None, scan_shape: Any = None,
         dims, first = _emd_dims(obj)
         reverse = _emd_axes_reversed(f, obj, dims, first)
         calibration, metadata = _hdf5_calibration(f, obj, dims[::-1] if reverse else dims)
+        history = _provenance(obj)
     metadata["dataset"] = source.name
     array: Any = source
     if reverse:
@@ -186,7 +187,24 @@ def read_hdf5(path: str, dataset: str | None = None, scan_shape: Any = None,
         # on disk, dim1 describing det_x. Read them back in (scan_y, scan_x, det_y, det_x) order.
         array = TransposedSource(source)
         metadata["emd_axes_reversed"] = True
-    return finish(array, path, calibration, metadata, scan_shape, chunks, "hdf5")
+    ds = finish(array, path, calibration, metadata, scan_shape, chunks, "hdf5")
+    if history:  # the steps that made this file (written by this package's EMD writer)
+        ds.provenance = tuple(history) + tuple(ds.provenance)
+    return ds
+
+
+def _provenance(dset: Any) -> list:
+    """The processing history this package's EMD writer records beside the data, or []."""
+    import json
+
+    for holder in (dset, dset.parent):
+        if "provenance_json" in holder.attrs:
+            try:
+                values = json.loads(text(holder.attrs["provenance_json"]))
+            except (TypeError, ValueError):
+                return []
+            return [v for v in values if isinstance(v, dict)] if isinstance(values, list) else []
+    return []
 
 
 class TransposedSource:

@@ -62,6 +62,16 @@ def write_atom_results(path: str | os.PathLike, result: Any, series: Any, parame
         if result.config is not None:
             g.attrs["config"] = _json(result.config.to_dict())
         g.attrs["history_json"] = _json(result.history)
+        moving = getattr(result, "dynamics", None)
+        if moving is not None and moving.tracks:
+            for group, columns in (("tracks", moving.tracks), ("dynamics", moving.frames)):
+                h = f.create_group(group)
+                for name, values in columns.items():
+                    h.create_dataset(name, data=np.asarray(values))
+            f["dynamics"].create_dataset("heavy_hops_table", data=np.asarray(moving.hops, np.float64))
+            f["dynamics"].attrs["heavy_hops_columns"] = "frame, from track, to track, distance (px)"
+            f["tracks"].attrs["units"] = _json({"displacement": "px", "path_length": "px", "mean_angle": "rad",
+                                                "lifetime": "frames"})
     return path
 
 
@@ -74,6 +84,8 @@ class AtomFile:
     pixel_size_angstrom: float | None
     source: str
     attrs: dict[str, Any] = field(default_factory=dict)
+    tracks: dict[str, np.ndarray] = field(default_factory=dict)
+    dynamics: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def is_atom_results(path: str | os.PathLike) -> bool:
@@ -102,9 +114,11 @@ def read_atom_results(path: str | os.PathLike) -> AtomFile:
                 raise ValueError(f"{path}: the per-atom columns have different lengths {sorted(lengths)}")
             names = tuple(json.loads(g.attrs.get("class_names", "[]")))
             size = float(f.attrs.get("pixel_size_angstrom", np.nan))
+            tables = {group: {n: f[group][n][()] for n in f[group] if isinstance(f[group][n], h5py.Dataset)}
+                      for group in ("tracks", "dynamics") if group in f}
             return AtomFile(path, columns, names, tuple(int(v) for v in f.attrs.get("series_shape", ())),
                             size if np.isfinite(size) else None, str(f.attrs.get("source", "")),
-                            {k: f.attrs[k] for k in f.attrs})
+                            {k: f.attrs[k] for k in f.attrs}, tables.get("tracks", {}), tables.get("dynamics", {}))
     except ValueError:
         raise
     except Exception as exc:
@@ -118,8 +132,10 @@ def atoms_figure(path: str | os.PathLike, result: Any, series: Any, frame: int =
     from .figures import _figure, _save
 
     columns = result.columns()
-    fig = _figure(14, 4.6)
-    axes = fig.subplots(1, 3)
+    moving = getattr(result, "dynamics", None)
+    panels = 4 if moving is not None and moving.frames else 3
+    fig = _figure(4.7 * panels, 4.6)
+    axes = fig.subplots(1, panels)
     image = series.frame(frame)
     scale = series.pixel_size_angstrom
     extent = None
@@ -165,5 +181,16 @@ def atoms_figure(path: str | os.PathLike, result: Any, series: Any, frame: int =
     ax.set_title("angle histogram per frame (time dynamics)", fontsize=9)
     ax.tick_params(labelsize=7)
     if n_frames <= 8:
+        ax.legend(fontsize=7)
+    if panels == 4:
+        ax = axes[3]
+        frames = moving.frames
+        for name, style in (("atoms", "-"), ("appeared", "--"), ("lost", ":"), ("heavy_hops", "-.")):
+            ax.plot(frames["frame"], frames[name], style, label=name.replace("_", " "), lw=1.2)
+        ax.set_yscale("symlog", linthresh=10)
+        ax.set_xlabel("frame", fontsize=8)
+        ax.set_ylabel("atoms", fontsize=8)
+        ax.set_title("dynamics: atoms per frame, tracks begun and ended, dopant hops", fontsize=8)
+        ax.tick_params(labelsize=7)
         ax.legend(fontsize=7)
     return _save(fig, path)

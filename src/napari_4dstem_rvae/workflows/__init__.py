@@ -28,7 +28,7 @@ _PUBLIC = {
     "run_atoms": ".workflows.calls",
     "AtomRun": ".workflows.atoms", "AtomOptions": ".workflows.atoms", "AtomResult": ".workflows.atoms",
     "PRESETS": ".workflows.atoms", "RVAE_FIELDS": ".workflows.atoms", "analyse": ".workflows.atoms",
-    "find": ".workflows.atoms", "frame_histograms": ".workflows.atoms", "parse_length": ".workflows.atoms",
+    "find": ".atoms.finding", "frame_histograms": ".atoms.baselines", "parse_length": ".workflows.atoms",
     "COMRun": ".workflows.com", "ImageRun": ".workflows.com", "run_to_end": ".workflows.com",
     "demo_events": ".workflows.demo", "PreprocessRun": ".workflows.preprocessing", "QUICK_DEMO": ".workflows.demo",
     "Message": ".workflows.events", "Progress": ".workflows.events", "Epoch": ".workflows.events",
@@ -55,7 +55,7 @@ _PUBLIC = {
     "RVAEConfig": ".rvae.config", "DEVICES": ".rvae.config", "LIKELIHOODS": ".rvae.config",
     "EPOCH_SELECTIONS": ".rvae.selection", "traverse": ".rvae",
     # sample data
-    "graphene": ".simulate", "haadf_series": ".simulate.haadf",
+    "graphene": ".simulate", "zns": ".simulate", "haadf_series": ".simulate.haadf",
     # units as napari names them
     "napari_unit": ".units", "from_napari_unit": ".units",
 }

@@ -23,7 +23,9 @@ import numpy as np
 
 from ..dataset import Calibration, Dataset4D
 from ..options import option
-from ..atoms import ATOM_FWHM, MIN_SPACING, AtomTable, cut_windows, find_atoms_series
+from ..atoms import ATOM_FWHM, MIN_SPACING, AtomTable, cut_windows
+from ..atoms.baselines import baselines, frame_histograms  # noqa: F401 - frame_histograms: the API's name
+from ..atoms.finding import find
 from ..series import ImageSeries
 from .events import Done, Epoch, Event, Message, relay
 
@@ -90,9 +92,14 @@ class AtomOptions:
                               "probabilities", choices=("frames", "probabilities"), advanced=True)
     preset: str = option("default", "rVAE settings: this package's (default) or the published ones (study)",
                          choices=tuple(PRESETS), label="rVAE preset")
+    complete: bool = option(True, "complete a honeycomb lattice (graphene, MoS2): add the atoms its found atoms "
+                            "predict where the frame shows one (real frames leave a finder the clearest half)",
+                            label="complete the lattice")
     fwhm: float = option(ATOM_FWHM, "width of an atom in the image (probe FWHM), for the band-pass finder",
                          unit="Å", label="atom FWHM", minimum=0.1, maximum=20.0, step=0.1, advanced=True)
-    min_spacing: float = option(MIN_SPACING, "smallest distance between two atoms, for the band-pass finder",
+    min_spacing: float = option(MIN_SPACING, "nearest-neighbour distance of the lattice (graphene 1.42, MoS2 1.84): "
+                                "the band-pass finder's spacing, the lattice completion's bond, and the lattice the "
+                                "pixel size is estimated from when the file has none",
                                 unit="Å", minimum=0.3, maximum=20.0, step=0.05, advanced=True)
 
     def __post_init__(self) -> None:
@@ -118,8 +125,8 @@ class AtomOptions:
         return dataclasses.replace(self, **changes)
 
     def find_options(self) -> dict[str, Any]:
-        """Keyword options of the band-pass finder (the others ignore them)."""
-        return {"fwhm": float(self.fwhm), "min_spacing": float(self.min_spacing)}
+        """Keyword options of the finders (each ignores what it does not use)."""
+        return {"fwhm": float(self.fwhm), "min_spacing": float(self.min_spacing), "complete": bool(self.complete)}
 
 
 def windows_for(series: ImageSeries, table: AtomTable, window: Any = DEFAULT_WINDOW_ANGSTROM,
@@ -157,6 +164,7 @@ class AtomResult:
     pixel_size: float | None = None
     baselines: dict[str, np.ndarray] = field(default_factory=dict)
     model: Any = None
+    dynamics: Any = None     # atoms.dynamics.Dynamics: tracks, per-frame counts, dopant hops
 
     def columns(self) -> dict[str, np.ndarray]:
         """One column per quantity over every atom of the table (NaN where an atom has no
@@ -174,73 +182,6 @@ class AtomResult:
             full[self.index] = values
             out[name] = full
         return out
-
-
-def find(series: ImageSeries, method: str = "auto", points: Any = None, **options: Any) -> AtomTable:
-    """Atoms of every frame: ``"log"`` (classical, :func:`find_atoms_series`), ``"unet"`` (the
-    study's way: a small U-Net trained on simulated images gives class probabilities whose
-    blobs are the atoms), ``"auto"`` (the U-Net for a calibrated series, else the band-pass)
-    or ``"points"`` (``points``: ``(n, 3)`` frame, y, x in pixels, e.g. a napari Points layer
-    edited by hand).
-
-    Why the U-Net by default: on series simulated differently from its training images (a
-    probe with tails, a background gradient, scan-line noise) it kept recall ≥ 0.975 where
-    the band-pass fell to 0.72 at 12 counts per atom and 0.97 at 25 (README)."""
-    if method == "auto":
-        method = "unet" if series.pixel_size_angstrom is not None else "log"
-        if method == "log":
-            options = {k: v for k, v in options.items() if k not in ("weights", "min_significance")}
-    if method == "log":
-        table = find_atoms_series(series, **options)
-    elif method == "unet":
-        from ..atoms.unet import find_atoms_unet
-
-        table = find_atoms_unet(series, **options)
-    elif method == "points":
-        pts = np.asarray(points, np.float64)
-        if pts.ndim != 2 or pts.shape[1] not in (2, 3) or len(pts) == 0:
-            raise ValueError(f"points must be (n, 3) rows of frame, y, x (or (n, 2) for one frame); got "
-                             f"shape {pts.shape}")
-        if pts.shape[1] == 2:
-            pts = np.column_stack([np.zeros(len(pts)), pts])
-        frames = np.round(pts[:, 0]).astype(int)
-        if frames.min() < 0 or frames.max() >= series.n_frames:
-            raise ValueError(f"points lie in frames {frames.min()}–{frames.max()}; the series has "
-                             f"{series.n_frames} frames")
-        from ..atoms import atom_intensity, classify_intensity
-
-        intensity = np.empty(len(pts))
-        for f in np.unique(frames):
-            m = frames == f
-            intensity[m] = atom_intensity(series.frame(int(f)), pts[m, 1], pts[m, 2], 2.0)
-        cls, names = classify_intensity(intensity, options.get("classes", 2))
-        table = AtomTable(frames, pts[:, 1], pts[:, 2], intensity, cls, np.full(len(pts), np.nan), None,
-                          "points", names)
-    else:
-        raise ValueError(f"method must be 'auto', 'log', 'unet' or 'points', got {method!r}")
-    if len(table) == 0:
-        raise ValueError(f"no atoms were found in {series.name} ({series.n_frames} frames): check the pixel "
-                         "size (atoms are expected about 1 Å wide) or lower the threshold")
-    return table
-
-
-def baselines(windows: np.ndarray, components: int = 2, clusters: int = 4, seed: int = 0) -> dict[str, np.ndarray]:
-    """What the study compared the rVAE with, on the same windows: PCA (the first
-    ``components`` scores) and a Gaussian mixture of ``clusters`` components (on 20 PCA
-    scores, diagonal covariances), labels per window."""
-    from sklearn.decomposition import PCA
-    from sklearn.mixture import GaussianMixture
-
-    flat = windows.reshape(len(windows), -1).astype(np.float64)
-    flat = flat - flat.mean(axis=0)
-    n_keep = int(min(20, flat.shape[0] - 1, flat.shape[1]))
-    if n_keep < max(components, 1) or len(flat) < clusters * 2:
-        return {}
-    scores = PCA(n_keep, random_state=seed).fit_transform(flat)
-    gmm = GaussianMixture(clusters, covariance_type="diag", random_state=seed).fit(scores)
-    out = {f"pca_{i + 1}": scores[:, i].astype(np.float32) for i in range(components)}
-    out["gmm_cluster"] = gmm.predict(scores).astype(np.float64)
-    return out
 
 
 def analyse(series: ImageSeries, table: AtomTable | None = None, *, window: Any = DEFAULT_WINDOW_ANGSTROM,
@@ -294,30 +235,18 @@ def analyse(series: ImageSeries, table: AtomTable | None = None, *, window: Any 
         values["novelty"] = maps.novelty[:, 0]
     extra = baselines(windows, seed=cfg.seed) if with_baselines else {}
     size, unit = parse_length(window, "window")
+    from ..atoms.dynamics import dynamics
+
+    per_atom = np.full(len(table), np.nan)
+    per_atom[index] = values["angle_symmetric" if "angle_symmetric" in values else "angle"]
     return AtomResult(table, index, {k: np.asarray(v, np.float32) for k, v in values.items()}, result.config,
                       list(result.history), note, size if unit == "Å" else None, series.pixel_size_angstrom,
-                      extra, result.model)
+                      extra, result.model, dynamics(table, series.n_frames, per_atom, hop_reach=_bonds(series, 2.0)))
 
 
-def frame_histograms(values: np.ndarray, frames: np.ndarray, n_frames: int, bins: Any = 36,
-                     value_range: tuple[float, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Per-frame histograms (density) of ``values``: ``(n_frames, bins)`` and the bin edges —
-    the study's time dynamics (the angle histogram loses height and broadens as carbon is lost).
-    Without ``value_range`` the bins span the 0.5–99.5 % percentiles of all frames (a few
-    outliers would otherwise squeeze the bulk into one bin); values outside are left out."""
-    values = np.asarray(values, np.float64)
-    ok = np.isfinite(values)
-    if value_range is None:
-        value_range = tuple(float(v) for v in np.percentile(values[ok], [0.5, 99.5])) if ok.any() else (0.0, 1.0)
-        if value_range[0] == value_range[1]:
-            value_range = (value_range[0] - 0.5, value_range[1] + 0.5)
-    edges = np.histogram_bin_edges(values[ok], bins=bins, range=value_range)
-    out = np.zeros((n_frames, len(edges) - 1))
-    for f in range(n_frames):
-        m = ok & (frames == f)
-        if m.any():
-            out[f] = np.histogram(values[m], bins=edges, density=True)[0]
-    return out, edges
+def _bonds(series: ImageSeries, n: float) -> float:
+    """``n`` graphene bonds (1.42 Å) in pixels of ``series`` (6 px without a pixel size)."""
+    return n * 1.42 / series.pixel_size_angstrom if series.pixel_size_angstrom else 3.0 * n
 
 
 def atom_output(out: str | os.PathLike) -> tuple[str, str]:
@@ -369,11 +298,36 @@ class AtomRun:
         yield Message(f"series: {series.shape} {series.data.dtype}"
                       + (f", {series.pixel_size:g} {series.unit}/px" if series.pixel_size else ", no pixel size")
                       + f" from {series.source}")
+        if series.pixel_size_angstrom is None and self.options.method != "points":
+            yield from self._estimate_pixel_size()
+            series = self.series
         self.table = table = find(series, self.options.method, points=self.points, **self.options.find_options())
         per_frame = np.bincount(table.frame, minlength=series.n_frames)
         classes = dict(zip(table.class_names, np.bincount(table.cls, minlength=len(table.class_names)).tolist()))
         yield Message(f"atoms: {len(table)} in {series.n_frames} frames ({per_frame.min()}–{per_frame.max()} per "
                       f"frame), classes {classes}")
+
+    def _estimate_pixel_size(self) -> Iterator[Event]:
+        """The pixel size read off the lattice of the first frame (a honeycomb's {10-10} planes,
+        1.5 × the nearest-neighbour distance apart), stated; none when no lattice shows."""
+        import dataclasses
+
+        from ..atoms.complete import lattice_pixel_size
+
+        found = lattice_pixel_size(np.asarray(self.series.frame(0)), 1.5 * float(self.options.min_spacing))
+        if found is None:
+            yield Message("no pixel size in the file and no lattice to read it from: atoms are found in pixels "
+                          "(give --pixel-size for windows in Å)", "warning")
+            return
+        size, strength = found
+        self.series = dataclasses.replace(self.series, pixel_size=float(size), unit="Å",
+                                          provenance=tuple(self.series.provenance) + (
+                                              {"step": "pixel size from the lattice", "pixel_size_angstrom": size,
+                                               "planes_angstrom": 1.5 * float(self.options.min_spacing),
+                                               "strength": strength},))
+        yield Message(f"no pixel size in the file: {size:.4f} Å/px read off the lattice (six spots of "
+                      f"{1.5 * float(self.options.min_spacing):.2f} Å planes, {strength:.0f} robust SDs above the "
+                      "spectrum); give --pixel-size to override", "warning")
 
     def train_events(self, stop: Any = None) -> Iterator[Event]:
         """Windows around the atoms → rVAE (epochs as :class:`Epoch` events) → :attr:`result`."""

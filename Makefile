@@ -59,7 +59,7 @@ test-lowest: system-deps
 	$(PYTHON) -m venv $(VENV_LOWEST)
 	$(VENV_LOWEST)/bin/python -m pip install -q --upgrade pip
 	$(VENV_LOWEST)/bin/python -m pip install -q torch==2.13.0
-	$(VENV_LOWEST)/bin/python -m pip install -q -c ci/lowest-constraints.txt -e ".[testing]"
+	$(VENV_LOWEST)/bin/python -m pip install -q --only-binary=:all: -c ci/lowest-constraints.txt -e ".[testing]"
 	$(VENV_LOWEST)/bin/python -m pip check
 	$(VENV_LOWEST)/bin/python -m pytest tests -m "not slow" -q -p no:cacheprovider --ignore=tests/plugin/test_workflow.py
 

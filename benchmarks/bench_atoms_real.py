@@ -43,7 +43,6 @@ import numpy as np
 AICRYST = "https://raw.githubusercontent.com/pycroscopy/AICrystallographer/a32e4cfe32e13ac0179c9641d3d022b88bcf99e6/"
 IMAGES = {
     "graphene_Si1_2nm": {"url": AICRYST + "AtomNet/exp_data/G-Si-2nm.hdf5", "key": "image_data",
-                         "sha256": "1127ea419eb807a794b2826afcab732aa53ce485c3e12290e47858cda66d1abc",
                          "reference": AICRYST + "AtomNet/exp_data/G-Si-2nm-coord.npy",
                          "pixel": 0.0726, "lattice": "graphene", "si": 1},
     "graphene_gb_4nm": {"url": AICRYST + "AtomNet/exp_data/G-GrainBoundary-4nm.hdf5", "key": "image_data",
@@ -55,6 +54,16 @@ IMAGES = {
                      "pixel": 0.0541, "lattice": "graphene", "si": 3},
     "MoS2_Se": {"pip": "temul-toolkit==0.1.9", "member": "temul/example_data/experimental/example_Se_implanted_MoS2.dm3",
                 "pixel": 0.127, "lattice": "MoS2", "si": None},
+}
+# SHA-256 of every file as published, so a changed upstream file is named rather than silently judged.
+SHA256 = {
+    "G-Si-2nm.hdf5": "1127ea419eb807a794b2826afcab732aa53ce485c3e12290e47858cda66d1abc",
+    "G-Si-2nm-coord.npy": "f8bbf5be686ec804c600d5b980cc415fd98920934ff8abbc6c4e9411c5391fd4",
+    "G-GrainBoundary-4nm.hdf5": "d5b3824a18c466cfb4de3f977043a68c67861427ea3a2fd39eb1ae1cf4d2194b",
+    "G-GrainBoundary-4nm-coord.npy": "48e335bcad912c649a77b57a75e21823450f3858bd42b18e1390f1eff14daa20",
+    "G-dimSi.hdf5": "394e09ee3a1336bb19c0556e625f8cd1a8bff21bdde7cae83ade069469385b77",
+    "G-trimSi.hdf5": "c6c48fee094ccc143331d2eccd34a57517fc18b0f0aaaeb01cdfee94c4af3fe8",
+    "example_Se_implanted_MoS2.dm3": "fe7ebcc367c5620bb5ede7e45efc59d08721a7751878777342716ec26d9022e3",
 }
 DENSITY = {"graphene": 0.382, "MoS2": 2 / (3.16 ** 2 * np.sqrt(3) / 2)}
 BOND = {"graphene": 1.42, "MoS2": 3.16 / np.sqrt(3)}
@@ -92,29 +101,32 @@ def fetch(data: Path, names: list[str]) -> None:
                     target.write_bytes(z.read(spec["member"]))
 
 
+def _checked(path: Path) -> Path:
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: not there; run with --fetch (internet) or copy it there")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if path.name in SHA256 and digest != SHA256[path.name]:
+        raise ValueError(f"{path}: SHA-256 {digest} is not the published file's {SHA256[path.name]}")
+    return path
+
+
 def load(data: Path, name: str) -> tuple[np.ndarray, np.ndarray | None]:
     """The frame (y, x) float32 and the reference positions (n, 2) px, or None."""
     import h5py
 
     spec = IMAGES[name]
     if "url" in spec:
-        path = data / Path(spec["url"]).name
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: not there; run with --fetch (internet) or copy it there")
-        if spec.get("sha256"):
-            digest = hashlib.sha256(path.read_bytes()).hexdigest()
-            if digest != spec["sha256"]:
-                raise ValueError(f"{path}: SHA-256 {digest} is not the published file's {spec['sha256']}")
+        path = _checked(data / Path(spec["url"]).name)
         with h5py.File(path, "r") as f:
             key = spec["key"] or next(k for k in f if isinstance(f[k], h5py.Dataset) and f[k].ndim >= 2)
             frame = np.squeeze(f[key][()]).astype(np.float32)
         reference = None
         if "reference" in spec and (data / Path(spec["reference"]).name).exists():
-            reference = _coords(data / Path(spec["reference"]).name)
+            reference = _coords(_checked(data / Path(spec["reference"]).name))
         return frame, reference
     from rsciio.digitalmicrograph import file_reader
 
-    path = data / Path(spec["member"]).name
+    path = _checked(data / Path(spec["member"]).name)
     return np.squeeze(file_reader(str(path))[0]["data"]).astype(np.float32), None
 
 

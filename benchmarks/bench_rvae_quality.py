@@ -214,18 +214,26 @@ def main() -> None:
         write_table(Path(args.write), lines, args)
 
 
-def write_table(path: Path, lines: list[str], args: argparse.Namespace) -> None:
-    """The table between the ``<!-- bench_rvae_quality -->`` markers of ``path`` (created if absent)."""
-    start, end = "<!-- bench_rvae_quality: start -->", "<!-- bench_rvae_quality: end -->"
-    block = "\n".join([start, f"*`python benchmarks/bench_rvae_quality.py --seeds {args.seeds} --first-seed "
-                              f"{args.first_seed} --parts {args.parts}` on {time.strftime('%Y-%m-%d')}, "
+def write_table(path: Path, lines: list[str], args: argparse.Namespace, *,
+                marker: str = "bench_rvae_quality", command: str | None = None) -> None:
+    """The table between the ``<!-- marker: start/end -->`` lines of ``path`` (created if absent).
+
+    Each benchmark owns its marker, so several tables share one page without overwriting each other.
+    """
+    start, end = f"<!-- {marker}: start -->", f"<!-- {marker}: end -->"
+    if command is None:
+        command = (f"python benchmarks/bench_rvae_quality.py --seeds {args.seeds} --first-seed "
+                   f"{args.first_seed} --parts {args.parts}")
+    block = "\n".join([start, f"*`{command}` on {time.strftime('%Y-%m-%d')}, "
                               f"{args.threads} threads.*", "", *lines, end])
     text = path.read_text() if path.exists() else "# Quality\n\n"
     if start in text and end in text:
         text = text[:text.index(start)] + block + text[text.index(end) + len(end):]
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
-    path.write_text(text)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
     print(f"wrote {path}")
 
 

@@ -214,7 +214,7 @@ class AtomsWidget(Container, WorkerMixin):
         """The atoms linked over frames as a Tracks layer (track, frame, y, x), aligned with the
         Points layer and the image, each vertex carrying its track's class, lifetime and mean
         angle; updated in place by name. Nothing for a single frame."""
-        from ..atoms.dynamics import dynamics
+        from ..workflows import dynamics
 
         table = self.table
         if len(np.asarray(layer.scale)) != 3 or self.series.n_frames < 2 or not (table.track >= 0).any():

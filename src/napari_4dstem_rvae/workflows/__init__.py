@@ -28,7 +28,7 @@ _PUBLIC = {
     "run_atoms": ".workflows.calls",
     "AtomRun": ".workflows.atoms", "AtomOptions": ".workflows.atoms", "AtomResult": ".workflows.atoms",
     "PRESETS": ".workflows.atoms", "RVAE_FIELDS": ".workflows.atoms", "analyse": ".workflows.atoms",
-    "find": ".atoms.finding", "frame_histograms": ".atoms.baselines", "parse_length": ".workflows.atoms",
+    "find": ".atoms.finding", "frame_histograms": ".atoms.baselines", "dynamics": ".atoms.dynamics", "parse_length": ".workflows.atoms",
     "COMRun": ".workflows.com", "ImageRun": ".workflows.com", "run_to_end": ".workflows.com",
     "demo_events": ".workflows.demo", "PreprocessRun": ".workflows.preprocessing", "QUICK_DEMO": ".workflows.demo",
     "Message": ".workflows.events", "Progress": ".workflows.events", "Epoch": ".workflows.events",

@@ -37,6 +37,7 @@ Nothing is tuned on the reported numbers inside a run. Seed 0 chose the detector
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 from typing import Any

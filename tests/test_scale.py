@@ -45,7 +45,9 @@ def test_encoding_on_the_cluster_equals_one_process(cluster, trained):
     ref = encode(result.model, ds, novelty=True)
     maps = encode_on_cluster(result.model, ds, cluster, novelty=True)
     for name in ("angle", "angle_std", "angle_concentration", "latents", "latents_std", "novelty"):
-        np.testing.assert_allclose(getattr(maps, name), getattr(ref, name), rtol=1e-6, atol=1e-6, err_msg=name)
+        # the novelty's float32 projections are summed over the workers' blocks: float32 rounding apart
+        tol = 2e-5 if name == "novelty" else 1e-6
+        np.testing.assert_allclose(getattr(maps, name), getattr(ref, name), rtol=tol, atol=tol, err_msg=name)
 
 
 @pytest.mark.slow
@@ -66,7 +68,7 @@ def test_a_worker_killed_during_encoding_is_survived(cluster, trained, monkeypat
     assert killed
     ref = encode(result.model, ds, novelty=True)
     np.testing.assert_allclose(maps.latents, ref.latents, rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(maps.novelty, ref.novelty, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(maps.novelty, ref.novelty, rtol=2e-5, atol=2e-5)  # float32 sums over blocks
 
 
 @pytest.mark.slow

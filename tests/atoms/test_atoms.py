@@ -117,6 +117,15 @@ def test_windows_at_the_edges_dropped_or_padded(small):
     assert mask[0, 0] == 0 and mask[16, 16] == 1 and np.allclose(mask, np.rot90(mask))
     with pytest.raises(ValueError, match="edge must be"):
         cut_windows(series, table, 5.0, edge="wrap")
+    # auto (the default): this small field would lose more than a fifth of its atoms, so it pads
+    # and says so; with a small window nearly every atom is inside, so it drops the few left
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _, auto_idx, auto = cut_windows(series, table, 5.0, 32)
+        assert auto["edge"] == "pad" and auto["edge_requested"] == "auto" and len(auto_idx) == len(table)
+        assert auto["padded_at_edge"] == note["dropped_at_edge"]
+        _, small_idx, small_note = cut_windows(series, table, 1.0, 8)
+    assert small_note["edge"] == "drop" and len(small_idx) >= 0.8 * len(table)
 
 
 def test_parse_length_and_windows_in_px():
@@ -198,7 +207,7 @@ def test_analyse_and_results_roundtrip(tmp_path, small):
     series, truth = small
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        result = analyse(series, window=5.0, pixels=24, epochs=3, batch_size=128, seed=0, threads=1)
+        result = analyse(series, window=5.0, pixels=24, epochs=3, batch_size=128, seed=0, threads=1, edge="drop")
     cols = result.columns()
     n = len(result.table)
     for name in ("frame", "y", "x", "class", "angle", "angle_std", "latent_1", "latent_2", "shift_x", "shift_y",

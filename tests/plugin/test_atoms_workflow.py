@@ -139,4 +139,4 @@ def test_unet_choice_in_the_dock(atoms_setup, qtbot):
         assert len(points.data) > 6 * 1000
         names = points.features["class name"]
         assert set(names) <= {"C", "Si"} and (names == "Si").any()
-    assert len(viewer.layers) == 2
+    assert [layer._type_string for layer in viewer.layers] == ["image", "points", "tracks"]

@@ -137,11 +137,16 @@ def test_whole_workflow_through_the_plugins_menu(make_napari_viewer, qtbot, tmp_
             click_enabled(qtbot, train.load_button)
             wait_for_worker(qtbot, train)
         assert len(viewer.layers) == n_explored
+        # a results file opens like any other file (npe2: the reader returns layer data and adds
+        # nothing itself): each opening adds the same maps, aligned with the ADF image
         reopened = []
         for _ in range(2):
-            viewer.open(str(tmp_path / "results.h5"), plugin=PLUGIN)
+            added = viewer.open(str(tmp_path / "results.h5"), plugin=PLUGIN)
             reopened.append(len(viewer.layers))
-        assert reopened[0] == reopened[1], "re-opening a results file updates its layers in place"
+            assert added and all(layer in viewer.layers for layer in added)
+            maps = [layer for layer in added if layer.ndim == 2 and "latent 1" in layer.name]
+            assert maps and all(np.allclose(layer.scale, adf.scale) for layer in maps)
+        assert reopened[1] - reopened[0] == reopened[0] - n_explored > 0
     assert not _problems(notifications), _problems(notifications)
     units = [str(w.message) for w in caught if "nconsistent units" in str(w.message)]
     assert not units, units

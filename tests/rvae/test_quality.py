@@ -21,11 +21,18 @@ def graphene():
     return ds, np.hypot(com.x, com.y), np.arctan2(com.y, com.x)
 
 
-@pytest.mark.slow
-def test_latent_follows_com_magnitude_on_simulated_graphene(graphene, tmp_path):
+@pytest.fixture(scope="module")
+def trained(graphene):
+    """One model for the module: the defaults, with a shorter training than the default ~2,400
+    steps to fit a test budget."""
     data, magnitude, angle = graphene
-    # the defaults, with a shorter training than the default ~2,400 steps to fit a test budget
-    result = rvae.fit(data, steps=1000, threads=2, com_magnitude=magnitude, com_angle=angle)
+    return rvae.fit(data, steps=1000, threads=2, com_magnitude=magnitude, com_angle=angle)
+
+
+@pytest.mark.slow
+def test_latent_follows_com_magnitude_on_simulated_graphene(graphene, trained, tmp_path):
+    data, magnitude, angle = graphene
+    result = trained
     assert result.config.epoch_selection == "held_out" and result.config.likelihood == "gaussian"
     assert result.maps.latents.shape == (2, 24, 24)
     assert result.max_abs_r >= 0.95, result.latent_r
@@ -39,13 +46,13 @@ def test_latent_follows_com_magnitude_on_simulated_graphene(graphene, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_pattern_from_another_structure_is_novel(graphene):
+def test_a_pattern_from_another_structure_is_novel(graphene, trained):
     """Patterns of another material injected into the scan of a trained model: the novelty map
     ranks them above every graphene position."""
     from napari_4dstem_rvae.simulate import graphene as simulate
 
     data, _, _ = graphene
-    result = rvae.fit(data, steps=1500, threads=2)
+    result = trained
     # "another structure": a honeycomb 1.4× larger (lattice constant 3.44 Å), same optics: its
     # patterns differ from graphene's by only 2–7 % of the intensity
     other = simulate(scan_shape=(24, 24), det_shape=(64, 64), lattice_constant=3.44)

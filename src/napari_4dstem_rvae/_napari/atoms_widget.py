@@ -234,8 +234,11 @@ class AtomsWidget(Container, WorkerMixin):
         scale, translate = tuple(float(v) for v in layer.scale), tuple(float(v) for v in layer.translate)
         if name in self.viewer.layers and layer_kind(self.viewer.layers[name]) == "tracks":
             tracks = unwrap(self.viewer.layers[name])
+            colour_by = tracks.color_by if tracks.color_by in features else "class"
+            tracks.color_by = "track_id"          # new data drop the old features: colour by id meanwhile
             tracks.data = data
             tracks.features = features
+            tracks.color_by = colour_by
             tracks.scale, tracks.translate = scale, translate
         else:
             kwargs: dict[str, Any] = {"name": name, "scale": scale, "translate": translate, "features": features,

@@ -20,7 +20,7 @@ Classical atom finding (:func:`find_atoms`):
 :func:`link_frames` follows atoms over frames (nearest neighbour after removing the median
 drift between frames). :func:`cut_windows` samples a square window of a physical size around
 every atom at its sub-pixel centre (bilinear), resampled to ``pixels`` × ``pixels``; windows
-crossing the frame edge are dropped (or padded with the frame's median, ``edge="pad"``).
+crossing the frame edge are dropped (or padded with the frame's median, ``edge="pad"``; ``"auto"``, the default, pads in small fields).
 
 Only numpy and scipy/scikit-image/scikit-learn; nothing here imports torch.
 """

@@ -28,21 +28,27 @@ def round_mask(pixels: int, taper: float = 0.15) -> np.ndarray:
     return np.where(r <= inner, 1.0, np.where(r >= 1, 0.0, 0.5 * (1 + np.cos(np.pi * (r - inner) / taper))))
 
 
+EDGES = ("auto", "drop", "pad")
+AUTO_MIN_WINDOWS = 64        # edge="auto" pads when dropping would leave fewer windows than this ...
+AUTO_KEEP_FRACTION = 0.8     # ... or keep fewer than this fraction of the atoms
+
+
 def cut_windows(series: Any, table: AtomTable, size: float, pixels: int = 32, *, source: Any = None,
-                edge: str = "drop", round: bool = True) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+                edge: str = "auto", round: bool = True) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Windows ``(n, pixels, pixels)`` float32 centred on every atom (sub-pixel, bilinear).
 
     ``size``: side in Å (``series.pixel_size`` known) or px; ``source``: another stack of the
     series' frame shape to cut from (e.g. class-probability maps), default the frames.
-    ``edge``: ``"drop"`` windows crossing the frame edge, or ``"pad"`` them with the frame's
-    median. ``round``: each window minus its frame's median, times :func:`round_mask`.
+    ``edge``: ``"drop"`` windows crossing the frame edge, ``"pad"`` them with the frame's
+    median, or ``"auto"``: drop them unless that leaves out more than a fifth of the atoms or
+    leaves fewer than 64 windows (small fields), then pad (the note says which was done). ``round``: each window minus its frame's median, times :func:`round_mask`.
     Returns the windows, the indices of the atoms they belong to and a note of what
     was dropped.
     """
     from scipy import ndimage
 
-    if edge not in ("drop", "pad"):
-        raise ValueError(f"edge must be 'drop' or 'pad', got {edge!r}")
+    if edge not in EDGES:
+        raise ValueError(f"edge must be one of {EDGES}, got {edge!r}")
     if pixels < 4:
         raise ValueError(f"windows need at least 4 × 4 pixels, got {pixels}")
     side = window_pixels_for(size, series.pixel_size_angstrom)
@@ -55,6 +61,9 @@ def cut_windows(series: Any, table: AtomTable, size: float, pixels: int = 32, *,
     gy, gx = np.meshgrid(grid, grid, indexing="ij")
     inside = (table.y - half >= -0.5) & (table.y + half <= ny - 0.5) & \
              (table.x - half >= -0.5) & (table.x + half <= nx - 0.5)
+    requested = edge
+    if edge == "auto":
+        edge = "drop" if inside.sum() >= max(AUTO_MIN_WINDOWS, AUTO_KEEP_FRACTION * len(table)) else "pad"
     keep = np.flatnonzero(inside) if edge == "drop" else np.arange(len(table))
     out = np.empty((len(keep), pixels, pixels), np.float32)
     mask = round_mask(pixels).astype(np.float32) if round else None
@@ -75,8 +84,8 @@ def cut_windows(series: Any, table: AtomTable, size: float, pixels: int = 32, *,
             out[rows] = (out[rows] - fill) * mask
     note = {"windows": int(len(keep)), "dropped_at_edge": int(len(table) - len(keep)) if edge == "drop" else 0,
             "padded_at_edge": int((~inside).sum()) if edge == "pad" else 0, "side_px": float(side),
-            "pixels": int(pixels), "round": bool(round)}
-    if note["dropped_at_edge"]:
+            "pixels": int(pixels), "round": bool(round), "edge": edge, "edge_requested": requested}
+    if note["dropped_at_edge"] and requested == "drop":
         warnings.warn(f"{note['dropped_at_edge']} of {len(table)} atoms are closer to the frame edge than half a "
                       f"window ({side:.1f} px): their windows are left out (edge='pad' keeps them, padded)",
                       stacklevel=2)

@@ -169,14 +169,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stem-rvae", description="4D-STEM and atom-resolved image series: "
                                      "COM/DPC maps and rotationally invariant VAE maps, headless.")
     parser.add_argument("--version", action="version", version=_version())
-    talk = parser.add_mutually_exclusive_group()
-    talk.add_argument("-v", "--verbose", action="count", default=0,
-                      help="say more on stderr (every epoch; -vv: debugging detail)")
-    talk.add_argument("-q", "--quiet", action="store_true",
-                      help="print only the paths of the files written (and errors)")
+    # -v/-q before or after the command (stem-rvae -q run … or stem-rvae run … -q); after it, the
+    # defaults are suppressed so that a command without them keeps what was given before it
+    common = argparse.ArgumentParser(add_help=False)
+    for target, default in ((parser, (0, False)), (common, (argparse.SUPPRESS, argparse.SUPPRESS))):
+        talk = target.add_mutually_exclusive_group()
+        talk.add_argument("-v", "--verbose", action="count", default=default[0],
+                          help="say more on stderr (every epoch; -vv: debugging detail)")
+        talk.add_argument("-q", "--quiet", action="store_true", default=default[1],
+                          help="print only the paths of the files written (and errors)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("demo", help="the whole pipeline on built-in simulated graphene (~2 min on 2 cores; "
+    p = sub.add_parser("demo", parents=[common], help="the whole pipeline on built-in simulated graphene (~2 min on 2 cores; "
                                     "--quick under 1 min)")
     p.add_argument("--out", default="out", help="output folder (default: out)")
     p.add_argument("--defect", default="vacancy", choices=["none", "vacancy", "si"],
@@ -184,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a 16 × 16 scan and a short training")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("info", help="shape and calibration of a file (reads no data)")
+    p = sub.add_parser("info", parents=[common], help="shape and calibration of a file (reads no data)")
     add_file(p)
     p.set_defaults(func=cmd_info)
 
@@ -197,27 +201,27 @@ def build_parser() -> argparse.ArgumentParser:
                        help="dask.distributed scheduler (tcp://host:8786): the passes over the data run on its "
                             "workers, which must see the file")
 
-    p = sub.add_parser("image", help="virtual images (sum, ADF) as HDF5 and PNG")
+    p = sub.add_parser("image", parents=[common], help="virtual images (sum, ADF) as HDF5 and PNG")
     add_file(p)
     add_out(p, "images")
     add_scheduler(p)
     p.set_defaults(func=cmd_image)
 
-    p = sub.add_parser("com", help="centre-of-mass / DPC maps (HDF5 + PNG)")
+    p = sub.add_parser("com", parents=[common], help="centre-of-mass / DPC maps (HDF5 + PNG)")
     add_file(p)
     add_out(p, "COM results")
     add_options(p.add_argument_group("centre of mass"), COMOptions)
     add_scheduler(p)
     p.set_defaults(func=cmd_com)
 
-    p = sub.add_parser("preprocess", help="crop, bin, repair, centre, transform, subtract the mean, PCA: a new "
+    p = sub.add_parser("preprocess", parents=[common], help="crop, bin, repair, centre, transform, subtract the mean, PCA: a new "
                                           "4D-STEM file (EMD 1.0 HDF5)")
     add_file(p)
     p.add_argument("--out", required=True, help="the new file (NAME.h5); never the input")
     add_options(p.add_argument_group("preprocessing"), PreprocessOptions)
     p.set_defaults(func=cmd_preprocess)
 
-    p = sub.add_parser("run", help="read → COM → bin → rVAE → results.h5 + overview PNG")
+    p = sub.add_parser("run", parents=[common], help="read → COM → bin → rVAE → results.h5 + overview PNG")
     add_file(p)
     add_out(p, "results")
     add_options(p.add_argument_group("data for the rVAE"), RunOptions)
@@ -237,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="the COM pass and the encoding on a local cluster of N worker processes")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("atoms", help="atom-resolved image series: atoms → windows → rVAE → per-atom angle and "
+    p = sub.add_parser("atoms", parents=[common], help="atom-resolved image series: atoms → windows → rVAE → per-atom angle and "
                                      "latents (HDF5 table + overview PNG)")
     p.add_argument("file", help="image series or image: TIFF stack, .npy, HDF5/EMD, zarr, .dm3/.dm4, Velox .emd")
     p.add_argument("--dataset", help="path of the image dataset inside an HDF5 file or zarr store")

@@ -71,8 +71,9 @@ class Renderer:
 
         bar = self.bars.get(stage)
         if bar is None or bar.total != total:
-            if bar is not None:
-                bar.close()
+            for other in list(self.bars.values()):  # one pass at a time: one bar, never stacked
+                other.close()
+            self.bars.clear()
             bar = tqdm(total=total, desc=f"stem-rvae: {stage}{where}", unit=f" {unit}", file=sys.stderr,
                        disable=self.verbosity < 0, mininterval=0.5, leave=self.verbosity >= 0,
                        dynamic_ncols=True)

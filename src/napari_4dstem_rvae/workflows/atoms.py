@@ -24,6 +24,7 @@ import numpy as np
 from ..dataset import Calibration, Dataset4D
 from ..options import option
 from ..atoms import ATOM_FWHM, MIN_SPACING, AtomTable, cut_windows
+from ..atoms.windows import EDGES
 from ..atoms.baselines import baselines, frame_histograms  # noqa: F401 - frame_histograms: the API's name
 from ..atoms.finding import find
 from ..series import ImageSeries
@@ -86,8 +87,10 @@ class AtomOptions:
         label="window")
     pixels: int = option(DEFAULT_WINDOW_PIXELS, "window pixels after resampling", label="window pixels",
                          minimum=8, maximum=256)
-    edge: str = option("drop", "windows crossing the frame edge: dropped or padded with the frame's median",
-                       choices=("drop", "pad"), label="at frame edges", advanced=True)
+    edge: str = option("auto", "windows crossing the frame edge: dropped, padded with the frame's median, or auto "
+                       "(dropped unless that leaves out more than a fifth of the atoms or leaves fewer than 64 "
+                       "windows, as in small fields: then padded)", choices=EDGES, label="at frame edges",
+                       advanced=True)
     window_from: str = option("frames", "cut the windows from the raw frames or from the U-Net's class "
                               "probabilities", choices=("frames", "probabilities"), advanced=True)
     preset: str = option("default", "rVAE settings: this package's (default) or the published ones (study)",
@@ -107,8 +110,8 @@ class AtomOptions:
             raise ValueError(f"--method must be one of {METHODS}, got {self.method!r}")
         if self.preset not in PRESETS:
             raise ValueError(f"--preset must be one of {sorted(PRESETS)}, got {self.preset!r}")
-        if self.edge not in ("drop", "pad"):
-            raise ValueError(f"--edge must be 'drop' or 'pad', got {self.edge!r}")
+        if self.edge not in EDGES:
+            raise ValueError(f"--edge must be one of {EDGES}, got {self.edge!r}")
         if self.window_from not in ("frames", "probabilities"):
             raise ValueError(f"--window-from must be 'frames' or 'probabilities', got {self.window_from!r}")
         if int(self.pixels) < 8:
@@ -130,7 +133,7 @@ class AtomOptions:
 
 
 def windows_for(series: ImageSeries, table: AtomTable, window: Any = DEFAULT_WINDOW_ANGSTROM,
-                pixels: int = DEFAULT_WINDOW_PIXELS, edge: str = "drop", source: Any = None):
+                pixels: int = DEFAULT_WINDOW_PIXELS, edge: str = "auto", source: Any = None):
     """Windows around the atoms (:func:`~napari_4dstem_rvae.atoms.cut_windows`); ``window`` in Å (or
     ``"40px"``; Å needs a calibrated series)."""
     size, unit = parse_length(window, "window")
@@ -185,7 +188,7 @@ class AtomResult:
 
 
 def analyse(series: ImageSeries, table: AtomTable | None = None, *, window: Any = DEFAULT_WINDOW_ANGSTROM,
-            pixels: int = DEFAULT_WINDOW_PIXELS, edge: str = "drop", preset: str = "default",
+            pixels: int = DEFAULT_WINDOW_PIXELS, edge: str = "auto", preset: str = "default",
             config: Any = None, with_baselines: bool = True, callback: Callable | None = None,
             stop: Any = None, find_options: dict | None = None, window_from: str = "frames",
             **changes: Any) -> AtomResult:
@@ -213,7 +216,7 @@ def analyse(series: ImageSeries, table: AtomTable | None = None, *, window: Any 
     if len(windows) < 8:
         raise ValueError(f"only {len(windows)} atoms have a whole window of {window} inside the frames "
                          f"({note.get('dropped_at_edge', 0)} left out at the edges); expected at least 8 — use a "
-                         "smaller window or edge='pad'")
+                         "smaller window or edge='pad' (or 'auto')")
     base = RVAEConfig.from_dict(config) if isinstance(config, dict) else (config or RVAEConfig())
     cfg = base.replace(**PRESETS[preset]).replace(**{k: v for k, v in changes.items() if v is not None})
     result = fit(windows_dataset(windows, series.source), cfg, callback=callback, stop=stop)
@@ -343,7 +346,10 @@ class AtomRun:
         note = result.windows_note
         yield Message(f"windows: {note['windows']} of {note['side_px']:.1f} px resampled to {o.pixels} × {o.pixels}"
                       + (f"; {note['dropped_at_edge']} atoms at the frame edges left out"
-                         if note.get("dropped_at_edge") else ""))
+                         if note.get("dropped_at_edge") else "")
+                      + (f"; {note['padded_at_edge']} windows at the frame edges padded with the frame's median"
+                         + (" (a small field: dropping them would leave too few)" if o.edge == "auto" else "")
+                         if note.get("padded_at_edge") else ""))
 
     def events(self, stop: Any = None) -> Iterator[Event]:
         """The whole run; with ``out``, the output is claimed first and written at the end."""

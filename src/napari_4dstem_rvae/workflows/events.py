@@ -130,9 +130,15 @@ def reporting(function: Callable[..., Any], stage: str, *args: Any, unit: str = 
               stop: threading.Event | None = None, **kwargs: Any) -> Iterator[Progress]:
     """:func:`relay` for a computation that takes ``progress(done, total)``: its counts as
     :class:`Progress` events of ``stage``; returns the computation's value."""
-    value = yield from relay(function, *args, callback="progress", stop=stop,
-                             convert=lambda done, total: Progress(stage, int(done), int(total), unit, where),
-                             **kwargs)
+    last: list[Progress] = []
+
+    def convert(done: Any, total: Any) -> Progress:
+        last[:] = [Progress(stage, int(done), int(total), unit, where)]
+        return last[0]
+
+    value = yield from relay(function, *args, callback="progress", stop=stop, convert=convert, **kwargs)
+    if last and last[0].done < last[0].total and (stop is None or not stop.is_set()):
+        yield Progress(stage, last[0].total, last[0].total, unit, where)  # a pass that ended is complete
     return value
 
 

@@ -20,9 +20,9 @@ first from where they are published, checked by SHA-256):
 
 Reference positions: for the two AICrystallographer frames that come with them, the atom
 positions the authors published (their AtomNet network's), inside the frame by more than
-0.7 Å; those of ``graphene_Si1_2nm`` were checked by eye against the smoothed frame
-(docs/screenshots/real_graphene_overlay.png: every interior reference atom sits on a lattice
-site; differences lie at the frame edges and next to the Si). Columns: atoms found (interior),
+0.7 Å; those of ``graphene_Si1_2nm`` were checked by eye against the smoothed frame (every
+interior reference atom sits on a lattice site; differences lie at the frame edges and next to
+the Si; the overlay is not kept here, the frame carrying no licence). Columns: atoms found (interior),
 their density against the lattice's (graphene 0.382 Å⁻², MoS₂ columns 0.231 Å⁻²), recall and
 precision within 0.5 Å of the reference, the share of atoms whose rVAE angle (mod 120°) lies
 within ±10° of two modes 60° apart (the two sublattices; per image, a grain boundary splits

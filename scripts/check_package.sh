@@ -113,10 +113,17 @@ EOF
 ls "$TMP/com"/*.h5 > /dev/null 2>&1 || fail "stem-rvae com wrote no .h5 in $TMP/com"
 ok "stem-rvae com headless: wrote $(cd "$TMP/com" && ls | tr '\n' ' ')and imported no napari/qtpy/PyQt6/magicgui"
 
-"$TMP/venv/bin/stem-rvae" -q demo --quick --out "$TMP/demo" > "$TMP/demo.log" 2>&1 \
-  || { tail -n 30 "$TMP/demo.log" >&2; fail "stem-rvae demo --quick"; }
-[ -s "$TMP/demo/results.h5" ] || fail "stem-rvae demo --quick wrote no results.h5"
-ok "stem-rvae demo --quick wrote results.h5"
+"$TMP/venv/bin/stem-rvae" demo --quick --out "$TMP/demo" > "$TMP/demo.out" 2> "$TMP/demo.err" \
+  || { tail -n 30 "$TMP/demo.err" >&2; fail "stem-rvae demo --quick"; }
+# stderr: what happens, every line ours (bars and log lines, no tracebacks, no stray escapes);
+# stdout: the files written, one path per line, each there
+strays="$(tr '\r' '\n' < "$TMP/demo.err" | grep -v '^[[:space:]]*$' | grep -v '^stem-rvae: ' || true)"
+[ -z "$strays" ] || { echo "$strays" | head -n 10 >&2; fail "stem-rvae demo --quick: stderr lines not from stem-rvae"; }
+for name in graphene_4dstem.h5 com.h5 images.h5 results.h5 overview.png; do
+  grep -qx "$TMP/demo/$name" "$TMP/demo.out" || fail "stem-rvae demo --quick did not print $TMP/demo/$name"
+done
+while read -r path; do [ -s "$path" ] || fail "stem-rvae demo --quick printed $path, which is not there"; done < "$TMP/demo.out"
+ok "stem-rvae demo --quick: $(wc -l < "$TMP/demo.out") files on stdout, every stderr line from stem-rvae"
 
 # --- the [napari] extra and its npe2 manifest -------------------------------------------------
 step "installing the wheel's [napari] extra and npe2"

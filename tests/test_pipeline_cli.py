@@ -138,25 +138,3 @@ def test_cli_calibration_flags_and_one_line_warnings(tmp_path, capsys):
         assert f["com"].attrs["rotation_deg"] == 0.0 and f["com"].attrs["rotation_problem"]
         assert f["com/com_x"].attrs["unit"] == "mrad"
         assert f["com/com_divergence"].attrs["unit"] == "mrad/probe step"
-
-
-@pytest.mark.slow
-def test_quick_demo_in_a_subprocess(tmp_path):
-    """``stem-rvae demo --quick``: the whole chain as a user runs it, in its own process."""
-    import subprocess
-    import sys
-
-    exe = Path(sys.executable).with_name("stem-rvae")
-    done = subprocess.run([str(exe), "demo", "--quick", "--out", str(tmp_path / "out")], capture_output=True,
-                          text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "Traceback" not in done.stderr
-    # stderr: what happens (every line ours); stdout: the files written, one path per line
-    assert all(line.startswith("stem-rvae:") for line in done.stderr.replace("\r", "\n").splitlines() if line.strip())
-    written = [Path(line) for line in done.stdout.splitlines()]
-    assert {p.name for p in written} >= {"graphene_4dstem.h5", "com.h5", "images.h5", "results.h5", "overview.png"}
-    assert all(p.exists() for p in written)
-    for name in ("graphene_4dstem.h5", "com.h5", "com.png", "images.h5", "adf.png", "results.h5", "overview.png"):
-        assert (tmp_path / "out" / name).stat().st_size > 1000, name
-    with h5py.File(tmp_path / "out" / "results.h5", "r") as f:
-        assert f["latents"].shape == (2, 16, 16)

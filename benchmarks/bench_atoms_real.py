@@ -25,8 +25,9 @@ interior reference atom sits on a lattice site; differences lie at the frame edg
 the Si; the overlay is not kept here, the frame carrying no licence). Columns: atoms found (interior),
 their density against the lattice's (graphene 0.382 Å⁻², MoS₂ columns 0.231 Å⁻²), recall and
 precision within 0.5 Å of the reference, the share of atoms whose rVAE angle (mod 120°) lies
-within ±10° of two modes 60° apart (the two sublattices; per image, a grain boundary splits
-it), the Si found (an atom of the heavy class within 0.5 Å of the brightest blob), seconds.
+within ±10° of two modes 60° apart (the two sublattices) over the image and per grain (grains
+told apart by the found positions' bond orientation mod 60°), beside the same share for that
+bond angle (what the positions allow), the Si found (an atom of the heavy class within 0.5 Å of the brightest blob), seconds.
 """
 
 from __future__ import annotations
@@ -223,8 +224,43 @@ def judge(name: str, frame: np.ndarray, reference: np.ndarray | None, threads: i
     out["train_s"] = time.perf_counter() - start
     values = run.result.values
     angle = values.get("angle_symmetric", values["angle"])
-    out["bimodal"] = bimodality(angle[_interior(points[run.result.index], frame.shape, margin)] * 1.0)
+    at = points[run.result.index]
+    keep = _interior(at, frame.shape, margin)
+    out["bimodal"] = bimodality(angle[keep] * 1.0)
+    # per grain: the grains told apart by the bond orientation of the found positions (mod 60°,
+    # the same on both sublattices); beside it the same share for the bond angle itself, what
+    # the positions allow
+    bond_angle, bonded = _bond_angles(points, bond / pixel)
+    grain = _grains(bond_angle[run.result.index])
+    out["grains"] = []
+    for g in np.unique(grain):
+        sel = keep & (grain == g) & bonded[run.result.index]
+        if sel.sum() >= 0.15 * keep.sum():
+            out["grains"].append((bimodality(angle[sel] * 1.0), bimodality(bond_angle[run.result.index][sel])))
     return out
+
+
+def _bond_angles(points: np.ndarray, bond_px: float) -> tuple[np.ndarray, np.ndarray]:
+    """Each atom's orientation from its three nearest neighbours (mean of 3θ, i.e. mod 120°) and
+    whether all three lie within 1.3 bonds."""
+    from scipy.spatial import cKDTree
+
+    d, j = cKDTree(points).query(points, k=4)
+    vec = points[j[:, 1:]] - points[:, None]
+    theta = np.arctan2(vec[..., 0], vec[..., 1])
+    return np.angle(np.exp(3j * theta).mean(1)) / 3, (d[:, 1:] < 1.3 * bond_px).all(1)
+
+
+def _grains(bond_angle: np.ndarray) -> np.ndarray:
+    """Grain labels: one grain when the orientations (mod 60°) agree, else two (k-means on the
+    unit circle of 6θ)."""
+    z = np.exp(6j * bond_angle)
+    if abs(z.mean()) > 0.8:
+        return np.zeros(len(z), int)
+    from sklearn.cluster import KMeans
+
+    xy = np.column_stack([z.real, z.imag])
+    return KMeans(2, n_init=10, random_state=0).fit_predict(xy)
 
 
 def main() -> None:
@@ -241,7 +277,7 @@ def main() -> None:
     if args.fetch:
         fetch(data, names)
     lines = ["| image | atoms (interior) | density / lattice's | recall | precision | angle bimodal (±10°) | "
-             "Si found | s (find + train) |", "|---|---|---|---|---|---|---|---|"]
+             "per grain: rVAE angle / bond angle | Si found | s (find + train) |", "|---|---|---|---|---|---|---|---|---|"]
     print("\n".join(lines), flush=True)
     for name in names:
         try:
@@ -252,6 +288,7 @@ def main() -> None:
         r = judge(name, frame, reference, args.threads, args.epochs)
         row = (f"| {name} | {r['atoms']} | {r['density']:.2f} | {r.get('recall', float('nan')):.3f} | "
                f"{r.get('precision', float('nan')):.3f} | {r['bimodal']:.2f} | "
+               f"{'; '.join(f'{a:.2f} / {b:.2f}' for a, b in r['grains']) or '—'} | "
                f"{'yes' if r.get('si_found') else ('no' if 'si_found' in r else '—')} | "
                f"{r['find_s']:.1f} + {r['train_s']:.0f} |")
         lines.append(row)

@@ -257,3 +257,24 @@ def test_cli_atoms(tmp_path, small):
     # a bad path
     bad = _cli("atoms", tmp_path / "nope.tif", "--out", tmp_path / "x.h5")
     assert bad.returncode != 0 and "nope.tif" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_windows_of_finely_sampled_frames_are_smoothed_before_resampling():
+    """Frames sampled finer than the windows (real frames: 0.03–0.1 Å/px, a 5 Å window of 50–170
+    px resampled to 32) are smoothed first, so that their pixel noise does not fold into the
+    windows; coarse frames (windows resampled up) are sampled as they are."""
+    from napari_4dstem_rvae.atoms.table import AtomTable
+
+    rng = np.random.default_rng(1)
+    noise = rng.normal(0.0, 1.0, (1, 400, 400)).astype(np.float32)
+    centres = rng.uniform(120, 280, (50, 2))
+    n = len(centres)
+    table = AtomTable(frame=np.zeros(n, int), y=centres[:, 0], x=centres[:, 1], intensity=np.ones(n),
+                      cls=np.zeros(n, int), score=np.ones(n))
+
+    def spread(pixel_size: float) -> float:
+        windows, _, _ = cut_windows(ImageSeries(noise, pixel_size, "Å"), table, 5.0, 32, round=False)
+        return float(windows.std())
+
+    assert spread(0.05) < 0.3          # 100 px → 32: smoothed over ≥ 0.2 Å (4 px) first
+    assert spread(0.25) > 0.5          # 20 px → 32: bilinear samples of the raw noise

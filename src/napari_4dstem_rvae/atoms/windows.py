@@ -31,6 +31,7 @@ def round_mask(pixels: int, taper: float = 0.15) -> np.ndarray:
 EDGES = ("auto", "drop", "pad")
 AUTO_MIN_WINDOWS = 64        # edge="auto" pads when dropping would leave fewer windows than this ...
 AUTO_KEEP_FRACTION = 0.8     # ... or keep fewer than this fraction of the atoms
+SMOOTH_ANGSTROM = 0.2        # smoothing (σ, Å) of frames sampled finer than the windows
 
 
 def cut_windows(series: Any, table: AtomTable, size: float, pixels: int = 32, *, source: Any = None,
@@ -70,12 +71,20 @@ def cut_windows(series: Any, table: AtomTable, size: float, pixels: int = 32, *,
     stack = source if source is not None else series.data
     if tuple(stack.shape[-2:]) != (ny, nx):
         raise ValueError(f"source has frames of {tuple(stack.shape[-2:])}; expected the series' {(ny, nx)}")
+    # resampled down: smooth first so that the pixel noise of finely sampled frames does not fold
+    # into the windows — anti-aliasing (σ = (factor − 1)/2 px), and at least SMOOTH_ANGSTROM in Å
+    # (well below an atom's width at 60–300 kV, ~0.4 Å σ)
+    sigma = (side / pixels - 1) / 2 if side / pixels > 1.5 else 0.0
+    if series.pixel_size_angstrom and side / pixels > 1.5:
+        sigma = max(sigma, SMOOTH_ANGSTROM / series.pixel_size_angstrom)
     for f in np.unique(table.frame[keep]):
         rows = np.flatnonzero(table.frame[keep] == f)
         image = np.asarray(stack[int(f)], np.float32)
         if hasattr(image, "compute"):
             image = image.compute()
         fill = float(np.median(image))
+        if sigma > 0:
+            image = ndimage.gaussian_filter(image, sigma)
         at = keep[rows]
         coords = np.stack([table.y[at][:, None, None] + gy[None], table.x[at][:, None, None] + gx[None]])
         out[rows] = ndimage.map_coordinates(image, coords.reshape(2, -1), order=1, mode="constant",

@@ -149,3 +149,21 @@ def test_encode_uses_the_lattice_and_falls_back_to_the_model(tmp_path):
     noise = rng.poisson(5.0, size=(24, 24, 32, 32)).astype(np.float32)
     maps = rvae.encode(result.model, noise, novelty=True)
     assert maps.novelty_reference == "model" and np.isfinite(maps.novelty).all()
+
+
+def test_periodic_directions_survive_an_svd_that_does_not_converge(monkeypatch):
+    """LAPACK's SVD can fail on a valid matrix (it did on a 10³ e⁻ scan): the same directions
+    then come from the scatter matrix's eigenvectors."""
+    from napari_4dstem_rvae.processing import novelty
+
+    rng = np.random.default_rng(0)
+    periodic = rng.poisson(50.0, (200, 12)).astype(np.float64) + np.outer(np.sin(np.arange(200) / 7), np.arange(12))
+    expected = novelty._periodic_directions(periodic, True, 3)
+
+    def fails(*args, **kwargs):
+        raise np.linalg.LinAlgError("SVD did not converge")
+
+    monkeypatch.setattr(novelty.np.linalg, "svd", fails)
+    got = novelty._periodic_directions(periodic, True, 3)
+    assert got.shape == expected.shape == (3, 12)
+    np.testing.assert_allclose(np.abs((got * expected).sum(1)), 1.0, atol=1e-6)   # same up to sign

@@ -237,8 +237,15 @@ def _periodic_directions(periodic: np.ndarray, counts: bool, k: int = DIRECTIONS
     patterns most against the counting noise."""
     mean = periodic.mean(0)
     noise = np.sqrt(np.clip(mean, 0, None) + 1.0) if counts else periodic.std(0) + 1e-12
-    whitened = (periodic - mean) / noise
-    return np.linalg.svd(whitened, full_matrices=False)[2][:min(k, whitened.shape[1])]
+    whitened = np.nan_to_num((periodic - mean) / noise)
+    k = min(k, whitened.shape[1])
+    try:
+        return np.linalg.svd(whitened, full_matrices=False)[2][:k]
+    except np.linalg.LinAlgError:
+        # LAPACK's divide-and-conquer SVD fails now and then on valid matrices (seen at 10³ e⁻):
+        # the same directions from the eigenvectors of the (small, blocks × blocks) scatter matrix
+        values, vectors = np.linalg.eigh(whitened.T @ whitened)
+        return vectors[:, np.argsort(values)[::-1][:k]].T
 
 
 def _pooled_chi2(projected: np.ndarray, valid: np.ndarray, sigma: float) -> np.ndarray:

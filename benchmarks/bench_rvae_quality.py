@@ -172,6 +172,7 @@ def table(args: argparse.Namespace) -> list[str]:
              "|---|---|---|---|---|---|---|"]
     print("\n".join(lines), flush=True)
     seeds = range(args.first_seed, args.first_seed + args.seeds)
+    done: list[str] = []
     for part_name in args.parts.split(","):
         part = PARTS[part_name]
         for defect in part["defects"]:
@@ -199,6 +200,11 @@ def table(args: argparse.Namespace) -> list[str]:
                         rows.append(f"| {label} | {name} (baseline) | {_stat([b[name] for b in base])} | | | | |")
                     print(rows[-1], flush=True)
                 lines += rows
+        done.append(part_name)
+        if args.write:  # after each part, so that a long run stopped later keeps what it measured
+            write_table(Path(args.write), lines, args, command=(
+                f"python benchmarks/bench_rvae_quality.py --seeds {args.seeds} --first-seed {args.first_seed} "
+                f"--parts {','.join(done)}"))
     return lines
 
 
@@ -210,9 +216,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--write", default=None, help="write the table into this Markdown file (between markers)")
     args = parser.parse_args()
-    lines = table(args)
-    if args.write:
-        write_table(Path(args.write), lines, args)
+    table(args)
 
 
 def write_table(path: Path, lines: list[str], args: argparse.Namespace, *,

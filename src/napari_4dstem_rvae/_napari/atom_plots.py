@@ -87,7 +87,7 @@ class FrameHistograms(QWidget):
                                                       label=key.replace("_", " "))
             ax.set_yscale("symlog", linthresh=10)
             ax.set_xlabel("frame", fontsize=8)
-            ax.set_title("per frame: atoms, tracks begun/ended, dopant hops", fontsize=7)
+            ax.set_title("per frame: atoms, tracks, hops", fontsize=7)
             ax.tick_params(labelsize=7)
             ax.legend(fontsize=6)
         if model is not None and extra:

@@ -3,8 +3,8 @@
 default, bounds, unit and allowed values of every field come from the option's description
 (:func:`napari_4dstem_rvae.workflows.option_specs`), the same the CLI's flags come from.
 
-Optional numbers show ``0`` for ``None`` (the label says what 0 means, e.g. "epochs
-(0 = about 2,400 optimisation steps)"); optional choices show ``"none"``; a tuple option is
+Optional numbers show 0 for ``None``, labelled "(0: auto)" (the tooltip says what auto is,
+e.g. "about 2,400 optimisation steps"); optional choices show ``"none"``; a tuple option is
 a row of number fields, one per part (``None`` when every part is at its lowest value).
 """
 
@@ -22,11 +22,16 @@ from ..workflows import option_specs
 NONE_TEXT = "none"
 
 
-def _label(spec: Any) -> str:
-    label = spec.label
+def _zero_means(spec: Any) -> str | None:
+    """What 0 stands for in an optional number field (``None``: the option's ``none`` text)."""
     if spec.optional and spec.describe.none and spec.describe.choices is None and spec.type in (int, float):
-        label += f" (0 = {spec.describe.none})"
-    return label
+        return spec.describe.none
+    return None
+
+
+def _label(spec: Any) -> str:
+    # short: a long label widens the dock's label column past a laptop's dock width
+    return spec.label + (" (0: auto)" if _zero_means(spec) is not None else "")
 
 
 def _number(kind: type, spec: Any, value: float, label: str, name: str) -> Any:
@@ -100,6 +105,9 @@ def option_field(cls: type, name: str, label: str | None = None, **overrides: An
         value = 0 if default is None or (isinstance(default, float) and math.isinf(default)) else default
         widget = _number(spec.type, spec, value, text, name)
         widget.tooltip = tooltip
+        zero = _zero_means(spec)
+        if zero is not None:
+            widget.tooltip = f"{tooltip} (0, auto: {zero})"
         return widget
     if spec.type is str or (isinstance(spec.type, list) and d.parse is not None):
         # text, or a value of several kinds typed as text (rotation: "auto" or degrees)

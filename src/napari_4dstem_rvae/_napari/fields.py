@@ -104,10 +104,8 @@ def option_field(cls: type, name: str, label: str | None = None, **overrides: An
         default = spec.default
         value = 0 if default is None or (isinstance(default, float) and math.isinf(default)) else default
         widget = _number(spec.type, spec, value, text, name)
-        widget.tooltip = tooltip
         zero = _zero_means(spec)
-        if zero is not None:
-            widget.tooltip = f"{tooltip} (0, auto: {zero})"
+        widget.tooltip = tooltip if zero is None else f"{tooltip} (0, auto: {zero})"
         return widget
     if spec.type is str or (isinstance(spec.type, list) and d.parse is not None):
         # text, or a value of several kinds typed as text (rotation: "auto" or degrees)

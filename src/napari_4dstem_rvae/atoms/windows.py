@@ -4,6 +4,7 @@ lattice is a rotation of the window."""
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any
 
@@ -42,7 +43,8 @@ def cut_windows(series: Any, table: AtomTable, size: float, pixels: int = 32, *,
     series' frame shape to cut from (e.g. class-probability maps), default the frames.
     ``edge``: ``"drop"`` windows crossing the frame edge, ``"pad"`` them with the frame's
     median, or ``"auto"``: drop them unless that leaves out more than a fifth of the atoms or
-    leaves fewer than 64 windows (small fields), then pad (the note says which was done). ``round``: each window minus its frame's median, times :func:`round_mask`.
+    leaves fewer than 64 windows (small fields), then pad (the note says which was done).
+    ``round``: each window minus its frame's median, times :func:`round_mask`.
     Returns the windows, the indices of the atoms they belong to and a note of what
     was dropped.
     """
@@ -74,9 +76,10 @@ def cut_windows(series: Any, table: AtomTable, size: float, pixels: int = 32, *,
     # resampled down: smooth first so that the pixel noise of finely sampled frames does not fold
     # into the windows — anti-aliasing (σ = (factor − 1)/2 px), and at least SMOOTH_ANGSTROM in Å
     # (well below an atom's width at 60–300 kV, ~0.4 Å σ)
-    sigma = (side / pixels - 1) / 2 if side / pixels > 1.5 else 0.0
-    if series.pixel_size_angstrom and side / pixels > 1.5:
-        sigma = max(sigma, SMOOTH_ANGSTROM / series.pixel_size_angstrom)
+    factor = side / pixels
+    sigma = 0.0
+    if factor > 1.5:
+        sigma = max((factor - 1) / 2, SMOOTH_ANGSTROM / (series.pixel_size_angstrom or math.inf))
     for f in np.unique(table.frame[keep]):
         rows = np.flatnonzero(table.frame[keep] == f)
         image = np.asarray(stack[int(f)], np.float32)

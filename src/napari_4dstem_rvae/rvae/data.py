@@ -315,10 +315,8 @@ def _eigvalsh_one_thread(matrix: np.ndarray) -> np.ndarray:
     """Eigenvalues of a symmetric matrix on one BLAS thread: the tridiagonal reduction is a
     chain of small matrix–vector steps, as fast on one thread (0.15 s for 1,024²) and, unlike
     several, not slowed 50–300× when another process holds the cores (measured: 77 s)."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - a declared dependency
-        return np.linalg.eigvalsh(matrix)
+    from threadpoolctl import threadpool_limits
+
     with threadpool_limits(1, user_api="blas"):
         return np.linalg.eigvalsh(matrix)
 

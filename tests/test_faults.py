@@ -406,3 +406,26 @@ def test_a_truncated_mib_whose_frames_still_make_a_scan_says_the_hdr_promised_mo
     assert any("48 complete frames of the 64 that its .hdr announces" in w for w in said), said
     ds, said = read_warnings(tmp_path / "full.mib", scan_shape=(8, 8))   # complete: nothing said
     assert not any("announces" in w for w in said), said
+
+
+def test_a_scheduler_address_that_refuses_is_named_at_once_and_a_listening_one_is_tried():
+    """A port where nothing listens (or a host name that does not resolve) is one sentence
+    straight away, not after dask's connection timeout; a port that accepts connections is left
+    to dask's client."""
+    import socket
+
+    from napari_4dstem_rvae.workflows.cluster import connect_scheduler, refused
+
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        port = listening.getsockname()[1]
+        assert refused(f"tcp://127.0.0.1:{port}") is None and refused(f"127.0.0.1:{port}") is None
+    # the socket is closed: the same port now refuses
+    assert refused(f"tcp://127.0.0.1:{port}") == f"127.0.0.1:{port} refuses connections"
+    assert refused("tcp://no-such-host.invalid:8786").startswith("no-such-host.invalid: ")
+    assert refused("inproc://abc") is None                      # not TCP: dask decides
+    with pytest.raises(ValueError, match=rf"^--scheduler tcp://127.0.0.1:{port}: no dask scheduler answers there "
+                                         rf"\(127.0.0.1:{port} refuses connections\)$"):
+        with connect_scheduler(f"tcp://127.0.0.1:{port}", "--scheduler"):
+            pass

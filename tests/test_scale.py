@@ -101,13 +101,14 @@ def test_stem_rvae_run_with_local_workers_equals_one_process(tmp_path):
 
 
 @pytest.mark.slow
-def test_torchrun_two_processes_train_one_model_as_well_as_one_process(tmp_path):
+def test_torchrun_two_processes_train_the_model_one_process_trains(tmp_path):
     """``torchrun --nproc_per_node 2 -m napari_4dstem_rvae.cli run`` (gloo on CPU): the two ranks
-    train one model on their shares of every minibatch; rank 0 alone writes the results and
-    prints; the maps are as good as one process's (same data, seed and steps)."""
+    train one model on their shares of every minibatch (and of its sampling noise); rank 0
+    alone writes the results and prints; the maps are those of one process with the same data
+    and seed, up to the order of floating-point sums."""
     ds = graphene(scan_shape=(16, 16), det_shape=(64, 64), seed=3)
     source = save_dataset(ds, tmp_path / "scan.h5")
-    common = ["run", source, "--bin", "32", "--epochs", "300", "--seed", "1"]
+    common = ["run", source, "--bin", "32", "--epochs", "12", "--seed", "1"]
     one = subprocess.run([str(Path(sys.executable).with_name("stem-rvae")), *common, "--threads", "2",
                           "--out", str(tmp_path / "one.h5")], capture_output=True, text=True, timeout=400)
     assert one.returncode == 0, one.stderr[-2000:]
@@ -122,18 +123,14 @@ def test_torchrun_two_processes_train_one_model_as_well_as_one_process(tmp_path)
     assert two.stderr.count("reduced patterns: wrote") == 1  # rank 0 wrote the store, rank 1 waited and read it
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one.h5", "one_overview.png", "scan.h5",
                                                           "two.h5", "two_overview.png"]  # no checkpoint left
-
-    def quality(path):
-        with h5py.File(path, "r") as f:
-            latents = f["latents"][()]
-        return max(abs(np.corrcoef(z.ravel(), truth.ravel())[0, 1]) for z in latents)
-
-    from napari_4dstem_rvae.processing import compute_com
-
-    truth = compute_com(ds, rotation=0.0, flip=False).magnitude
-    r_one, r_two = quality(tmp_path / "one.h5"), quality(tmp_path / "two.h5")
-    assert r_one > 0.95 and r_two > 0.95, (r_one, r_two)
-    assert abs(r_one - r_two) < 0.03, (r_one, r_two)
+    with h5py.File(tmp_path / "one.h5", "r") as a, h5py.File(tmp_path / "two.h5", "r") as b:
+        assert b["rvae"].attrs["best_epoch"] == a["rvae"].attrs["best_epoch"]
+        assert b["rvae"].attrs["n_train"] == a["rvae"].attrs["n_train"]
+        # measured: 2e-5 rad and 6e-6 apart after 48 steps; with each rank drawing its own noise: 3 rad and 0.2
+        turn = b["rvae/angle"][()] - a["rvae/angle"][()]
+        assert np.abs(np.angle(np.exp(1j * turn))).max() < 1e-3
+        np.testing.assert_allclose(b["rvae/latents"][()], a["rvae/latents"][()], rtol=0, atol=1e-4)
+        np.testing.assert_allclose(b["rvae/novelty"][()], a["rvae/novelty"][()], rtol=1e-4, atol=1e-4)
 
 
 def test_reduced_store_is_written_once_reused_after_a_crash_and_never_over_foreign_files(tmp_path):

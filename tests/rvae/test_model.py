@@ -194,7 +194,8 @@ def test_projected_normal_kl_against_numerical_integration():
         kl_numeric = float(torch.trapezoid(p * torch.log((2 * math.pi * p).clamp_min(1e-300)), phi))
         assert float(circular.kl_uniform(st)) == pytest.approx(kl_numeric, abs=2e-4)
         draws = circular.sample(torch.tensor([[s, 0.0]], dtype=torch.float64).expand(200_000, 2),
-                                torch.Generator().manual_seed(0))
+                                torch.randn((200_000, 2), generator=torch.Generator().manual_seed(0),
+                                            dtype=torch.float64))
         assert float(circular.mean_resultant_length(st)) == pytest.approx(float(torch.cos(draws).mean()), abs=5e-3)
     # von Mises prior vM(0, κ): KL = ∫ p log(p / q)
     kappa, mu, s = 3.0, 0.7, 2.5

@@ -103,9 +103,9 @@ class COMWidget(WorkerMixin, Container):
 
         def shown(event: Any) -> None:
             if isinstance(event, Progress):
-                self.bars.update(event)
                 self.status.value = f"{event.stage}: {event.done}/{event.total} {event.unit}" + \
                     (f" on {event.where}" if event.where else "")
+                self.bars.update(event)   # last: making a bar may deliver the next event first
             elif isinstance(event, Message):
                 self.status.value = event.text
             elif isinstance(event, Done):

@@ -4,14 +4,31 @@ main thread (a worker's ``yielded`` signal): no thread bridge of its own."""
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any
 
 
 class ProgressBars:
     def __init__(self) -> None:
         self.bars: dict[str, Any] = {}
+        self._pending: deque[Any] = deque()
+        self._busy = False
 
     def update(self, event: Any) -> None:
+        """Show ``event``. Making a napari progress bar can run the Qt event loop, which may
+        deliver the run's next event (another call) before this one is shown: such a call
+        only queues its event, and the events are shown in the order they came."""
+        self._pending.append(event)
+        if self._busy:
+            return
+        self._busy = True
+        try:
+            while self._pending:
+                self._show(self._pending.popleft())
+        finally:
+            self._busy = False
+
+    def _show(self, event: Any) -> None:
         from napari.utils import progress
 
         bar = self.bars.get(event.stage)
@@ -26,6 +43,8 @@ class ProgressBars:
             self.close(event.stage)
 
     def close(self, stage: str | None = None) -> None:
+        if stage is None:
+            self._pending.clear()
         for name in [stage] if stage is not None else list(self.bars):
             bar = self.bars.pop(name, None)
             if bar is not None:

@@ -225,9 +225,9 @@ class TrainWidget(WorkerMixin, Container):
             self.status.value = (f"epoch {event.epoch}/{event.total}: loss {event.train_loss:.4g}"
                                  + (f", max |r| {event.max_abs_r:.3f}" if event.max_abs_r is not None else ""))
         elif isinstance(event, Progress):
-            self.bars.update(event)
             self.status.value = f"{event.stage}: {event.done}/{event.total} {event.unit}" + \
                 (f" on {event.where}" if event.where else "")
+            self.bars.update(event)   # last: making a bar may deliver the next event first
         elif isinstance(event, Maps):
             self.show_maps(event.maps, event.epoch, event.latent_r)
         elif isinstance(event, Message):

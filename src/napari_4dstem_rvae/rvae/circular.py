@@ -71,9 +71,9 @@ def kl_von_mises(s: torch.Tensor, mu: torch.Tensor, kappa: float) -> torch.Tenso
     return -entropy(s) - kappa * mean_resultant_length(s) * torch.cos(mu) + log_norm
 
 
-def sample(vector: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Angles atan2 of draws from N(vector, I₂) (reparameterised); ``vector`` is ``(..., 2)`` (x, y)."""
-    eps = torch.randn(vector.shape, generator=generator, device=vector.device, dtype=vector.dtype)
+def sample(vector: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """Angles atan2 of draws from N(vector, I₂) (reparameterised with the standard normal
+    ``eps``); ``vector`` and ``eps`` are ``(..., 2)`` (x, y)."""
     draw = vector + eps
     return torch.atan2(draw[..., 1], draw[..., 0])
 

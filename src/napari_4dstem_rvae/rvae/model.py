@@ -326,31 +326,49 @@ class RVAE(nn.Module):
             kl_shift = torch.zeros_like(kl_angle)
         return {"kl_z": kl_z, "kl_angle": kl_angle, "kl_shift": kl_shift}
 
+    def draw_noise(self, n: int, generator: torch.Generator | None = None,
+                   device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
+        """The standard normal draws of :meth:`loss`'s sampling for ``n`` patterns, in the order
+        it makes them (angle, latents, shift). Drawn for a whole minibatch on every rank of a
+        data-parallel run and sliced to each rank's share, they make the run's model the one a
+        single process trains from the same seed."""
+        dtype = next(self.parameters()).dtype
+        kw = {"generator": generator, "device": device, "dtype": dtype}
+        noise = {"angle": torch.randn((n, 2) if self.circular else (n,), **kw),
+                 "z": torch.randn((n, self.config.latent_dim), **kw)}
+        if self.n_shift:
+            noise["shift"] = torch.randn((n, 2), **kw)
+        return noise
+
     def loss(self, x: torch.Tensor, target: torch.Tensor | None = None, generator: torch.Generator | None = None,
              pixels: torch.Tensor | None = None, kl_weight: float = 1.0,
-             sample: bool = True, per_pattern: bool = False) -> tuple[torch.Tensor, dict[str, float]]:
+             sample: bool = True, per_pattern: bool = False,
+             noise: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         """Negative ELBO averaged over the batch, and its parts (per pattern, unweighted).
 
         ``x``: the encoder's inputs ``(B, n_pixels)``, ``target``: what the likelihood sees
         (:meth:`prepare`; default ``x``). ``pixels``: optional indices (into the mask pixels)
         to decode; the reconstruction term is then scaled by ``n_pixels / len(pixels)`` (an
         unbiased estimate of the full sum). ``sample=False`` decodes the posterior means.
-        ``per_pattern``: the loss of each pattern ``(B,)`` instead of the mean.
+        ``per_pattern``: the loss of each pattern ``(B,)`` instead of the mean. ``noise``: the
+        draws to sample with (:meth:`draw_noise`, B rows); default: drawn from ``generator``.
         """
         target = x if target is None else target
         post = self.encode(x)
         angle, z = post["angle"], post["z"]
         shift = post.get("shift")
         if sample:
-            def draw(mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
-                eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+            if noise is None:
+                noise = self.draw_noise(x.shape[0], generator, x.device)
+
+            def draw(mean: torch.Tensor, log_std: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
                 return mean + eps * torch.exp(log_std)
 
-            angle = (circular.sample(post["angle_vector"], generator) if self.circular
-                     else draw(angle, post["angle_log_std"]))
-            z = draw(z, post["z_log_std"])
+            angle = (circular.sample(post["angle_vector"], noise["angle"]) if self.circular
+                     else draw(angle, post["angle_log_std"], noise["angle"]))
+            z = draw(z, post["z_log_std"], noise["z"])
             if shift is not None:
-                shift = draw(shift, post["shift_log_std"])
+                shift = draw(shift, post["shift_log_std"], noise["shift"])
         nll = self.nll(target, self.decode(z, angle, shift, None if pixels is None else self.coords[pixels]), pixels)
         kl = self.kl_terms(post)
         kl_total = kl["kl_z"] + kl["kl_angle"] + kl["kl_shift"]

@@ -7,7 +7,10 @@ summed over the ranks, weighted by each rank's share of the batch — the gradie
 loss over the whole minibatch, as one process would compute it — so every rank takes the
 same optimiser step and the models stay identical. This is what PyTorch's
 ``DistributedDataParallel`` does; the all-reduce is written out here because the model is
-trained through :meth:`RVAE.loss`, not ``forward``, which DDP's hooks expect.
+trained through :meth:`RVAE.loss`, not ``forward``, which DDP's hooks expect. The sampling
+noise of the reparameterisation is drawn for the whole minibatch on every rank (the same seeded
+generator) and dealt out the same way, so N processes train the model one process trains from
+the same seed, up to the order of floating-point sums.
 
 The backend is NCCL on CUDA devices and gloo on CPUs. Rank 0 writes the checkpoints and the
 results; the other ranks train and stop.
@@ -20,7 +23,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["average_gradients", "init_from_environment", "is_main", "local_share", "world"]
+__all__ = ["average_gradients", "init_from_environment", "is_main", "local_rows", "local_share", "world"]
 
 
 def world() -> tuple[int, int]:
@@ -60,6 +63,13 @@ def local_share(index: torch.Tensor) -> torch.Tensor:
     """This rank's part of a minibatch of pattern indices (all of it alone)."""
     rank, size = world()
     return index if size == 1 else index[rank::size]
+
+
+def local_rows(values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """This rank's rows (``[rank::size]``, as :func:`local_share`) of per-pattern tensors drawn
+    for the whole minibatch."""
+    rank, size = world()
+    return values if size == 1 else {name: value[rank::size] for name, value in values.items()}
 
 
 def average_gradients(model: torch.nn.Module, loss_value: float, local: int, total: int) -> float:

@@ -286,8 +286,10 @@ class Trainer(Evaluation):
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
                 self.optimizer.zero_grad(set_to_none=True)
+                # the sampling noise of the whole minibatch, drawn on every rank: each uses its share
+                noise = parallel.local_rows(model.draw_noise(index.numel(), self.device_generator, self.device))
                 if mine.numel():
-                    loss, parts = model.loss(x, y, self.device_generator, pixels, beta)
+                    loss, parts = model.loss(x, y, pixels=pixels, kl_weight=beta, noise=noise)
                     loss.backward()
                     loss_value = float(loss.detach())
                 else:  # a minibatch smaller than the number of ranks

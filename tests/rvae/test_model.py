@@ -108,6 +108,29 @@ def test_folded_first_layer_equals_concatenated_coordinates():
     torch.testing.assert_close(folded, naive, rtol=1e-5, atol=1e-5)
 
 
+def test_decoding_without_gradients_in_chunks_equals_one_piece(monkeypatch):
+    """Inference decodes a large batch in chunks of at most DECODE_ROWS (pattern, pixel) rows
+    (faster, less memory); the values are those of one piece, shift included; with gradients
+    the batch stays one piece."""
+    from napari_4dstem_rvae.rvae import model as model_module
+
+    model = small_model(learn_shift=True, latent_dim=3)
+    gen = torch.Generator().manual_seed(4)
+    z, angle, shift = torch.randn(37, 3, generator=gen), torch.randn(37, generator=gen), torch.randn(37, 2, generator=gen)
+    with torch.no_grad():
+        whole = model.decode(z, angle, shift)
+        calls = []
+        original = model.decode
+        monkeypatch.setattr(model, "decode", lambda *a, **k: (calls.append(a[0].shape[0]), original(*a, **k))[1])
+        monkeypatch.setattr(model_module, "DECODE_ROWS", 5 * model.n_pixels)
+        chunked = original(z, angle, shift)
+    assert calls == [5] * 7 + [2]                      # 37 patterns in chunks of 5
+    torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-6)
+    calls.clear()
+    original(z, angle, shift)                          # gradients on (training): one piece
+    assert calls == []
+
+
 def test_angle_is_counter_clockwise_on_screen_about_the_centre():
     model = small_model()
     z = torch.randn(1, 2, generator=torch.Generator().manual_seed(4)).numpy()

@@ -278,3 +278,23 @@ def test_windows_of_finely_sampled_frames_are_smoothed_before_resampling():
 
     assert spread(0.05) < 0.3          # 100 px → 32: smoothed over ≥ 0.2 Å (4 px) first
     assert spread(0.25) > 0.5          # 20 px → 32: bilinear samples of the raw noise
+
+
+def test_a_model_that_learnt_nothing_is_a_warning_of_the_run(small, monkeypatch):
+    """When the rVAE collapses (:func:`napari_4dstem_rvae.rvae.collapsed` names why), the atom
+    run says so in a warning — its angle and latents are noise — and still returns the atoms."""
+    from napari_4dstem_rvae import rvae
+    from napari_4dstem_rvae.workflows import Message
+    from napari_4dstem_rvae.workflows.atoms import AtomOptions, AtomRun
+
+    series, _ = small
+    seen = []
+    monkeypatch.setattr(rvae, "collapsed", lambda history, config: seen.append(len(history)) or "latent KL 0.001")
+    run = AtomRun(series, options=AtomOptions(pixels=24, edge="drop"),
+                  rvae={"epochs": 1, "threads": 1, "seed": 0})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        said = [e for e in run.train_events() if isinstance(e, Message) and e.level == "warning"]
+    assert seen == [1]                                  # judged on the run's own history
+    assert len(said) == 1 and said[0].text.startswith("the rVAE learnt nothing from these windows (latent KL 0.001)")
+    assert run.result is not None and len(run.result.table) > 0

@@ -36,7 +36,7 @@ def test_find_train_points_and_histograms_twice(atoms_setup, qtbot):
     dock.show_tab("Train")
     assert not dock.browser.isHidden()
     dock.show_tab("Atoms")
-    widget.epochs.value = 2
+    widget.epochs.value = 1
     for round_ in range(2):
         click(qtbot, widget.find_button)
         wait_for_worker(qtbot, widget, TIMEOUT_MS)

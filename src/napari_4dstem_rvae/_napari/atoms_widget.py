@@ -305,6 +305,8 @@ class AtomsWidget(Container, WorkerMixin):
                 self.status.value = f"epoch {event.epoch}/{event.total}: loss {event.train_loss:.4g}"
             elif isinstance(event, Message):
                 self.status.value = event.text
+                if event.level == "warning":
+                    said.append(event.text)      # notified with the results, as the run's warnings are
 
         def finished() -> None:
             self._train_finished()

@@ -36,7 +36,7 @@ _LAZY = {
     "RVAEConfig": ".config",
     "Diagnostics": ".diagnostics", "circular_correlation": ".diagnostics", "correlate": ".diagnostics",
     "pearson_r": ".diagnostics",
-    "RVAEResult": ".fitting", "fit": ".fitting", "start": ".fitting",
+    "RVAEResult": ".fitting", "collapsed": ".fitting", "fit": ".fitting", "start": ".fitting",
     "LatentMaps": ".infer", "decode": ".infer", "encode": ".infer", "reconstruct": ".infer",
     "reconstruct_positions": ".infer", "traverse": ".infer",
     "RVAE": ".model",

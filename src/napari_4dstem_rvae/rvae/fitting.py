@@ -211,3 +211,32 @@ def resume_trainer(path: Any, data: Any, config: RVAEConfig, *, com_magnitude: A
         raise ValueError(f"checkpoint {path} was trained on another region of the scan")
     return Trainer.from_state(state, data, com_magnitude=com_magnitude, com_angle=com_angle,
                               **{k: getattr(config, k) for k in RUN_SETTINGS if k != "correlate_every"})
+
+
+#: A model whose latents carry less than this (nats per pattern, the KL of the last epoch) and
+#: whose angle posterior is within 5 % of its broadest allowed learnt nothing (see collapsed).
+COLLAPSED_KL_Z = 0.01
+
+
+def collapsed(history: list[dict[str, Any]], config: RVAEConfig) -> str | None:
+    """Why the model learnt nothing from its data (posterior collapse), or None: in the last
+    epoch its latents carry < :data:`COLLAPSED_KL_Z` nats per pattern and its angle posterior
+    (the projected normal) is as broad as it may be — the maps are then noise around the mean
+    pattern, not structure. Measured on a real grain-boundary frame of graphene
+    (docs/quality.md: latent KL 0.001 nats, angle KL at its floor, the angle uniform)."""
+    import torch
+
+    from . import circular
+    from .model import MIN_CONCENTRATION
+
+    if not history or config.angle_posterior != "projected_normal":
+        return None
+    last = history[-1]
+    kl_z, kl_angle = last.get("train_kl_z"), last.get("train_kl_angle")
+    if kl_z is None or kl_angle is None:
+        return None
+    floor = float(circular.kl_uniform(torch.tensor([MIN_CONCENTRATION], dtype=torch.float64))[0])
+    if kl_z < COLLAPSED_KL_Z and kl_angle < 1.05 * floor:
+        return (f"latent KL {kl_z:.3f} nats per window, the angle's posterior as broad as allowed "
+                f"(KL {kl_angle:.3f} against its floor {floor:.3f})")
+    return None

@@ -350,6 +350,13 @@ class AtomRun:
                       + (f"; {note['padded_at_edge']} windows at the frame edges padded with the frame's median"
                          + (" (a small field: dropping them would leave too few)" if o.edge == "auto" else "")
                          if note.get("padded_at_edge") else ""))
+        from ..rvae import collapsed
+
+        why = collapsed(result.history, result.config)
+        if why is not None:
+            yield Message(f"the rVAE learnt nothing from these windows ({why}): its angle and latents are "
+                          "noise, not structure (seen on noisy real frames, docs/quality.md); the atoms' "
+                          "positions and classes stand", "warning")
 
     def events(self, stop: Any = None) -> Iterator[Event]:
         """The whole run; with ``out``, the output is claimed first and written at the end."""

@@ -68,8 +68,7 @@ def local_share(index: torch.Tensor) -> torch.Tensor:
 def local_rows(values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """This rank's rows (``[rank::size]``, as :func:`local_share`) of per-pattern tensors drawn
     for the whole minibatch."""
-    rank, size = world()
-    return values if size == 1 else {name: value[rank::size] for name, value in values.items()}
+    return {name: local_share(value) for name, value in values.items()}
 
 
 def average_gradients(model: torch.nn.Module, loss_value: float, local: int, total: int) -> float:

@@ -23,11 +23,36 @@ def atoms_setup(make_napari_viewer, monkeypatch):
     return viewer, image, dock.atoms, messages
 
 
+@pytest.fixture
+def movie_setup(make_napari_viewer, monkeypatch, tmp_path):
+    """A user's own movie: 3 frames of 192 × 192 px at 0.16 Å in an ImageJ TIFF, opened through
+    the plugin (a quarter of the sample's field and half its frames: every step runs twice)."""
+    import tifffile
+
+    import napari_4dstem_rvae._napari.atoms_widget as aw
+    from napari_4dstem_rvae.simulate.haadf import haadf_series
+
+    messages = []
+    monkeypatch.setattr(aw, "notify_error", messages.append)
+    series, _ = haadf_series(n_frames=FRAMES, shape=(192, 192))
+    path = tmp_path / "movie.tif"
+    tifffile.imwrite(path, series.data, imagej=True, resolution=(1 / 0.016, 1 / 0.016),
+                     metadata={"unit": "nm", "axes": "TYX"})
+    viewer = make_napari_viewer()
+    image = viewer.open(str(path), plugin=PLUGIN)[0]
+    dock = viewer.window.add_plugin_dock_widget(PLUGIN, "4D-STEM analysis")[1]
+    dock.show_tab("Atoms")
+    return viewer, image, dock.atoms, messages
+
+
+FRAMES = 3
+
+
 @pytest.mark.slow
-def test_find_train_points_and_histograms_twice(atoms_setup, qtbot):
+def test_find_train_points_and_histograms_twice(movie_setup, qtbot):
     from napari_4dstem_rvae._napari.atoms_widget import HISTOGRAM_DOCK
 
-    viewer, image, widget, messages = atoms_setup
+    viewer, image, widget, messages = movie_setup
     assert widget.layer.value == image.name
     dock = widget.native.parent()
     while dock is not None and not hasattr(dock, "browser"):
@@ -43,7 +68,7 @@ def test_find_train_points_and_histograms_twice(atoms_setup, qtbot):
         assert not messages, messages
         points = viewer.layers[f"{image.name} atoms"]
         n_found = len(points.data)
-        assert n_found > 6 * 1000                       # ~1,400 atoms per frame, 6 frames
+        assert n_found > FRAMES * 250                   # ~350 atoms per frame
         np.testing.assert_allclose(points.scale, image.scale)
         np.testing.assert_allclose(points.translate, image.translate)
         # the points sit on bright atoms of the image (frame, y, x in the same pixel grid)
@@ -65,7 +90,7 @@ def test_find_train_points_and_histograms_twice(atoms_setup, qtbot):
         docks = [name for name in viewer.window.dock_widgets if name == HISTOGRAM_DOCK]
         assert len(docks) == 1
         plot = widget._histograms
-        assert len(plot.curves["angle mod 120° (°)"]) == 6   # one curve per frame
+        assert len(plot.curves["angle mod 120° (°)"]) == FRAMES   # one curve per frame
         assert len(plot.scatter.get_offsets()) == has.sum()   # the latent space: every window
         assert plot.traversal.shape == (5 * 33 - 1, 5 * 33 - 1) and np.isfinite(plot.traversal).any()
         # the atoms followed over the frames: a Tracks layer aligned with the points and the image
@@ -73,14 +98,14 @@ def test_find_train_points_and_histograms_twice(atoms_setup, qtbot):
         assert tracks._type_string == "tracks"
         np.testing.assert_allclose(tracks.scale, image.scale)
         np.testing.assert_allclose(tracks.translate, image.translate)
-        assert set(tracks.data[:, 1].astype(int)) == set(range(6))                  # every frame
+        assert set(tracks.data[:, 1].astype(int)) == set(range(FRAMES))             # every frame
         on_points = {tuple(p) for p in np.round(points.data, 6)}
         assert {tuple(v) for v in np.round(tracks.data[:, 1:], 6)} <= on_points   # the vertices are atoms
         assert {"class", "lifetime", "mean angle"} <= set(tracks.features.columns)
         # the dynamics: per-frame curves (atoms, tracks begun and ended, dopant hops)
-        assert len(plot.dynamics_lines["atoms"].get_xdata()) == 6
+        assert len(plot.dynamics_lines["atoms"].get_xdata()) == FRAMES
         np.testing.assert_array_equal(plot.dynamics_lines["atoms"].get_ydata(),
-                                      np.bincount(points.data[:, 0].astype(int), minlength=6))
+                                      np.bincount(points.data[:, 0].astype(int), minlength=FRAMES))
     assert len(viewer.layers) == 3                 # the series, its atoms and their tracks, nothing piled up
 
 

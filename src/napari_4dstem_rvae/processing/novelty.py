@@ -197,7 +197,6 @@ def _lattice_of(blocks: np.ndarray, valid: np.ndarray, scan_shape: tuple[int, in
     """:func:`find_lattice` of the leading principal-component maps of the block intensities
     (for counts variance-stabilised and smoothed over ``smooth`` probe steps)."""
     from scipy.ndimage import gaussian_filter
-    from sklearn.decomposition import PCA
 
     sy, sx = scan_shape
     features = 2 * np.sqrt(np.clip(blocks, 0, None) + 0.375) if counts else blocks.copy()
@@ -208,7 +207,10 @@ def _lattice_of(blocks: np.ndarray, valid: np.ndarray, scan_shape: tuple[int, in
         features = np.stack([gaussian_filter(f.reshape(sy, sx), smooth, mode="nearest").ravel()
                              for f in features.T], 1)
     k = min(4, features.shape[1], int(valid.sum()) - 1)
-    scores = PCA(k, random_state=0).fit_transform(features[valid])
+    # the principal-component scores by one SVD (scikit-learn's import alone took 1.5 s of each run)
+    centred = features[valid] - features[valid].mean(0)
+    u, s, _ = np.linalg.svd(centred, full_matrices=False)
+    scores = u[:, :k] * s[:k]
     maps = np.zeros((k, sy * sx))
     maps[:, valid] = scores.T
     return find_lattice(maps.reshape(k, sy, sx), valid.reshape(sy, sx))

@@ -41,6 +41,8 @@ PRESETS: dict[str, dict[str, Any]] = {
               "align_content": False, "activation": "tanh", "angle_posterior": "gaussian",
               "rotation_prior": math.pi / 3, "test_fraction": 0.25, "angle_symmetry": 3},
 }
+#: A run whose rVAE collapsed (learnt nothing) trains once more with the likelihood's σ divided by this.
+COLLAPSE_RETRY = 3.0
 DEFAULT_WINDOW_ANGSTROM = 5.0
 DEFAULT_WINDOW_PIXELS = 32
 METHODS = ("auto", "unet", "log", "points")
@@ -336,13 +338,19 @@ class AtomRun:
         """Windows around the atoms → rVAE (epochs as :class:`Epoch` events) → :attr:`result`."""
         if self.table is None:
             yield from self.find_events(stop)
+        from ..rvae import collapsed
+
         o = self.options
-        self.result = result = yield from relay(
-            partial(analyse, stop=stop), self.series, self.table, window=o.window, pixels=o.pixels, edge=o.edge, preset=o.preset,
-            window_from=o.window_from, stop=stop, callback="callback",
-            convert=lambda e: Epoch(e.epoch, e.epochs_total, float(e.train_loss),
-                                    None if e.test_loss is None else float(e.test_loss), None, float(e.elapsed))
-            if e.kind == "epoch" else None, **self.rvae)
+        self.result = result = yield from self._analyse(stop, **self.rvae)
+        why = collapsed(result.history, result.config)
+        if why is not None and "noise_std" not in self.rvae and not (stop is not None and stop.is_set()):
+            # Measured on a real grain-boundary frame (docs/quality.md): at the default σ the model
+            # collapses to the mean window; at a third of it the angle follows the bond orientation.
+            sigma = result.config.noise_std
+            yield Message(f"the rVAE learnt nothing from these windows with the likelihood's σ at {sigma:g} × their "
+                          f"RMS ({why}); training again with σ at {sigma / COLLAPSE_RETRY:g} × their RMS", "warning")
+            self.result = result = yield from self._analyse(stop, **self.rvae, noise_std=sigma / COLLAPSE_RETRY)
+            why = collapsed(result.history, result.config)
         note = result.windows_note
         yield Message(f"windows: {note['windows']} of {note['side_px']:.1f} px resampled to {o.pixels} × {o.pixels}"
                       + (f"; {note['dropped_at_edge']} atoms at the frame edges left out"
@@ -350,13 +358,20 @@ class AtomRun:
                       + (f"; {note['padded_at_edge']} windows at the frame edges padded with the frame's median"
                          + (" (a small field: dropping them would leave too few)" if o.edge == "auto" else "")
                          if note.get("padded_at_edge") else ""))
-        from ..rvae import collapsed
-
-        why = collapsed(result.history, result.config)
         if why is not None:
             yield Message(f"the rVAE learnt nothing from these windows ({why}): its angle and latents are "
                           "noise, not structure (seen on noisy real frames, docs/quality.md); the atoms' "
                           "positions and classes stand", "warning")
+
+    def _analyse(self, stop: Any, **rvae: Any) -> Iterator[Event]:
+        """:func:`analyse` of the found atoms, its epochs relayed as :class:`Epoch` events."""
+        o = self.options
+        return (yield from relay(
+            partial(analyse, stop=stop), self.series, self.table, window=o.window, pixels=o.pixels, edge=o.edge,
+            preset=o.preset, window_from=o.window_from, stop=stop, callback="callback",
+            convert=lambda e: Epoch(e.epoch, e.epochs_total, float(e.train_loss),
+                                    None if e.test_loss is None else float(e.test_loss), None, float(e.elapsed))
+            if e.kind == "epoch" else None, **rvae))
 
     def events(self, stop: Any = None) -> Iterator[Event]:
         """The whole run; with ``out``, the output is claimed first and written at the end."""

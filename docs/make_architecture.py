@@ -112,8 +112,27 @@ def modules() -> str:
     return "\n".join(out)
 
 
+def tests() -> str:
+    """The test files, their tests and how many are marked slow (read from the files)."""
+    out = ["\n## Tests\n",
+           "`tests/` follows the package's floors, plus the doors (`test_cli`, `test_faults`, `test_scale`, "
+           "`test_options`, `test_architecture`). Shared fixtures and helpers are in `tests/conftest.py` and "
+           "`tests/helpers.py` (the plugin name, clicking a button, waiting for a worker, synthetic disks and "
+           "cubes, the light-import check). `@pytest.mark.slow` marks a test that trains for more than a few "
+           "seconds or starts processes (the CLI in a subprocess, torchrun, dask workers, kill -9): "
+           "`make test-fast` leaves them out for a quick loop (< 3 min); CI (`make test`) runs every test "
+           "(< 10 min on 2 cores). A reference that a subprocess is compared with is computed in the test's "
+           "own process.\n", "| file | tests | slow |", "|---|---|---|"]
+    for path in sorted((ROOT / "tests").rglob("test_*.py")):
+        tree = ast.parse(path.read_text())
+        funcs = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name.startswith("test_")]
+        slow = sum(any("slow" in ast.unparse(d) for d in f.decorator_list) for f in funcs)
+        out.append(f"| `{path.relative_to(ROOT)}` | {len(funcs)} | {slow} |")
+    return "\n".join(out)
+
+
 def main() -> int:
-    text = HEAD + contracts() + "\n" + WALKS + modules() + "\n"
+    text = HEAD + contracts() + "\n" + WALKS + modules() + "\n" + tests() + "\n"
     target = ROOT / "docs" / "architecture.md"
     target.write_text(text)
     print(target)

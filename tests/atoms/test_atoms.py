@@ -280,6 +280,7 @@ def test_windows_of_finely_sampled_frames_are_smoothed_before_resampling():
     assert spread(0.25) > 0.5          # 20 px → 32: bilinear samples of the raw noise
 
 
+@pytest.mark.slow  # five short trainings
 def test_a_model_that_learnt_nothing_trains_again_at_a_lower_sigma_then_warns(small, monkeypatch):
     """When the rVAE collapses (:func:`napari_4dstem_rvae.rvae.collapsed` names why), the atom
     run trains once more with the likelihood's σ at a third (on the real grain-boundary frame

@@ -10,42 +10,48 @@ from helpers import PLUGIN, click, wait_for_worker
 TIMEOUT_MS = 240_000
 
 
-@pytest.fixture
-def atoms_setup(make_napari_viewer, monkeypatch):
+#: Frames of the user's movie in the UI test (every step runs twice on it).
+FRAMES = 3
+
+
+def imagej_movie(path, n_frames: int, shape: tuple[int, int]):
+    """A simulated movie at 0.16 Å per pixel written as an ImageJ TIFF (pixel size in its tags)."""
+    import tifffile
+
+    from napari_4dstem_rvae.simulate.haadf import haadf_series
+
+    series, _ = haadf_series(n_frames=n_frames, shape=shape)
+    tifffile.imwrite(path, series.data, imagej=True, resolution=(1 / 0.016, 1 / 0.016),
+                     metadata={"unit": "nm", "axes": "TYX"})
+    return path
+
+
+def atoms_tab(viewer, monkeypatch):
+    """The Atoms tab of the plugin's dock and the list its error notifications go to."""
     import napari_4dstem_rvae._napari.atoms_widget as aw
 
     messages = []
     monkeypatch.setattr(aw, "notify_error", messages.append)
-    viewer = make_napari_viewer()
-    image = viewer.open_sample(PLUGIN, "haadf_series")[0]
     dock = viewer.window.add_plugin_dock_widget(PLUGIN, "4D-STEM analysis")[1]
     dock.show_tab("Atoms")
-    return viewer, image, dock.atoms, messages
+    return dock.atoms, messages
+
+
+@pytest.fixture
+def atoms_setup(make_napari_viewer, monkeypatch):
+    viewer = make_napari_viewer()
+    image = viewer.open_sample(PLUGIN, "haadf_series")[0]
+    return (viewer, image, *atoms_tab(viewer, monkeypatch))
 
 
 @pytest.fixture
 def movie_setup(make_napari_viewer, monkeypatch, tmp_path):
     """A user's own movie: 3 frames of 192 × 192 px at 0.16 Å in an ImageJ TIFF, opened through
     the plugin (a quarter of the sample's field and half its frames: every step runs twice)."""
-    import tifffile
-
-    import napari_4dstem_rvae._napari.atoms_widget as aw
-    from napari_4dstem_rvae.simulate.haadf import haadf_series
-
-    messages = []
-    monkeypatch.setattr(aw, "notify_error", messages.append)
-    series, _ = haadf_series(n_frames=FRAMES, shape=(192, 192))
-    path = tmp_path / "movie.tif"
-    tifffile.imwrite(path, series.data, imagej=True, resolution=(1 / 0.016, 1 / 0.016),
-                     metadata={"unit": "nm", "axes": "TYX"})
+    path = imagej_movie(tmp_path / "movie.tif", FRAMES, (192, 192))
     viewer = make_napari_viewer()
     image = viewer.open(str(path), plugin=PLUGIN)[0]
-    dock = viewer.window.add_plugin_dock_widget(PLUGIN, "4D-STEM analysis")[1]
-    dock.show_tab("Atoms")
-    return viewer, image, dock.atoms, messages
-
-
-FRAMES = 3
+    return (viewer, image, *atoms_tab(viewer, monkeypatch))
 
 
 @pytest.mark.slow
@@ -131,15 +137,9 @@ def test_points_layer_by_hand_and_no_atoms(atoms_setup, qtbot, tmp_path):
 
 
 def test_tiff_series_and_atom_results_open_through_the_plugin(make_napari_viewer, tmp_path):
-    import tifffile
-
     from napari_4dstem_rvae.cli import main
-    from napari_4dstem_rvae.simulate.haadf import haadf_series
 
-    series, _ = haadf_series(n_frames=2, shape=(128, 128))
-    path = tmp_path / "movie.tif"
-    tifffile.imwrite(path, series.data, imagej=True, resolution=(1 / 0.016, 1 / 0.016),
-                     metadata={"unit": "nm", "axes": "TYX"})
+    path = imagej_movie(tmp_path / "movie.tif", 2, (128, 128))
     viewer = make_napari_viewer()
     image = viewer.open(str(path), plugin=PLUGIN)[0]
     assert image.data.shape == (2, 128, 128)

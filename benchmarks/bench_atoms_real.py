@@ -237,15 +237,21 @@ def judge(name: str, frame: np.ndarray, reference: np.ndarray | None, threads: i
     bond_angle, bonded = _bond_angles(points, bond / pixel)
     grain = _grains(bond_angle[run.result.index])
     # does the angle follow the lattice's orientation (mod 60°, the same on both sublattices)?
-    # 1: the grains show in the angle map; 0: the angle is blind to them
+    # 1: the grains show in the angle map; 0: the angle is blind to them. The rVAE's angle turns
+    # counter-clockwise on screen, the bond angle is atan2(dy, dx) with y down: their sum is fixed.
+    # (With the windows aligned to the lattice, the default, this part of the angle is the
+    # positions' own orientation and 1 by construction; the sublattices are the rVAE's.)
     both = keep & bonded[run.result.index] & np.isfinite(angle)
-    out["follows"] = (float(abs(np.exp(6j * (angle[both] - bond_angle[run.result.index][both])).mean()))
-                      if both.any() else float("nan"))
+    bonds = bond_angle[run.result.index]
+    out["follows"] = float(abs(np.exp(6j * (angle[both] + bonds[both])).mean())) if both.any() else float("nan")
     out["grains"] = []
     for g in np.unique(grain):
-        sel = keep & (grain == g) & bonded[run.result.index]
+        sel = keep & (grain == g) & bonded[run.result.index] & np.isfinite(angle)
         if sel.sum() >= 0.15 * keep.sum():
-            out["grains"].append((bimodality(angle[sel] * 1.0), bimodality(bond_angle[run.result.index][sel])))
+            # which of the two modes an atom takes agrees with its sublattice (the bond angle mod
+            # 120° differs by 60° between them): 1 when it does, ~0 for modes unrelated to them
+            out["grains"].append((bimodality(angle[sel] * 1.0), bimodality(bonds[sel]),
+                                  float(abs(np.exp(3j * (angle[sel] + bonds[sel])).mean()))))
     return out
 
 
@@ -286,8 +292,9 @@ def main() -> None:
     if args.fetch:
         fetch(data, names)
     lines = ["| image | atoms (interior) | density / lattice's | recall | precision | angle bimodal (±10°) | "
-             "per grain: rVAE angle / bond angle | angle follows the bonds (mod 60°) | Si found | s (find + train) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "per grain: rVAE angle / bond angle bimodal | per grain: modes = sublattices | "
+             "angle follows the bonds (mod 60°) | Si found | s (find + train) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     print("\n".join(lines), flush=True)
     for name in names:
         try:
@@ -298,7 +305,8 @@ def main() -> None:
         r = judge(name, frame, reference, args.threads, args.epochs)
         row = (f"| {name} | {r['atoms']} | {r['density']:.2f} | {r.get('recall', float('nan')):.3f} | "
                f"{r.get('precision', float('nan')):.3f} | {r['bimodal']:.2f} | "
-               f"{'; '.join(f'{a:.2f} / {b:.2f}' for a, b in r['grains']) or '—'} | "
+               f"{'; '.join(f'{a:.2f} / {b:.2f}' for a, b, _ in r['grains']) or '—'} | "
+               f"{'; '.join(f'{c:.2f}' for _, _, c in r['grains']) or '—'} | "
                f"{r['follows']:.2f}{' (trained again: collapsed at the default σ)' if r['retrained'] else ''} | "
                f"{'yes' if r.get('si_found') else ('no' if 'si_found' in r else '—')} | "
                f"{r['find_s']:.1f} + {r['train_s']:.0f} |")

@@ -35,8 +35,48 @@ AUTO_KEEP_FRACTION = 0.8     # ... or keep fewer than this fraction of the atoms
 SMOOTH_ANGSTROM = 0.2        # smoothing (σ, Å) of frames sampled finer than the windows
 
 
+def lattice_orientation(table: AtomTable, order: int = 6, radius: float = 3.0) -> np.ndarray:
+    """Each atom's local lattice orientation modulo ``360°/order`` (rad, ``atan2(dy, dx)`` in
+    image coordinates, y down): the ``order``-fold circular mean of the bonds of the atoms within
+    ``radius`` bonds of it (Gaussian weights, σ = radius / 2), a bond being a pair of atoms of
+    one frame 0.75–1.25 × the frame's median nearest-neighbour distance apart. For a honeycomb
+    (order 6) both sublattices give the same orientation, so the grains differ and the
+    sublattices do not; atoms with no bond within reach get their frame's mean (0 without any)."""
+    from scipy.spatial import cKDTree
+
+    out = np.zeros(len(table))
+    for f in np.unique(table.frame):
+        rows = np.flatnonzero(table.frame == f)
+        if len(rows) < 3:
+            continue
+        pts = np.column_stack([table.y[rows], table.x[rows]]).astype(np.float64)
+        tree = cKDTree(pts)
+        bond = float(np.median(tree.query(pts, k=2)[0][:, 1]))
+        if not bond > 0:
+            continue
+        pairs = tree.query_pairs(1.25 * bond, output_type="ndarray")
+        d = pts[pairs[:, 1]] - pts[pairs[:, 0]] if len(pairs) else np.zeros((0, 2))
+        long = np.hypot(d[:, 0], d[:, 1]) >= 0.75 * bond
+        pairs, d = pairs[long], d[long]
+        if not len(pairs):
+            continue
+        z = np.zeros(len(rows), complex)
+        turn = np.exp(1j * order * np.arctan2(d[:, 0], d[:, 1]))   # the same seen from either end (order even)
+        np.add.at(z, pairs[:, 0], turn)
+        np.add.at(z, pairs[:, 1], turn)
+        near = tree.sparse_distance_matrix(tree, radius * bond, output_type="coo_matrix")
+        weight = np.exp(-0.5 * (near.data / (0.5 * radius * bond)) ** 2)
+        local = z.copy()                  # the atom's own bonds, then its neighbours' (distance > 0)
+        np.add.at(local, near.row, weight * z[near.col])
+        mean = z.sum()
+        local = np.where(np.abs(local) > 0, local, mean)
+        out[rows] = np.angle(local) / order
+    return out
+
+
 def cut_windows(series: Any, table: AtomTable, size: float, pixels: int = 32, *, source: Any = None,
-                edge: str = "auto", round: bool = True) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+                edge: str = "auto", round: bool = True, angles: np.ndarray | None = None
+                ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Windows ``(n, pixels, pixels)`` float32 centred on every atom (sub-pixel, bilinear).
 
     ``size``: side in Å (``series.pixel_size`` known) or px; ``source``: another stack of the
@@ -45,6 +85,9 @@ def cut_windows(series: Any, table: AtomTable, size: float, pixels: int = 32, *,
     median, or ``"auto"``: drop them unless that leaves out more than a fifth of the atoms or
     leaves fewer than 64 windows (small fields), then pad (the note says which was done).
     ``round``: each window minus its frame's median, times :func:`round_mask`.
+    ``angles``: per atom of the table (rad, ``atan2(dy, dx)`` in the image, y down), turn each
+    window's content by minus its angle — what lies in that direction from the atom lies
+    along +x in the window (e.g. :func:`lattice_orientation`: every grain aligned alike).
     Returns the windows, the indices of the atoms they belong to and a note of what
     was dropped.
     """
@@ -89,14 +132,20 @@ def cut_windows(series: Any, table: AtomTable, size: float, pixels: int = 32, *,
         if sigma > 0:
             image = ndimage.gaussian_filter(image, sigma)
         at = keep[rows]
-        coords = np.stack([table.y[at][:, None, None] + gy[None], table.x[at][:, None, None] + gx[None]])
+        if angles is None:
+            coords = np.stack([table.y[at][:, None, None] + gy[None], table.x[at][:, None, None] + gx[None]])
+        else:  # the window's (gy, gx) read at the image's direction atan2(gy, gx) + angle
+            c, s = np.cos(angles[at])[:, None, None], np.sin(angles[at])[:, None, None]
+            coords = np.stack([table.y[at][:, None, None] + gx[None] * s + gy[None] * c,
+                               table.x[at][:, None, None] + gx[None] * c - gy[None] * s])
         out[rows] = ndimage.map_coordinates(image, coords.reshape(2, -1), order=1, mode="constant",
                                             cval=fill).reshape(len(at), pixels, pixels)
         if round:
             out[rows] = (out[rows] - fill) * mask
     note = {"windows": int(len(keep)), "dropped_at_edge": int(len(table) - len(keep)) if edge == "drop" else 0,
             "padded_at_edge": int((~inside).sum()) if edge == "pad" else 0, "side_px": float(side),
-            "pixels": int(pixels), "round": bool(round), "edge": edge, "edge_requested": requested}
+            "pixels": int(pixels), "round": bool(round), "edge": edge, "edge_requested": requested,
+            "aligned": angles is not None}
     if note["dropped_at_edge"] and requested == "drop":
         warnings.warn(f"{note['dropped_at_edge']} of {len(table)} atoms are closer to the frame edge than half a "
                       f"window ({side:.1f} px): their windows are left out (edge='pad' keeps them, padded)",

@@ -4,7 +4,8 @@ with its atoms coloured by angle and by latent 1, and the angle histogram of eve
 
 Layout (HDF5, the same results mark as the maps files): ``/atoms/<column>`` one dataset per
 column (``frame``, ``y``, ``x`` in px, ``y_angstrom``, ``x_angstrom``, ``class``, ``angle``
-(rad), ``shift_x``/``shift_y`` (Å or px), ``latent_1`` …, their ``_std``, ``novelty``,
+(rad), ``lattice_orientation`` (rad, the lattice's local orientation the windows were turned
+by), ``shift_x``/``shift_y`` (Å or px), ``latent_1`` …, their ``_std``, ``novelty``,
 ``pca_1``/``pca_2``/``gmm_cluster`` baselines); attributes ``kind = "atoms"``, the series'
 shape, pixel size and unit, window size, class names, rVAE configuration and loss history.
 """
@@ -25,7 +26,7 @@ from .reading import FORMAT_VERSION, RESULTS_MARK
 
 #: Units of the table's columns (others are dimensionless).
 COLUMN_UNITS = {"y": "px", "x": "px", "y_angstrom": "Å", "x_angstrom": "Å", "angle": "rad", "angle_std": "rad",
-                "angle_symmetric": "rad"}
+                "angle_symmetric": "rad", "lattice_orientation": "rad"}
 
 
 def write_atom_results(path: str | os.PathLike, result: Any, series: Any, parameters: dict | None = None, *,

@@ -95,6 +95,10 @@ class AtomOptions:
                        advanced=True)
     window_from: str = option("frames", "cut the windows from the raw frames or from the U-Net's class "
                               "probabilities", choices=("frames", "probabilities"), advanced=True)
+    align: bool = option(True, "turn each window by its neighbourhood's lattice orientation (read off the found "
+                         "positions, mod 60°) before the rVAE and add it back to the angle: the rVAE then has only "
+                         "the sublattices to tell apart, so that a frame with several grains splits them in each",
+                         label="align windows to the lattice", advanced=True)
     preset: str = option("default", "rVAE settings: this package's (default) or the published ones (study)",
                          choices=tuple(PRESETS), label="rVAE preset")
     complete: bool = option(True, "complete a honeycomb lattice (graphene, MoS2): add the atoms its found atoms "
@@ -135,7 +139,7 @@ class AtomOptions:
 
 
 def windows_for(series: ImageSeries, table: AtomTable, window: Any = DEFAULT_WINDOW_ANGSTROM,
-                pixels: int = DEFAULT_WINDOW_PIXELS, edge: str = "auto", source: Any = None):
+                pixels: int = DEFAULT_WINDOW_PIXELS, edge: str = "auto", source: Any = None, angles: Any = None):
     """Windows around the atoms (:func:`~napari_4dstem_rvae.atoms.cut_windows`); ``window`` in Å (or
     ``"40px"``; Å needs a calibrated series)."""
     size, unit = parse_length(window, "window")
@@ -144,7 +148,7 @@ def windows_for(series: ImageSeries, table: AtomTable, window: Any = DEFAULT_WIN
                          "(calibration) or the window in px")
     if unit == "px" and series.pixel_size_angstrom is not None:
         size = size * series.pixel_size_angstrom  # cut_windows takes Å for calibrated series
-    return cut_windows(series, table, size, pixels, edge=edge, source=source)
+    return cut_windows(series, table, size, pixels, edge=edge, source=source, angles=angles)
 
 
 def windows_dataset(windows: np.ndarray, source: str = "") -> Dataset4D:
@@ -193,12 +197,18 @@ def analyse(series: ImageSeries, table: AtomTable | None = None, *, window: Any 
             pixels: int = DEFAULT_WINDOW_PIXELS, edge: str = "auto", preset: str = "default",
             config: Any = None, with_baselines: bool = True, callback: Callable | None = None,
             stop: Any = None, find_options: dict | None = None, window_from: str = "frames",
-            **changes: Any) -> AtomResult:
+            align: bool = True, **changes: Any) -> AtomResult:
     """Atoms (found if ``table`` is None) → windows → rVAE → :class:`AtomResult`.
 
     ``window_from``: ``"frames"`` (the raw frames) or ``"probabilities"`` (the U-Net's class
-    probabilities drawn as a cleaned image, p(C) + 2·p(Si): the study's second option)."""
+    probabilities drawn as a cleaned image, p(C) + 2·p(Si): the study's second option).
+    ``align``: windows turned by each atom's local lattice orientation modulo 2 × the preset's
+    angle symmetry (:func:`~napari_4dstem_rvae.atoms.windows.lattice_orientation`), added back
+    to the angle (and the shifts turned back): one rVAE over several grains then only has the
+    sublattices to learn (measured on a real two-grain frame, docs/quality.md)."""
+    from ..atoms.windows import lattice_orientation
     from ..rvae import RVAEConfig, fit
+    from ..rvae.infer import symmetric_angle
 
     if preset not in PRESETS:
         raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
@@ -213,19 +223,26 @@ def analyse(series: ImageSeries, table: AtomTable | None = None, *, window: Any 
         prob = probabilities(series, threads=changes.get("threads"))
         source = prob[:, 1] + 2.0 * prob[:, 2]
         del prob
-    windows, index, note = windows_for(series, table, window, pixels, edge, source=source)
+    base = RVAEConfig.from_dict(config) if isinstance(config, dict) else (config or RVAEConfig())
+    cfg = base.replace(**PRESETS[preset]).replace(**{k: v for k, v in changes.items() if v is not None})
+    symmetry = int(cfg.angle_symmetry or 1)
+    turn = lattice_orientation(table, 2 * symmetry) if align and symmetry > 1 else None
+    windows, index, note = windows_for(series, table, window, pixels, edge, source=source, angles=turn)
     note["window_from"] = window_from
     if len(windows) < 8:
         raise ValueError(f"only {len(windows)} atoms have a whole window of {window} inside the frames "
                          f"({note.get('dropped_at_edge', 0)} left out at the edges); expected at least 8 — use a "
                          "smaller window or edge='pad' (or 'auto')")
-    base = RVAEConfig.from_dict(config) if isinstance(config, dict) else (config or RVAEConfig())
-    cfg = base.replace(**PRESETS[preset]).replace(**{k: v for k, v in changes.items() if v is not None})
     result = fit(windows_dataset(windows, series.source), cfg, callback=callback, stop=stop)
     maps = result.maps
-    values: dict[str, np.ndarray] = {"angle": maps.angle[:, 0], "angle_std": maps.angle_std[:, 0]}
+    # the rVAE's angle is counter-clockwise on screen, the windows' turn clockwise (y down): the
+    # angle in the image is the aligned window's minus the turn
+    lattice = np.zeros(len(index)) if turn is None else -turn[index]
+    values: dict[str, np.ndarray] = {"angle": _wrap(maps.angle[:, 0] + lattice), "angle_std": maps.angle_std[:, 0]}
+    if turn is not None:
+        values["lattice_orientation"] = lattice
     if maps.angle_symmetric is not None:
-        values["angle_symmetric"] = maps.angle_symmetric[:, 0]
+        values["angle_symmetric"] = symmetric_angle(values["angle"], symmetry)
     if maps.angle_concentration is not None:
         values["angle_concentration"] = maps.angle_concentration[:, 0]
     for i in range(maps.latents.shape[0]):
@@ -234,8 +251,9 @@ def analyse(series: ImageSeries, table: AtomTable | None = None, *, window: Any 
     if maps.shift is not None:
         # the engine's shift is (x, y) in window pixels: in Å of the image when calibrated
         scale = note["side_px"] / pixels * (series.pixel_size_angstrom or 1.0)
-        values["shift_x"] = maps.shift[0, :, 0] * scale
-        values["shift_y"] = maps.shift[1, :, 0] * scale
+        c, s = np.cos(-lattice), np.sin(-lattice)     # the window's (x, y) turned back to the image's
+        values["shift_x"] = (maps.shift[0, :, 0] * c - maps.shift[1, :, 0] * s) * scale
+        values["shift_y"] = (maps.shift[0, :, 0] * s + maps.shift[1, :, 0] * c) * scale
     if maps.novelty is not None:
         values["novelty"] = maps.novelty[:, 0]
     extra = baselines(windows, seed=cfg.seed) if with_baselines else {}
@@ -247,6 +265,11 @@ def analyse(series: ImageSeries, table: AtomTable | None = None, *, window: Any 
     return AtomResult(table, index, {k: np.asarray(v, np.float32) for k, v in values.items()}, result.config,
                       list(result.history), note, size if unit == "Å" else None, series.pixel_size_angstrom,
                       extra, result.model, dynamics(table, series.n_frames, per_atom, hop_reach=_bonds(series, 2.0)))
+
+
+def _wrap(angle: np.ndarray) -> np.ndarray:
+    """Angles in (−π, π]."""
+    return np.pi - np.mod(np.pi - np.asarray(angle, np.float64), 2 * np.pi)
 
 
 def _bonds(series: ImageSeries, n: float) -> float:
@@ -353,6 +376,8 @@ class AtomRun:
             why = collapsed(result.history, result.config)
         note = result.windows_note
         yield Message(f"windows: {note['windows']} of {note['side_px']:.1f} px resampled to {o.pixels} × {o.pixels}"
+                      + (", each turned by its lattice's local orientation (added back to the angle)"
+                         if note.get("aligned") else "")
                       + (f"; {note['dropped_at_edge']} atoms at the frame edges left out"
                          if note.get("dropped_at_edge") else "")
                       + (f"; {note['padded_at_edge']} windows at the frame edges padded with the frame's median"
@@ -368,7 +393,7 @@ class AtomRun:
         o = self.options
         return (yield from relay(
             partial(analyse, stop=stop), self.series, self.table, window=o.window, pixels=o.pixels, edge=o.edge,
-            preset=o.preset, window_from=o.window_from, stop=stop, callback="callback",
+            preset=o.preset, window_from=o.window_from, align=o.align, stop=stop, callback="callback",
             convert=lambda e: Epoch(e.epoch, e.epochs_total, float(e.train_loss),
                                     None if e.test_loss is None else float(e.test_loss), None, float(e.elapsed))
             if e.kind == "epoch" else None, **rvae))

@@ -23,6 +23,7 @@ Measured on real HAADF frames of graphene in ``benchmarks/bench_atoms_real.py``.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -44,22 +45,25 @@ def matched_filter(image: np.ndarray, sigma: float) -> np.ndarray:
     return (smooth - background) / (noise if noise > 0 else 1.0)
 
 
+def bond_pairs(tree: Any, bond: float) -> tuple[np.ndarray, np.ndarray]:
+    """The bonds among the points of a ``cKDTree``: index pairs ``(m, 2)`` of points 0.75–1.25 ×
+    ``bond`` apart and their vectors (dy, dx) from the first to the second."""
+    pairs = tree.query_pairs(1.25 * bond, output_type="ndarray").reshape(-1, 2)
+    d = tree.data[pairs[:, 1]] - tree.data[pairs[:, 0]]
+    keep = np.hypot(d[:, 0], d[:, 1]) >= 0.75 * bond
+    return pairs[keep], d[keep]
+
+
 def _bond_frame(y: np.ndarray, x: np.ndarray, bond: float) -> tuple[np.ndarray, np.ndarray]:
     """Per atom, the circular 3-fold mean direction of its bonds (rad; NaN without a neighbour
     within 1.42 ± 25 %) and the number of such neighbours."""
     from scipy.spatial import cKDTree
 
-    pts = np.column_stack([y, x])
-    tree = cKDTree(pts)
-    pairs = tree.query_pairs(1.25 * bond, output_type="ndarray")
     direction = np.full(len(y), np.nan)
     count = np.zeros(len(y), np.int64)
+    pairs, d = bond_pairs(cKDTree(np.column_stack([y, x])), bond)
     if len(pairs) == 0:
         return direction, count
-    d = pts[pairs[:, 1]] - pts[pairs[:, 0]]
-    length = np.hypot(d[:, 0], d[:, 1])
-    keep = length >= 0.75 * bond
-    pairs, d = pairs[keep], d[keep]
     angle = np.arctan2(d[:, 0], d[:, 1])
     z = np.zeros(len(y), complex)
     # the bond seen from each end: a and a + π are the same 3-fold direction only up to 60°,
@@ -78,12 +82,7 @@ def _six_fold(y: np.ndarray, x: np.ndarray, bond: float) -> float | None:
     found atoms), or None with fewer than three bonds."""
     from scipy.spatial import cKDTree
 
-    pairs = cKDTree(np.column_stack([y, x])).query_pairs(1.25 * bond, output_type="ndarray")
-    if len(pairs) < 3:
-        return None
-    d = np.column_stack([y[pairs[:, 1]] - y[pairs[:, 0]], x[pairs[:, 1]] - x[pairs[:, 0]]])
-    length = np.hypot(d[:, 0], d[:, 1])
-    d = d[length >= 0.75 * bond]
+    _, d = bond_pairs(cKDTree(np.column_stack([y, x])), bond)
     if len(d) < 3:
         return None
     return float(np.angle(np.exp(6j * np.arctan2(d[:, 0], d[:, 1])).mean()) / 6)

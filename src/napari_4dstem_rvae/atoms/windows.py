@@ -44,6 +44,8 @@ def lattice_orientation(table: AtomTable, order: int = 6, radius: float = 3.0) -
     sublattices do not; atoms with no bond within reach get their frame's mean (0 without any)."""
     from scipy.spatial import cKDTree
 
+    from .complete import bond_pairs
+
     out = np.zeros(len(table))
     for f in np.unique(table.frame):
         rows = np.flatnonzero(table.frame == f)
@@ -54,10 +56,7 @@ def lattice_orientation(table: AtomTable, order: int = 6, radius: float = 3.0) -
         bond = float(np.median(tree.query(pts, k=2)[0][:, 1]))
         if not bond > 0:
             continue
-        pairs = tree.query_pairs(1.25 * bond, output_type="ndarray")
-        d = pts[pairs[:, 1]] - pts[pairs[:, 0]] if len(pairs) else np.zeros((0, 2))
-        long = np.hypot(d[:, 0], d[:, 1]) >= 0.75 * bond
-        pairs, d = pairs[long], d[long]
+        pairs, d = bond_pairs(tree, bond)
         if not len(pairs):
             continue
         z = np.zeros(len(rows), complex)

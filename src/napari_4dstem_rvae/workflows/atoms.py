@@ -238,7 +238,8 @@ def analyse(series: ImageSeries, table: AtomTable | None = None, *, window: Any 
     # the rVAE's angle is counter-clockwise on screen, the windows' turn clockwise (y down): the
     # angle in the image is the aligned window's minus the turn
     lattice = np.zeros(len(index)) if turn is None else -turn[index]
-    values: dict[str, np.ndarray] = {"angle": _wrap(maps.angle[:, 0] + lattice), "angle_std": maps.angle_std[:, 0]}
+    values: dict[str, np.ndarray] = {"angle": symmetric_angle(maps.angle[:, 0] + lattice, 1),
+                                     "angle_std": maps.angle_std[:, 0]}
     if turn is not None:
         values["lattice_orientation"] = lattice
     if maps.angle_symmetric is not None:
@@ -265,11 +266,6 @@ def analyse(series: ImageSeries, table: AtomTable | None = None, *, window: Any 
     return AtomResult(table, index, {k: np.asarray(v, np.float32) for k, v in values.items()}, result.config,
                       list(result.history), note, size if unit == "Å" else None, series.pixel_size_angstrom,
                       extra, result.model, dynamics(table, series.n_frames, per_atom, hop_reach=_bonds(series, 2.0)))
-
-
-def _wrap(angle: np.ndarray) -> np.ndarray:
-    """Angles in (−π, π]."""
-    return np.pi - np.mod(np.pi - np.asarray(angle, np.float64), 2 * np.pi)
 
 
 def _bonds(series: ImageSeries, n: float) -> float:

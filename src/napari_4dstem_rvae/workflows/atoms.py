@@ -30,15 +30,15 @@ from ..atoms.finding import find
 from ..series import ImageSeries
 from .events import Done, Epoch, Event, Message, relay
 
-#: rVAE settings for windows around atoms. "default": this package's engine (angle with a
-#: proper posterior on the circle, uniform prior, shifts, content read from the aligned
-#: window); "study": the published settings (one encoder, 2 × 128 tanh, Gaussian angle
-#: with a Gaussian prior, shifts, 2 content latents, 75 % / 25 % train/test).
 #: The default preset trains on at most this many windows (drawn evenly over the frames; every
 #: atom is mapped): ten epochs of its 2,400 steps. More windows only lengthened training past
 #: the step budget (10 epochs at least): the study's scale (114,000 windows) took 735 s for the
 #: same sublattice split as 20,480 windows in 1/6 of the time (docs/performance.md).
 TRAIN_WINDOWS = 20_480
+#: rVAE settings for windows around atoms. "default": this package's engine (angle with a
+#: proper posterior on the circle, uniform prior, shifts, content read from the aligned
+#: window); "study": the published settings (one encoder, 2 × 128 tanh, Gaussian angle
+#: with a Gaussian prior, shifts, 2 content latents, 75 % / 25 % train/test).
 PRESETS: dict[str, dict[str, Any]] = {
     # 128 of the 1,024 pixels of a window decoded per step (windows are resampled from ~20 px):
     # half the step's cost, the same sublattice split and Si AUC at the study's scale

@@ -29,7 +29,9 @@ within ±10° of two modes 60° apart (the two sublattices) over the image and p
 told apart by the found positions' bond orientation mod 60°), beside the same share for that
 bond angle (what the positions allow), how closely the rVAE angle follows the positions' bond
 orientation modulo 60° (|⟨exp 6i(rVAE − bond)⟩|: 1 when the grains show in the angle map),
-the Si found (an atom of the heavy class within 0.5 Å of the brightest blob), seconds.
+the Si found (an atom of the heavy class within 0.5 Å of the brightest blob), the ranks of the
+heavy-class atoms among the interior windows by the rVAE's residual at the atom
+(``centre_excess``) and by its novelty (1 = the highest), seconds.
 """
 
 from __future__ import annotations
@@ -231,6 +233,14 @@ def judge(name: str, frame: np.ndarray, reference: np.ndarray | None, threads: i
     at = points[run.result.index]
     keep = _interior(at, frame.shape, margin)
     out["bimodal"] = bimodality(angle[keep] * 1.0)
+    if spec.get("si"):  # is each heavy atom an extreme of the residual at the atom, of the novelty?
+        heavy = np.flatnonzero(keep & (table.cls[run.result.index] == 1))
+        ranks = {}
+        for key in ("centre_excess", "novelty"):
+            if key in values:
+                order = np.argsort(np.argsort(-np.where(keep, values[key], -np.inf)))  # 0 = highest
+                ranks[key] = sorted(int(order[i]) + 1 for i in heavy)
+        out["si_ranks"], out["windows"] = ranks, int(keep.sum())
     # per grain: the grains told apart by the bond orientation of the found positions (mod 60°,
     # the same on both sublattices); beside it the same share for the bond angle itself, what
     # the positions allow
@@ -253,6 +263,13 @@ def judge(name: str, frame: np.ndarray, reference: np.ndarray | None, threads: i
             out["grains"].append((bimodality(angle[sel] * 1.0), bimodality(bonds[sel]),
                                   float(abs(np.exp(3j * (angle[sel] + bonds[sel])).mean()))))
     return out
+
+
+def _ranks(r: dict) -> str:
+    ranks = r.get("si_ranks")
+    if not ranks:
+        return "—"
+    return "; ".join(", ".join(map(str, v)) for v in ranks.values()) + f" of {r['windows']}"
 
 
 def _bond_angles(points: np.ndarray, bond_px: float) -> tuple[np.ndarray, np.ndarray]:
@@ -293,8 +310,9 @@ def main() -> None:
         fetch(data, names)
     lines = ["| image | atoms (interior) | density / lattice's | recall | precision | angle bimodal (±10°) | "
              "per grain: rVAE angle / bond angle bimodal | per grain: modes = sublattices | "
-             "angle follows the bonds (mod 60°) | Si found | s (find + train) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "angle follows the bonds (mod 60°) | Si found | Si's ranks by centre excess; by novelty | "
+             "s (find + train) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     print("\n".join(lines), flush=True)
     for name in names:
         try:
@@ -309,6 +327,7 @@ def main() -> None:
                f"{'; '.join(f'{c:.2f}' for _, _, c in r['grains']) or '—'} | "
                f"{r['follows']:.2f}{' (trained again: collapsed at the default σ)' if r['retrained'] else ''} | "
                f"{'yes' if r.get('si_found') else ('no' if 'si_found' in r else '—')} | "
+               f"{_ranks(r)} | "
                f"{r['find_s']:.1f} + {r['train_s']:.0f} |")
         lines.append(row)
         print(row, flush=True)

@@ -211,11 +211,27 @@ def test_analyse_and_results_roundtrip(tmp_path, small):
     cols = result.columns()
     n = len(result.table)
     for name in ("frame", "y", "x", "class", "angle", "angle_std", "latent_1", "latent_2", "shift_x", "shift_y",
-                 "novelty", "pca_1", "gmm_cluster", "has_window", "y_angstrom"):
+                 "novelty", "missing_neighbour", "centre_excess", "pca_1", "gmm_cluster", "has_window", "y_angstrom"):
         assert name in cols and len(cols[name]) == n, name
     has = cols["has_window"]
     assert 0 < (~has).sum() < n // 2  # edge atoms without a window are kept, marked NaN
     assert np.isfinite(cols["angle"][has]).all() and np.isnan(cols["angle"][~has]).all()
+    # the residual on the neighbours' ring marks the carbon atoms at the holes' edges (fewer than
+    # 3 neighbours), the residual at the atom the Si — even after 3 epochs
+    from sklearn.metrics import roc_auc_score
+
+    idx = np.full(n, -1)
+    for f in range(series.n_frames):
+        m, a = np.flatnonzero(truth.frame == f), np.flatnonzero(cols["frame"] == f)
+        d, j = cKDTree(np.column_stack([truth.y[m], truth.x[m]])).query(
+            np.column_stack([cols["y"][a], cols["x"][a]]) * 0.16, distance_upper_bound=0.5)
+        idx[a[np.isfinite(d)]] = m[j[np.isfinite(d)]]
+    ok = has & (idx >= 0)
+    t = idx[ok]
+    carbon, under, si = truth.z[t] == 6, truth.coordination[t] < 3, truth.z[t] == 14
+    assert under[carbon].sum() >= 10 and si.sum() >= 3
+    assert roc_auc_score(under[carbon], cols["missing_neighbour"][ok][carbon]) > 0.9
+    assert roc_auc_score(si, cols["centre_excess"][ok]) > 0.95
     hist, edges = frame_histograms(cols["angle"], cols["frame"], series.n_frames, 12, (-np.pi, np.pi))
     assert hist.shape == (2, 12) and np.allclose((hist * np.diff(edges)).sum(axis=1), 1.0)
     path = write_atom_results(tmp_path / "atoms.h5", result, series, {"window": "5Å"})

@@ -35,6 +35,27 @@ AUTO_KEEP_FRACTION = 0.8     # ... or keep fewer than this fraction of the atoms
 SMOOTH_ANGSTROM = 0.2        # smoothing (σ, Å) of frames sampled finer than the windows
 
 
+def _frame_bond(tree: Any, pts: np.ndarray) -> float:
+    """Median distance from an atom of a frame to its nearest neighbour (pixels)."""
+    return float(np.median(tree.query(pts, k=2)[0][:, 1]))
+
+
+def bond_length(table: AtomTable) -> float | None:
+    """The lattice's nearest-neighbour distance in pixels: the median over frames of each
+    frame's median distance from an atom to its nearest neighbour (None without a frame of 3
+    atoms)."""
+    from scipy.spatial import cKDTree
+
+    bonds = []
+    for f in np.unique(table.frame):
+        rows = table.frame == f
+        if rows.sum() >= 3:
+            pts = np.column_stack([table.y[rows], table.x[rows]]).astype(np.float64)
+            bonds.append(_frame_bond(cKDTree(pts), pts))
+    value = float(np.median(bonds)) if bonds else 0.0
+    return value if value > 0 else None
+
+
 def lattice_orientation(table: AtomTable, order: int = 6, radius: float = 3.0) -> np.ndarray:
     """Each atom's local lattice orientation modulo ``360°/order`` (rad, ``atan2(dy, dx)`` in
     image coordinates, y down): the ``order``-fold circular mean of the bonds of the atoms within
@@ -53,7 +74,7 @@ def lattice_orientation(table: AtomTable, order: int = 6, radius: float = 3.0) -
             continue
         pts = np.column_stack([table.y[rows], table.x[rows]]).astype(np.float64)
         tree = cKDTree(pts)
-        bond = float(np.median(tree.query(pts, k=2)[0][:, 1]))
+        bond = _frame_bond(tree, pts)
         if not bond > 0:
             continue
         pairs, d = bond_pairs(tree, bond)

@@ -274,9 +274,9 @@ class RVAE(nn.Module):
         """Patterns ``(B, n_pixels)`` turned back to the canonical pose: ``D(u) = I(R(θ)u + Δ)``
         (bilinear interpolation, zero outside the detector / mask)."""
         ny, nx = self.det_shape
-        image = x.new_zeros(x.shape[0], ny * nx)
-        image[:, self.pixel_index] = x
-        image = image.reshape(-1, 1, ny, nx)
+        # without a mask no scatter (it was half of align's cost with its backward)
+        full = x if self.n_pixels == ny * nx else x.new_zeros(x.shape[0], ny * nx).index_copy(1, self.pixel_index, x)
+        image = full.reshape(-1, 1, ny, nx)
         rot = rotation_matrix(angle)                                          # (B, 2, 2)
         points = self.coords @ rot.transpose(1, 2)                            # R u, (B, P, 2)
         if shift is not None:

@@ -213,8 +213,9 @@ def analyse(series: ImageSeries, table: AtomTable | None = None, *, window: Any 
     angle symmetry (:func:`~napari_4dstem_rvae.atoms.windows.lattice_orientation`), added back
     to the angle (and the shifts turned back): one rVAE over several grains then only has the
     sublattices to learn (measured on a real two-grain frame, docs/quality.md)."""
-    from ..atoms.windows import lattice_orientation
+    from ..atoms.windows import bond_length, lattice_orientation
     from ..rvae import RVAEConfig, fit
+    from ..rvae.local import ring_scores
     from ..rvae.infer import symmetric_angle
 
     if preset not in PRESETS:
@@ -264,6 +265,12 @@ def analyse(series: ImageSeries, table: AtomTable | None = None, *, window: Any 
         values["shift_y"] = (maps.shift[0, :, 0] * s + maps.shift[1, :, 0] * c) * scale
     if maps.novelty is not None:
         values["novelty"] = maps.novelty[:, 0]
+    bond = bond_length(table)
+    if bond is not None and result.model is not None:  # the residual at the atom and on its neighbours' ring
+        values.update(ring_scores(result.model, windows, bond * pixels / note["side_px"], threads=cfg.threads))
+        y, x, (ny, nx) = table.y[index], table.x[index], series.frame_shape   # a ring beyond the frame's edge
+        cut = np.minimum(np.minimum(y, ny - 1 - y), np.minimum(x, nx - 1 - x)) < 1.2 * bond  # is not a missing atom
+        values["missing_neighbour"] = np.where(cut, np.nan, values["missing_neighbour"])
     extra = baselines(windows, seed=cfg.seed) if with_baselines else {}
     size, unit = parse_length(window, "window")
     from ..atoms.dynamics import dynamics

@@ -123,7 +123,8 @@ def main(size: str, epochs: int = 60) -> list[Path]:
 
 def atoms(size: str) -> list[Path]:
     """The atom-resolved workflow: the simulated HAADF series from File > Open Sample, the
-    Atoms tab, Find atoms, Train (default epochs), atoms coloured by angle and by latent 1,
+    Atoms tab, Find atoms, Train (default epochs), atoms coloured by angle, by latent 1 and by
+    the missing neighbour,
     the per-frame histogram dock."""
     import napari
     from qtpy.QtWidgets import QApplication
@@ -160,6 +161,8 @@ def atoms(size: str) -> list[Path]:
     shot("atoms_angle")
     widget.colour_by.value = "latent_1"
     shot("atoms_latent")
+    widget.colour_by.value = "missing_neighbour"
+    shot("atoms_missing_neighbour")
     print(widget.status.value)
     viewer.close()
     return shots

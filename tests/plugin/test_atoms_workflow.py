@@ -85,8 +85,8 @@ def test_find_train_points_and_histograms_twice(movie_setup, qtbot):
         wait_for_worker(qtbot, widget, TIMEOUT_MS)
         assert not messages, messages
         features = points.features
-        for column in ("angle", "angle mod 120°", "latent_1", "latent_2", "shift_x", "novelty", "class",
-                       "pca_1", "gmm_cluster"):
+        for column in ("angle", "angle mod 120°", "latent_1", "latent_2", "shift_x", "novelty", "missing_neighbour",
+                       "centre_excess", "class", "pca_1", "gmm_cluster"):
             assert column in features, column
         has = features["has_window"].to_numpy()
         assert np.isfinite(features["angle"].to_numpy()[has]).all() and has.sum() > 0.8 * n_found
@@ -98,6 +98,15 @@ def test_find_train_points_and_histograms_twice(movie_setup, qtbot):
         plot = widget._histograms
         assert len(plot.curves["angle mod 120° (°)"]) == FRAMES   # one curve per frame
         assert len(plot.scatter.get_offsets()) == has.sum()   # the latent space: every window
+        # the colours' key: a colour bar of the chosen feature over its range (none for categories)
+        latent = features["latent_1"].to_numpy()[has]
+        norm = plot.colour_bar.mappable.norm
+        assert plot.colour_bar.ax.get_ylabel() == "latent_1"
+        assert norm.vmin <= np.percentile(latent, 5) and norm.vmax >= np.percentile(latent, 95)
+        widget.colour_by.value = "class"
+        assert plot.colour_bar is None
+        widget.colour_by.value = "missing_neighbour"
+        assert plot.colour_bar.ax.get_ylabel() == "missing_neighbour"
         assert plot.traversal.shape == (5 * 33 - 1, 5 * 33 - 1) and np.isfinite(plot.traversal).any()
         # the atoms followed over the frames: a Tracks layer aligned with the points and the image
         tracks = viewer.layers[f"{image.name} tracks"]

@@ -32,7 +32,7 @@ class FrameHistograms(QWidget):
     def show_result(self, result: Any, n_frames: int, colour_by: str = "angle mod 120°") -> None:
         import matplotlib
 
-        from ..results.colours import angle_mod_120
+        from ..results.colours import CATEGORIES, CYCLIC, angle_mod_120, feature_colours, feature_scale
         from ..workflows import frame_histograms
 
         columns = result.columns()
@@ -66,13 +66,23 @@ class FrameHistograms(QWidget):
         if n_frames <= 10:
             axes[0].legend(fontsize=6, ncol=2)
         extra = list(axes[2:])
-        self.scatter = self.traversal = None
+        self.scatter = self.traversal = self.colour_bar = None
         if latent_space:
             ax = extra.pop(0)
             ok = np.isfinite(columns["latent_1"]) & np.isfinite(angle)
-            colours = _colours_of(columns, colour_by, angle)
+            values, feature = _values_of(columns, colour_by, angle)
+            colours = feature_colours(values, feature)
             self.scatter = ax.scatter(columns["latent_1"][ok], columns["latent_2"][ok], c=colours[ok], s=2,
                                       linewidths=0, rasterized=True)
+            if feature not in CATEGORIES:  # the key of the atoms' colours (the canvas's too)
+                from matplotlib.cm import ScalarMappable
+                from matplotlib.colors import Normalize
+
+                cmap, lo, hi = feature_scale(values, feature)
+                self.colour_bar = self.figure.colorbar(ScalarMappable(Normalize(lo, hi), matplotlib.colormaps[cmap]),
+                                                       ax=ax, fraction=0.08, pad=0.03)
+                self.colour_bar.ax.tick_params(labelsize=6)
+                self.colour_bar.set_label(feature + (" (°)" if feature in CYCLIC else ""), fontsize=7)
             ax.set_xlabel("latent 1", fontsize=8)
             ax.set_ylabel("latent 2", fontsize=8)
             ax.set_title(f"latent space (colour: {colour_by})", fontsize=7)
@@ -103,18 +113,14 @@ class FrameHistograms(QWidget):
         self.canvas.draw_idle()
 
 
-def _colours_of(columns: dict, colour_by: str, angle: np.ndarray) -> np.ndarray:
-    """RGBA per window of the chosen per-atom quantity, as the Points layer colours it."""
-    from ..results.colours import feature_colours
-
-    if colour_by == "angle mod 120°":
-        values = angle
-    elif colour_by == "angle" and "angle" in columns:
-        values = np.degrees(np.asarray(columns["angle"], np.float64))
-    else:
-        values = np.asarray(columns.get(colour_by, angle), np.float64)
-    return feature_colours(values, colour_by if colour_by in columns or colour_by == "angle mod 120°"
-                           else "angle mod 120°")
+def _values_of(columns: dict, colour_by: str, angle: np.ndarray) -> tuple[np.ndarray, str]:
+    """Per window, the chosen per-atom quantity as the Points layer colours it, and its name
+    (angles in degrees; an unknown name: the angle mod 120°)."""
+    if colour_by == "angle" and "angle" in columns:
+        return np.degrees(np.asarray(columns["angle"], np.float64)), "angle"
+    if colour_by != "angle mod 120°" and colour_by in columns:
+        return np.asarray(columns[colour_by], np.float64), colour_by
+    return angle, "angle mod 120°"
 
 
 def traversal_montage(model: Any, n: int = 5, span: float = 2.0) -> np.ndarray:

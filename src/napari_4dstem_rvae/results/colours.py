@@ -62,27 +62,43 @@ def angle_mod_120(angle: np.ndarray) -> np.ndarray:
     return np.degrees((angle + np.pi / 3) % (2 * np.pi / 3) - np.pi / 3)
 
 
+def feature_scale(values: np.ndarray, feature: str) -> tuple[str, float, float]:
+    """The colormap and the range (lo, hi) that :func:`feature_colours` maps a per-atom feature
+    onto: a circle for angles (degrees), the 1st–99th percentiles otherwise (symmetric about 0
+    for a signed feature); for categories the range of tab10's ten colours."""
+    values = np.asarray(values, np.float64)
+    v = values[np.isfinite(values)]
+    if feature in CYCLIC:
+        period = 120.0 if feature == "angle mod 120°" else 360.0
+        return "twilight_shifted", -period / 2, period / 2
+    if feature in CATEGORIES:
+        return "tab10", 0.0, 10.0
+    if not v.size:
+        return "viridis", 0.0, 1.0
+    lo, hi = (float(x) for x in np.percentile(v, [1, 99]))
+    if lo < 0 < hi:
+        m = max(-lo, hi)
+        return "coolwarm", -m, m
+    return "viridis", lo, hi if hi > lo else lo + 1.0
+
+
 def feature_colours(values: np.ndarray, feature: str) -> np.ndarray:
-    """RGBA colours ``(n, 4)`` of a per-atom feature (NaN: translucent grey)."""
+    """RGBA colours ``(n, 4)`` of a per-atom feature (NaN: translucent grey), on the scale of
+    :func:`feature_scale`."""
     import matplotlib
 
     values = np.asarray(values, np.float64)
-    finite = np.isfinite(values)
+    finite = values[np.isfinite(values)] if values.size else values
     colours = np.tile(np.array([0.6, 0.6, 0.6, 0.4]), (len(values), 1))
-    if not finite.any():
+    if not finite.size:
         return colours
-    v = values[finite]
+    cmap, lo, hi = feature_scale(values, feature)
+    v = values[np.isfinite(values)]
     if feature in CYCLIC:
-        period = 120.0 if feature == "angle mod 120°" else 360.0
-        cmap, t = "twilight_shifted", np.mod(v + period / 2, period) / period
+        t = np.mod(v - lo, hi - lo) / (hi - lo)
     elif feature in CATEGORIES:
-        cmap, t = "tab10", (np.round(v).astype(int) % 10) / 10 + 0.05
+        t = (np.round(v).astype(int) % 10) / 10 + 0.05
     else:
-        lo, hi = np.percentile(v, [1, 99])
-        if lo < 0 < hi:
-            m = max(-lo, hi)
-            cmap, t = "coolwarm", (v + m) / (2 * m)
-        else:
-            cmap, t = "viridis", (v - lo) / ((hi - lo) or 1.0)
-    colours[finite] = matplotlib.colormaps[cmap](np.clip(t, 0, 1))
+        t = (v - lo) / (hi - lo)
+    colours[np.isfinite(values)] = matplotlib.colormaps[cmap](np.clip(t, 0, 1))
     return colours

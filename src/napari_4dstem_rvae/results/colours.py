@@ -88,17 +88,17 @@ def feature_colours(values: np.ndarray, feature: str) -> np.ndarray:
     import matplotlib
 
     values = np.asarray(values, np.float64)
-    finite = values[np.isfinite(values)] if values.size else values
+    finite = np.isfinite(values)
     colours = np.tile(np.array([0.6, 0.6, 0.6, 0.4]), (len(values), 1))
-    if not finite.size:
+    if not finite.any():
         return colours
     cmap, lo, hi = feature_scale(values, feature)
-    v = values[np.isfinite(values)]
+    v = values[finite]
     if feature in CYCLIC:
         t = np.mod(v - lo, hi - lo) / (hi - lo)
     elif feature in CATEGORIES:
         t = (np.round(v).astype(int) % 10) / 10 + 0.05
     else:
         t = (v - lo) / (hi - lo)
-    colours[np.isfinite(values)] = matplotlib.colormaps[cmap](np.clip(t, 0, 1))
+    colours[finite] = matplotlib.colormaps[cmap](np.clip(t, 0, 1))
     return colours

@@ -63,10 +63,10 @@ def ring_regions(det_shape: tuple[int, int], bond: float, sites: int = RING_SITE
     the centre every ``360° / sites``, and last the centre's disk of ``CENTRE_RADIUS × bond``."""
     h, w = det_shape
     yy, xx = np.mgrid[:h, :w] - np.array([(h - 1) / 2, (w - 1) / 2])[:, None, None]
+    r = max(SITE_RADIUS * bond, 0.75)  # at least the nearest pixel or so
     out = []
     for k in range(sites):
         a = 2 * np.pi * k / sites
-        r = max(SITE_RADIUS * bond, 0.75)  # at least the nearest pixel or so
         out.append((yy - bond * np.sin(a)) ** 2 + (xx - bond * np.cos(a)) ** 2 <= r * r)
     out.append(yy**2 + xx**2 <= max(CENTRE_RADIUS * bond, 0.75) ** 2)
     return np.stack(out)

@@ -305,7 +305,7 @@ def judge(result, truth, window: float) -> dict:
     want = truth.grain_angles[1] - truth.grain_angles[0]
     out["grain_error"] = min(abs(abs(d) - want), abs(abs(d) - (60 - want)))
     si = truth.z[t] == 14
-    scores = {k: cols[k][ok] for k in ("latent_1", "latent_2", "novelty", "missing_neighbour", "centre_excess",
+    scores = {k: cols[k][ok] for k in ("latent_1", "latent_2", "novelty", "missing_neighbour", "rim", "centre_excess",
                                       "pca_1", "pca_2") if k in cols}
     out["auc"] = {k: max(roc_auc_score(si, v), 1 - roc_auc_score(si, v)) for k, v in scores.items()}
     seen = np.minimum(truth.edge_distance[t], window / 2 + 1.5)

@@ -120,3 +120,17 @@ def test_aligned_windows_give_the_same_angle_and_shifts_in_the_image(two_grains,
     for name, true in (("shift_x", -0.08), ("shift_y", 0.12)):
         assert 0.6 < np.median(a[name]) / true < 1.0, (name, np.median(a[name]))
         assert np.percentile(np.abs(b[name] - a[name]), 95) < 0.01, (name, np.percentile(np.abs(b[name] - a[name]), 95))
+
+
+def test_neighbourhood_max_stays_in_its_frame_and_skips_nan():
+    from napari_4dstem_rvae.atoms.windows import neighbourhood_max
+
+    frame = np.array([0, 0, 0, 1])
+    y = np.zeros(4)
+    x = np.array([0.0, 1.0, 3.0, 1.0])
+    values = np.array([5.0, np.nan, 1.0, 7.0])
+    out = neighbourhood_max(frame, y, x, values, 1.5)
+    # atom 1 takes its neighbour's 5 (its own NaN skipped); atom 2 is 2 px from the nearest; the
+    # atom of frame 1 sits on atom 1's place but is not its neighbour
+    np.testing.assert_array_equal(out, [5.0, 5.0, 1.0, 7.0])
+    assert np.isnan(neighbourhood_max(frame[:1], y[:1], x[:1], np.array([np.nan]), 1.5))[0]

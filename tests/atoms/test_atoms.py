@@ -211,7 +211,7 @@ def test_analyse_and_results_roundtrip(tmp_path, small):
     cols = result.columns()
     n = len(result.table)
     for name in ("frame", "y", "x", "class", "angle", "angle_std", "latent_1", "latent_2", "shift_x", "shift_y",
-                 "novelty", "missing_neighbour", "centre_excess", "pca_1", "gmm_cluster", "has_window", "y_angstrom"):
+                 "novelty", "missing_neighbour", "rim", "centre_excess", "pca_1", "gmm_cluster", "has_window", "y_angstrom"):
         assert name in cols and len(cols[name]) == n, name
     has = cols["has_window"]
     assert 0 < (~has).sum() < n // 2  # edge atoms without a window are kept, marked NaN
@@ -231,6 +231,10 @@ def test_analyse_and_results_roundtrip(tmp_path, small):
     carbon, under, si = truth.z[t] == 6, truth.coordination[t] < 3, truth.z[t] == 14
     assert under[carbon].sum() >= 10 and si.sum() >= 3
     assert roc_auc_score(under[carbon], cols["missing_neighbour"][ok][carbon]) > 0.9
+    # the first row of a hole's rim, its atoms with three neighbours included: the neighbourhood's score
+    rim, rim_score = truth.edge_distance[t] < 1.42, cols["rim"][ok]
+    fine = carbon & np.isfinite(rim_score)
+    assert roc_auc_score(rim[fine], rim_score[fine]) > max(0.9, roc_auc_score(rim[fine], cols["missing_neighbour"][ok][fine]))
     assert roc_auc_score(si, cols["centre_excess"][ok]) > 0.95
     hist, edges = frame_histograms(cols["angle"], cols["frame"], series.n_frames, 12, (-np.pi, np.pi))
     assert hist.shape == (2, 12) and np.allclose((hist * np.diff(edges)).sum(axis=1), 1.0)

@@ -26,8 +26,8 @@ from .workers import WorkerMixin, friendly_error, notify_error, notify_info
 
 ATOMS_KEY = "napari_4dstem_rvae_atoms"
 HISTOGRAM_DOCK = "Atoms: histograms per frame"
-COLOUR_CHOICES = ("angle mod 120°", "angle", "latent_1", "latent_2", "novelty", "missing_neighbour", "centre_excess",
-                  "class", "shift_x", "shift_y", "pca_1", "gmm_cluster")
+COLOUR_CHOICES = ("angle mod 120°", "angle", "latent_1", "latent_2", "novelty", "missing_neighbour", "rim",
+                  "centre_excess", "class", "shift_x", "shift_y", "pca_1", "gmm_cluster")
 
 
 def series_of(layer: Any):

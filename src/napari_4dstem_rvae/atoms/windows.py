@@ -56,6 +56,23 @@ def bond_length(table: AtomTable) -> float | None:
     return value if value > 0 else None
 
 
+def neighbourhood_max(frame: np.ndarray, y: np.ndarray, x: np.ndarray, values: np.ndarray,
+                      reach: float) -> np.ndarray:
+    """Per atom, the largest finite value among itself and the atoms of its frame within
+    ``reach`` pixels (NaN where none is finite): a score of one atom spread to its neighbours."""
+    from scipy.spatial import cKDTree
+
+    values = np.asarray(values, np.float64)
+    out = values.copy()
+    for f in np.unique(frame):
+        rows = np.flatnonzero(frame == f)
+        pairs = cKDTree(np.column_stack([y[rows], x[rows]]).astype(np.float64)).query_pairs(reach, output_type="ndarray")
+        i, j = rows[pairs[:, 0]], rows[pairs[:, 1]]
+        np.fmax.at(out, i, values[j])
+        np.fmax.at(out, j, values[i])
+    return out
+
+
 def lattice_orientation(table: AtomTable, order: int = 6, radius: float = 3.0) -> np.ndarray:
     """Each atom's local lattice orientation modulo ``360°/order`` (rad, ``atan2(dy, dx)`` in
     image coordinates, y down): the ``order``-fold circular mean of the bonds of the atoms within

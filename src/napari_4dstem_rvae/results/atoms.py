@@ -7,6 +7,7 @@ column (``frame``, ``y``, ``x`` in px, ``y_angstrom``, ``x_angstrom``, ``class``
 (rad), ``lattice_orientation`` (rad, the lattice's local orientation the windows were turned
 by), ``shift_x``/``shift_y`` (Å or px), ``latent_1`` …, their ``_std``, ``novelty``,
 ``missing_neighbour`` and ``centre_excess`` (robust SDs; :func:`~napari_4dstem_rvae.rvae.local.ring_scores`),
+``rim`` (``missing_neighbour`` plus the largest of it among the atom and its first neighbours),
 ``pca_1``/``pca_2``/``gmm_cluster`` baselines); attributes ``kind = "atoms"``, the series'
 shape, pixel size and unit, window size, class names, rVAE configuration and loss history.
 """

@@ -213,7 +213,7 @@ def analyse(series: ImageSeries, table: AtomTable | None = None, *, window: Any 
     angle symmetry (:func:`~napari_4dstem_rvae.atoms.windows.lattice_orientation`), added back
     to the angle (and the shifts turned back): one rVAE over several grains then only has the
     sublattices to learn (measured on a real two-grain frame, docs/quality.md)."""
-    from ..atoms.windows import bond_length, lattice_orientation
+    from ..atoms.windows import bond_length, lattice_orientation, neighbourhood_max
     from ..rvae import RVAEConfig, fit
     from ..rvae.local import ring_scores
     from ..rvae.infer import symmetric_angle
@@ -271,6 +271,9 @@ def analyse(series: ImageSeries, table: AtomTable | None = None, *, window: Any 
         y, x, (ny, nx) = table.y[index], table.x[index], series.frame_shape   # a ring beyond the frame's edge
         cut = np.minimum(np.minimum(y, ny - 1 - y), np.minimum(x, nx - 1 - x)) < 1.2 * bond  # is not a missing atom
         values["missing_neighbour"] = np.where(cut, np.nan, values["missing_neighbour"])
+        # the whole first row of a hole's rim, its atoms with three neighbours too: its own and its neighbourhood's
+        values["rim"] = values["missing_neighbour"] + neighbourhood_max(table.frame[index], y, x, values[
+            "missing_neighbour"], 1.25 * bond)
     extra = baselines(windows, seed=cfg.seed) if with_baselines else {}
     size, unit = parse_length(window, "window")
     from ..atoms.dynamics import dynamics

@@ -160,6 +160,8 @@ class AtomsWidget(Container, WorkerMixin):
         def shown(event: Any) -> None:
             if isinstance(event, Message):
                 self.status.value = event.text
+                if event.level == "warning":   # e.g. a pixel size the lattice disagrees with
+                    notify_info(" ".join(event.text.split()))
 
         return self.run_worker(run.find_events, controls=[self.find_button, self.train_button],
                                on_yielded=shown, on_finished=lambda: self._found(run.table) if run.table is not None
@@ -168,6 +170,8 @@ class AtomsWidget(Container, WorkerMixin):
     def _found(self, table) -> None:
         self.table = table
         self.result = None
+        if self.atom_run is not None and self.atom_run.series is not None:
+            self.series = self.atom_run.series     # its pixel size as the run settled it
         self._show_points()
         per_frame = np.bincount(table.frame, minlength=self.series.n_frames)
         classes = dict(zip(table.class_names, np.bincount(table.cls, minlength=len(table.class_names)).tolist()))

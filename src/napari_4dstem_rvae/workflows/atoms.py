@@ -25,6 +25,7 @@ from ..dataset import Calibration, Dataset4D
 from ..options import option
 from ..atoms import ATOM_FWHM, MIN_SPACING, AtomTable, cut_windows
 from ..atoms.windows import EDGES
+from ..atoms.calibration import SOURCES
 from ..atoms.baselines import baselines, frame_histograms  # noqa: F401 - frame_histograms: the API's name
 from ..atoms.finding import find
 from ..series import ImageSeries
@@ -118,7 +119,15 @@ class AtomOptions:
                                 "pixel size is estimated from when the file has none",
                                 unit="Å", minimum=0.3, maximum=20.0, step=0.05, advanced=True)
 
+    pixel_size_from: str = option(
+        "auto", "the pixel size the run uses: auto (the file's or --pixel-size unless the lattice's hexagon centres "
+        "disagree by more than 10 %, then the lattice's, stated; the lattice's when none is given), given (always "
+        "the file's or --pixel-size), lattice (the lattice's whenever it shows)", choices=SOURCES,
+        label="pixel size from", advanced=True)
+
     def __post_init__(self) -> None:
+        if self.pixel_size_from not in SOURCES:
+            raise ValueError(f"--pixel-size-from must be one of {SOURCES}, got {self.pixel_size_from!r}")
         if self.method not in METHODS:
             raise ValueError(f"--method must be one of {METHODS}, got {self.method!r}")
         if self.preset not in PRESETS:
@@ -339,8 +348,8 @@ class AtomRun:
         yield Message(f"series: {series.shape} {series.data.dtype}"
                       + (f", {series.pixel_size:g} {series.unit}/px" if series.pixel_size else ", no pixel size")
                       + f" from {series.source}")
-        if series.pixel_size_angstrom is None and self.options.method != "points":
-            yield from self._estimate_pixel_size()
+        if self.options.method != "points":
+            yield from self._settle_pixel_size()
             series = self.series
         self.table = table = find(series, self.options.method, points=self.points, **self.options.find_options())
         per_frame = np.bincount(table.frame, minlength=series.n_frames)
@@ -348,27 +357,23 @@ class AtomRun:
         yield Message(f"atoms: {len(table)} in {series.n_frames} frames ({per_frame.min()}–{per_frame.max()} per "
                       f"frame), classes {classes}")
 
-    def _estimate_pixel_size(self) -> Iterator[Event]:
-        """The pixel size read off the lattice of the first frame (a honeycomb's {10-10} planes,
-        1.5 × the nearest-neighbour distance apart), stated; none when no lattice shows."""
+    def _settle_pixel_size(self) -> Iterator[Event]:
+        """The pixel size checked against the lattice's hexagon centres, or read off them when the
+        file has none (:func:`~napari_4dstem_rvae.atoms.calibration.settle_pixel_size`), stated."""
         import dataclasses
 
-        from ..atoms.complete import lattice_pixel_size
+        from ..atoms.calibration import settle_pixel_size
 
-        found = lattice_pixel_size(np.asarray(self.series.frame(0)), 1.5 * float(self.options.min_spacing))
-        if found is None:
-            yield Message("no pixel size in the file and no lattice to read it from: atoms are found in pixels "
-                          "(give --pixel-size for windows in Å)", "warning")
-            return
-        size, strength = found
-        self.series = dataclasses.replace(self.series, pixel_size=float(size), unit="Å",
-                                          provenance=tuple(self.series.provenance) + (
-                                              {"step": "pixel size from the lattice", "pixel_size_angstrom": size,
-                                               "planes_angstrom": 1.5 * float(self.options.min_spacing),
-                                               "strength": strength},))
-        yield Message(f"no pixel size in the file: {size:.4f} Å/px read off the lattice (six spots of "
-                      f"{1.5 * float(self.options.min_spacing):.2f} Å planes, {strength:.0f} robust SDs above the "
-                      "spectrum); give --pixel-size to override", "warning")
+        o, given = self.options, self.series.pixel_size_angstrom
+        if given is not None and not o.complete and o.pixel_size_from != "lattice":
+            return   # not a honeycomb: nothing to check the given size against
+        size, said, record = settle_pixel_size(np.asarray(self.series.frame(0)), given, float(o.min_spacing),
+                                               o.pixel_size_from)
+        if said is not None:
+            yield Message(said, "warning")
+        if size is not None and size != given:
+            self.series = dataclasses.replace(self.series, pixel_size=float(size), unit="Å",
+                                              provenance=tuple(self.series.provenance) + (record,))
 
     def train_events(self, stop: Any = None) -> Iterator[Event]:
         """Windows around the atoms → rVAE (epochs as :class:`Epoch` events) → :attr:`result`."""

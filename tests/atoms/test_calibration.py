@@ -30,6 +30,28 @@ def test_hexagon_centres_give_the_pixel_size_from_starts_far_off(pixel, start, f
     assert centres > 0.6 * (256 * pixel) ** 2 / 5.24
 
 
+def _atoms_on(vectors, spacing_px: float, shape=(256, 256), sigma=3.0, seed=0) -> np.ndarray:
+    """Gaussian atoms on the lattice of two vectors (px), Poisson counts."""
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]].astype(float)
+    image = np.zeros(shape)
+    for i in range(-40, 40):
+        for j in range(-40, 40):
+            y, x = (i * np.asarray(vectors[0]) + j * np.asarray(vectors[1])) * spacing_px
+            if -10 < y < shape[0] + 10 and -10 < x < shape[1] + 10:
+                image += np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * sigma ** 2))
+    return np.random.default_rng(seed).poisson(20 * image + 2).astype(float)
+
+
+def test_lattices_other_than_a_honeycomb_leave_the_given_size_alone():
+    # a square lattice of atoms has a square lattice of minima (four neighbours, not six), a
+    # triangular one a honeycomb of minima (three): neither is taken for hexagon centres
+    square = _atoms_on([(1, 0), (0, 1)], 20.0)
+    triangular = _atoms_on([(1, 0), (0.5, np.sqrt(3) / 2)], 20.0)
+    for frame in (square, triangular):
+        assert hexagon_pixel_size(frame, 0.1) is None
+        assert settle_pixel_size(frame, 0.1)[:2] == (0.1, None)
+
+
 def test_no_lattice_no_size():
     rng = np.random.default_rng(0)
     assert hexagon_pixel_size(rng.poisson(20.0, (256, 256)).astype(float), 0.1) is None   # noise

@@ -5,7 +5,9 @@ lattice √3 bonds apart (graphene 2.46 Å), and they show where single atoms ba
 frames sampled far finer than the probe. :func:`hexagon_pixel_size` measures that spacing;
 :func:`settle_pixel_size` decides which pixel size a run uses — the one given (file or
 ``--pixel-size``) unless the hexagons disagree with it by more than 10 %, the lattice's when
-none is given — and says so in one sentence.
+none is given — and says so in one sentence. Minima on a square lattice (a square lattice of
+atoms) or on a honeycomb (a triangular lattice of atoms) are not taken for hexagon centres: such
+a frame keeps the size given.
 
 Measured (docs/quality.md): on five real graphene frames and a real MoS₂ frame the hexagon
 centres give one pixel size from any given one within 2.5× of it (graphene 0.038, 0.038, 0.076,
@@ -28,9 +30,10 @@ TOLERANCE = 0.10
 SOURCES = ("auto", "given", "lattice")
 
 
-def _hexagons(binned: dict, size: float, bond: float) -> tuple[float, float, int] | None:
+def _hexagons(binned: dict, size: float, bond: float) -> tuple[float, float, int, float] | None:
     """At an assumed pixel size: the pixel size the dark minima's spacing says, the share of
-    minima with three near neighbours within ±15 % of it, and their number. ``binned``: the
+    minima with three near neighbours within ±15 % of it, their number, and the share of those
+    inside the frame with five such neighbours. ``binned``: the
     frame (key 1), and its binned copies (made here), with their pixel noise: smoothing over
     many pixels is done on a frame binned to ≥ 3 px per smoothing σ (the same minima, faster)."""
     from scipy.ndimage import gaussian_filter
@@ -58,8 +61,19 @@ def _hexagons(binned: dict, size: float, bond: float) -> tuple[float, float, int
         return None
     d = cKDTree(minima).query(minima, 7)[0][:, 1:]
     found = float(np.median(d[d < 1.3 * np.median(d[:, 0])])) * factor
-    return (math.sqrt(3) * bond / found, float(np.mean((np.abs(d * factor / found - 1) < 0.15).sum(1) >= 3)),
-            len(minima))
+    near = (np.abs(d * factor / found - 1) < 0.15).sum(1)
+    edge = 1.2 * found / factor          # minima with their whole first ring inside the frame
+    inner = ((minima >= edge) & (minima <= np.array(image.shape) - 1 - edge)).all(1)
+    return (math.sqrt(3) * bond / found, float(np.mean(near >= 3)), len(minima),
+            float(np.mean(near[inner] >= 5)) if inner.any() else 0.0)
+
+
+def _honeycomb(found: tuple) -> bool:
+    """Do the minima make a honeycomb's hexagon centres: most with three near neighbours at the
+    spacing, and a tenth of those inside the frame with five or six (a triangular lattice of
+    minima; a square lattice of atoms gives four, a triangular one three: measured 0.00 where
+    real and simulated graphene give 0.27–0.90)."""
+    return found[1] >= 0.5 and found[3] >= 0.1
 
 
 def hexagon_pixel_size(frame: np.ndarray, pixel_size: float | None = None, bond: float = GRAPHENE_BOND,
@@ -70,8 +84,8 @@ def hexagon_pixel_size(frame: np.ndarray, pixel_size: float | None = None, bond:
     At each assumed size on a grid 8 % apart: the dark minima of the frame smoothed at 0.32 bond
     (less its background 3× wider), at least 0.6 × their expected spacing (√3 × ``bond``) apart
     and 3 noise SDs deep; the median distance to their near neighbours (within 1.3 × the
-    nearest's median) says a pixel size. Where it agrees with the assumed one (±8 %) and most
-    minima make a lattice (three near neighbours within ±15 % of the spacing), it is a candidate;
+    nearest's median) says a pixel size. Where it agrees with the assumed one (±8 %) and the
+    minima make a honeycomb's hexagon centres (:func:`_honeycomb`), it is a candidate;
     the one whose minima make the best lattice is refined (the assumption set to what it says,
     three times). An assumed size far below the truth can agree with itself on a sparse subset
     of minima, but they make no lattice (measured). Returns the size and the number of hexagon
@@ -83,17 +97,17 @@ def hexagon_pixel_size(frame: np.ndarray, pixel_size: float | None = None, bond:
 
     binned = {1: (image, pixel_noise(image))}
     low, high = (pixel_size / span, pixel_size * span) if pixel_size else (0.015, 0.5)
-    best: tuple[float, float, int] | None = None
+    best: tuple | None = None
     for size in np.exp(np.arange(math.log(low), math.log(high) + 1e-9, math.log(1.08))):
         found = _hexagons(binned, float(size), bond)
-        if found is not None and abs(found[0] / size - 1) < 0.08 and found[1] >= 0.5 and (
+        if found is not None and abs(found[0] / size - 1) < 0.08 and _honeycomb(found) and (
                 best is None or found[1] > best[1]):
             best = found
     if best is None:
         return None
     for _ in range(3):
         again = _hexagons(binned, best[0], bond)
-        if again is None or again[1] < 0.5:
+        if again is None or not _honeycomb(again):
             break
         settled = abs(again[0] / best[0] - 1) < 0.01
         best = again

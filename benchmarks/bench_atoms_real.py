@@ -240,7 +240,9 @@ def judge(name: str, frame: np.ndarray, reference: np.ndarray | None, threads: i
     start = time.perf_counter()
     said = [e.text for e in run.train_events() if isinstance(e, Message) and e.level == "warning"]
     out["train_s"] = time.perf_counter() - start
-    out["retrained"] = any("training again" in text for text in said)   # the model collapsed once
+    out["retrained"] = any("learnt nothing from these windows with" in text for text in said)  # collapsed once
+    out["resplit"] = any("in two modes (the sublattices); training again" in text for text in said)
+    out["view"] = run.result.windows_note.get("window_from", "frames")   # the windows of the run kept
     values = run.result.values
     angle = values.get("angle_symmetric", values["angle"])
     at = points[run.result.index]
@@ -339,7 +341,8 @@ def main() -> None:
                f"{r.get('precision', float('nan')):.3f} | {r['bimodal']:.2f} | "
                f"{'; '.join(f'{a:.2f} / {b:.2f}' for a, b, _ in r['grains']) or '—'} | "
                f"{'; '.join(f'{c:.2f}' for _, _, c in r['grains']) or '—'} | "
-               f"{r['follows']:.2f}{' (trained again: collapsed at the default σ)' if r['retrained'] else ''} | "
+               f"{r['follows']:.2f}{' (trained again: collapsed at the default σ)' if r['retrained'] else ''}"
+               f"{(' (split under 80 %: trained again on the cleaned frame, kept: windows from the '  + r['view'] + ')') if r['resplit'] else ''} | "
                f"{'yes' if r.get('si_found') else ('no' if 'si_found' in r else '—')} | "
                f"{_ranks(r)} | "
                f"{r['find_s']:.1f} + {r['train_s']:.0f} |")

@@ -14,6 +14,7 @@ No imports beyond the standard library.
 from __future__ import annotations
 
 import math
+import re
 import unicodedata
 from typing import Any
 
@@ -175,4 +176,26 @@ def parse_quantity(text: Any, what: str = "value") -> tuple[float, str | None]:
     unit = length_unit(spelled) or canonical_detector_unit(spelled)
     if unit is None:
         raise ValueError(f"{what}: unknown unit {spelled!r} in {text!r}; use Å, nm, pm, µm, mrad, 1/Å or px")
+    return value, unit
+
+
+def parse_length(text: Any, what: str = "--window") -> tuple[float, str]:
+    """``"1.5nm"`` → (15.0, "Å"); ``"12A"``/``"12Å"`` → (12.0, "Å"); ``"40px"`` → (40.0, "px");
+    a bare number is Å."""
+    if isinstance(text, (int, float)):
+        value, unit = float(text), "Å"
+    else:
+        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([a-zA-ZÅµ]*)\s*", str(text))
+        if not match:
+            raise ValueError(f"{what} must be a length such as 1.5nm, 12Å or 40px, got {text!r}")
+        value, unit = float(match.group(1)), match.group(2) or "Å"
+    if unit.lower() in ("px", "pixel", "pixels"):
+        unit = "px"
+    else:
+        factor = length_factor(unit, "Å")
+        if factor is None:
+            raise ValueError(f"{what}: unknown unit {unit!r} in {text!r}; use Å, nm, pm or px")
+        value, unit = value * factor, "Å"
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"{what} must be positive, got {text!r}")
     return value, unit

@@ -339,3 +339,46 @@ def test_a_model_that_learnt_nothing_trains_again_at_a_lower_sigma_then_warns(sm
         warnings.simplefilter("ignore")
         said = [e.text for e in run.train_events() if isinstance(e, Message) and e.level == "warning"]
     assert seen == [(1, 2.0)] and len(said) == 1 and said[0].startswith("the rVAE learnt nothing from these windows (")
+
+
+def test_two_mode_share_of_an_angle():
+    from napari_4dstem_rvae.atoms.windows import two_mode_share
+
+    rng = np.random.default_rng(0)
+    # two sublattices 60° apart (mod 120°), 3° spread, anywhere on the circle: all in two modes
+    split = np.radians(rng.choice([17.0, 77.0], 2000) + rng.normal(0, 3, 2000) + 120 * rng.integers(0, 3, 2000))
+    assert two_mode_share(split) > 0.99
+    assert abs(two_mode_share(rng.uniform(-np.pi, np.pi, 20000)) - 1 / 3) < 0.03   # ±10° of 60°: a third
+    assert two_mode_share(np.radians(rng.normal(40, 3, 500))) > 0.99                # one mode is within it too
+    assert np.isnan(two_mode_share(np.array([np.nan])))
+
+
+def test_a_run_whose_angle_does_not_split_trains_again_from_the_next_seed(small, monkeypatch):
+    """Windows turned to their lattice leave the rVAE the two sublattices to tell apart; when its
+    angle puts under 80 % of the atoms in two modes, the run trains once more on windows of the
+    U-Net's cleaned frame and keeps the run that splits them more, and says so. A seed the caller
+    chose is kept (no retry)."""
+    from napari_4dstem_rvae.atoms import windows
+    from napari_4dstem_rvae.workflows import Message
+    from napari_4dstem_rvae.workflows.atoms import AtomOptions, AtomRun
+
+    series, _ = small
+    for shares, kept in (([0.5, 0.9], 1), ([0.5, 0.3], 0)):
+        queue = list(shares)
+        monkeypatch.setattr(windows, "two_mode_share", lambda angle, symmetry=3: queue.pop(0))
+        run = AtomRun(series, options=AtomOptions(pixels=24, edge="drop"), rvae={"epochs": 1, "threads": 1})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            said = [e.text for e in run.train_events() if isinstance(e, Message) and e.level == "warning"]
+        split = [s for s in said if "two modes" in s]
+        assert len(split) == 1 and split[0].startswith("the rVAE's angle puts 50% of the atoms in two modes"), said
+        assert not queue                                              # trained twice, judged twice
+        assert run.result.windows_note["two_mode_share"] == shares[kept]
+        assert run.result.windows_note["window_from"] == ("frames", "probabilities")[kept]
+        assert "cleaned frame" in split[0] and run.result.config.seed == 0
+    queue = [0.5]
+    run = AtomRun(series, options=AtomOptions(pixels=24, edge="drop"), rvae={"epochs": 1, "threads": 1, "seed": 4})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        said = [e.text for e in run.train_events() if isinstance(e, Message) and e.level == "warning"]
+    assert not queue and not any("two modes" in s for s in said) and run.result.config.seed == 4

@@ -111,6 +111,20 @@ def lattice_orientation(table: AtomTable, order: int = 6, radius: float = 3.0) -
     return out
 
 
+def two_mode_share(angle: np.ndarray, symmetry: int = 3, within: float = math.radians(10)) -> float:
+    """The share of angles (rad, modulo 2π / ``symmetry``) within ``within`` of the best pair of
+    modes π / ``symmetry`` apart: for windows turned to their lattice (graphene, ``symmetry`` 3),
+    how cleanly the angle splits the two sublattices (1: every atom in one of two modes 60° apart)."""
+    a = np.asarray(angle, np.float64)
+    a = a[np.isfinite(a)]
+    if not len(a):
+        return float("nan")
+    half = math.pi / symmetry              # the two modes repeat every half period
+    centres = np.arange(0.0, half, math.radians(0.5))
+    d = np.abs(np.mod(a[None, :] - centres[:, None] + half / 2, half) - half / 2)
+    return float((d <= within).mean(1).max())
+
+
 def cut_windows(series: Any, table: AtomTable, size: float, pixels: int = 32, *, source: Any = None,
                 edge: str = "auto", round: bool = True, angles: np.ndarray | None = None
                 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:

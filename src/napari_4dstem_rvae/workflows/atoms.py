@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from ..atoms.calibration import SOURCES
 from ..atoms.baselines import baselines, frame_histograms  # noqa: F401 - frame_histograms: the API's name
 from ..atoms.finding import find
 from ..series import ImageSeries
+from ..units import parse_length
 from .events import Done, Epoch, Event, Message, relay
 
 #: The default preset trains on at most this many windows (drawn evenly over the frames; every
@@ -51,36 +51,15 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 #: A run whose rVAE collapsed (learnt nothing) trains once more with the likelihood's σ divided by this.
 COLLAPSE_RETRY = 3.0
+#: A run whose aligned angle puts fewer atoms than this in two modes (the sublattices) trains once more
+#: on the U-Net's cleaned frame (or from the next seed) and keeps the run that splits them more (a
+#: data-only choice; docs/quality.md).
+SPLIT_RETRY = 0.8
 DEFAULT_WINDOW_ANGSTROM = 5.0
 DEFAULT_WINDOW_PIXELS = 32
 METHODS = ("auto", "unet", "log", "points")
 #: The rVAE settings offered beside the atom options (by the CLI and the Atoms tab alike).
 RVAE_FIELDS = ("latent_dim", "epochs", "seed", "threads", "device")
-
-
-def parse_length(text: Any, what: str = "--window") -> tuple[float, str]:
-    """``"1.5nm"`` → (15.0, "Å"); ``"12A"``/``"12Å"`` → (12.0, "Å"); ``"40px"`` → (40.0, "px");
-    a bare number is Å."""
-    if isinstance(text, (int, float)):
-        value, unit = float(text), "Å"
-    else:
-        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([a-zA-ZÅµ]*)\s*", str(text))
-        if not match:
-            raise ValueError(f"{what} must be a length such as 1.5nm, 12Å or 40px, got {text!r}")
-        value, unit = float(match.group(1)), match.group(2) or "Å"
-    if unit.lower() in ("px", "pixel", "pixels"):
-        unit = "px"
-    else:
-        from ..units import length_factor
-
-        factor = length_factor(unit, "Å")
-        if factor is None:
-            raise ValueError(f"{what}: unknown unit {unit!r} in {text!r}; use Å, nm, pm or px")
-        value, unit = value * factor, "Å"
-    if not (value > 0 and math.isfinite(value)):
-        raise ValueError(f"{what} must be positive, got {text!r}")
-    return value, unit
-
 
 
 @dataclass(frozen=True)
@@ -222,7 +201,7 @@ def analyse(series: ImageSeries, table: AtomTable | None = None, *, window: Any 
     angle symmetry (:func:`~napari_4dstem_rvae.atoms.windows.lattice_orientation`), added back
     to the angle (and the shifts turned back): one rVAE over several grains then only has the
     sublattices to learn (measured on a real two-grain frame, docs/quality.md)."""
-    from ..atoms.windows import bond_length, lattice_orientation, neighbourhood_max
+    from ..atoms.windows import bond_length, lattice_orientation, neighbourhood_max, two_mode_share
     from ..rvae import RVAEConfig, fit
     from ..rvae.local import ring_scores
     from ..rvae.infer import symmetric_angle
@@ -257,8 +236,9 @@ def analyse(series: ImageSeries, table: AtomTable | None = None, *, window: Any 
     lattice = np.zeros(len(index)) if turn is None else -turn[index]
     values: dict[str, np.ndarray] = {"angle": symmetric_angle(maps.angle[:, 0] + lattice, 1),
                                      "angle_std": maps.angle_std[:, 0]}
-    if turn is not None:
+    if turn is not None:   # the aligned angle: two modes (the sublattices) wherever the model split them
         values["lattice_orientation"] = lattice
+        note["two_mode_share"] = two_mode_share(maps.angle[:, 0], symmetry)
     if maps.angle_symmetric is not None:
         values["angle_symmetric"] = symmetric_angle(values["angle"], symmetry)
     if maps.angle_concentration is not None:
@@ -392,9 +372,26 @@ class AtomRun:
                           f"RMS ({why}); training again with σ at {sigma / COLLAPSE_RETRY:g} × their RMS", "warning")
             self.result = result = yield from self._analyse(stop, **self.rvae, noise_std=sigma / COLLAPSE_RETRY)
             why = collapsed(result.history, result.config)
+        share = result.windows_note.get("two_mode_share")
+        if share is not None and share < SPLIT_RETRY and "seed" not in self.rvae and not (stop is not None and
+                                                                                          stop.is_set()):
+            # the other view of the same atoms: the U-Net's cleaned frame (measured on a noisy real frame whose
+            # raw windows split for no seed, docs/quality.md), or, from it, the next seed
+            view, seed = (("probabilities", result.config.seed) if o.window_from == "frames"
+                          else (o.window_from, int(result.config.seed) + 1))
+            yield Message(f"the rVAE's angle puts {share:.0%} of the atoms in two modes (the sublattices); training "
+                          "again on " + ("windows of the U-Net's cleaned frame" if view != o.window_from else
+                                         f"the same windows from seed {seed}") + ", keeping the run that splits "
+                          "them more", "warning")
+            again = yield from self._analyse(stop, view, **{**self.rvae, "noise_std": result.config.noise_std},
+                                             seed=seed)
+            if again.windows_note.get("two_mode_share", 0.0) > share:
+                self.result = result = again
+                why = collapsed(result.history, result.config)
         note = result.windows_note
         trained = result.config.train_positions
         yield Message(f"windows: {note['windows']} of {note['side_px']:.1f} px resampled to {o.pixels} × {o.pixels}"
+                      + (" from the U-Net's cleaned frame" if note.get("window_from") == "probabilities" else "")
                       + (f" (the rVAE trained on {trained} of them, drawn evenly over the frames; every atom is "
                          "mapped)" if trained is not None and note["windows"] > trained else "")
                       + (", each turned by its lattice's local orientation (added back to the angle)"
@@ -409,12 +406,12 @@ class AtomRun:
                           "noise, not structure (seen on noisy real frames, docs/quality.md); the atoms' "
                           "positions and classes stand", "warning")
 
-    def _analyse(self, stop: Any, **rvae: Any) -> Iterator[Event]:
+    def _analyse(self, stop: Any, window_from: str | None = None, **rvae: Any) -> Iterator[Event]:
         """:func:`analyse` of the found atoms, its epochs relayed as :class:`Epoch` events."""
         o = self.options
         return (yield from relay(
             partial(analyse, stop=stop), self.series, self.table, window=o.window, pixels=o.pixels, edge=o.edge,
-            preset=o.preset, window_from=o.window_from, align=o.align, stop=stop, callback="callback",
+            preset=o.preset, window_from=window_from or o.window_from, align=o.align, stop=stop, callback="callback",
             convert=lambda e: Epoch(e.epoch, e.epochs_total, float(e.train_loss),
                                     None if e.test_loss is None else float(e.test_loss), None, float(e.elapsed))
             if e.kind == "epoch" else None, **rvae))

@@ -342,7 +342,7 @@ def main() -> None:
                f"{'; '.join(f'{a:.2f} / {b:.2f}' for a, b, _ in r['grains']) or '—'} | "
                f"{'; '.join(f'{c:.2f}' for _, _, c in r['grains']) or '—'} | "
                f"{r['follows']:.2f}{' (trained again: collapsed at the default σ)' if r['retrained'] else ''}"
-               f"{(' (split under 80 %: trained again on the cleaned frame, kept: windows from the '  + r['view'] + ')') if r['resplit'] else ''} | "
+               f"{(' (split under 60 %: trained again on the cleaned frame, kept: windows from the '  + r['view'] + ')') if r['resplit'] else ''} | "
                f"{'yes' if r.get('si_found') else ('no' if 'si_found' in r else '—')} | "
                f"{_ranks(r)} | "
                f"{r['find_s']:.1f} + {r['train_s']:.0f} |")

@@ -355,7 +355,7 @@ def test_two_mode_share_of_an_angle():
 
 def test_a_run_whose_angle_does_not_split_trains_again_from_the_next_seed(small, monkeypatch):
     """Windows turned to their lattice leave the rVAE the two sublattices to tell apart; when its
-    angle puts under 80 % of the atoms in two modes, the run trains once more on windows of the
+    angle puts under 60 % of the atoms in two modes, the run trains once more on windows of the
     U-Net's cleaned frame and keeps the run that splits them more, and says so. A seed the caller
     chose is kept (no retry)."""
     from napari_4dstem_rvae.atoms import windows

@@ -157,15 +157,25 @@ def _equal_error(positive: np.ndarray, negative: np.ndarray) -> float:
 
 
 def complete_honeycomb(image: np.ndarray, y: np.ndarray, x: np.ndarray, pixel_size: float, *,
-                       bond: float = GRAPHENE_BOND, fwhm: float = 1.0, rounds: int = 12
-                       ) -> tuple[np.ndarray, np.ndarray, dict]:
+                       bond: float = GRAPHENE_BOND, fwhm: float = 1.0, rounds: int = 12,
+                       mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
     """The atoms ``(y, x)`` of one frame (px) completed where the honeycomb predicts missing ones
     and the frame supports them (module docstring). Returns the added atoms' ``y``, ``x`` and a
-    note (thresholds, rounds, candidates tried)."""
+    note (thresholds, rounds, candidates tried). ``mask``: contamination (:mod:`.contamination`),
+    set to the rest's median before filtering (so that its brightness does not raise the local
+    background of the atoms beside it), and no atom is added within half a bond of it (measured on
+    the real 6 nm frame against the published positions: recall / precision 0.961 / 0.978 with
+    none kept out, 0.959 / 0.989 with half a bond, 0.956 / 0.990 with a bond)."""
     if pixel_size is None or not pixel_size > 0:
         raise ValueError("completing the lattice needs the pixel size (given, or estimated from the lattice)")
     b = bond / pixel_size
     sigma = fwhm / pixel_size / 2.355
+    keep_out = None
+    if mask is not None and mask.any() and not mask.all():
+        from scipy.ndimage import distance_transform_edt
+
+        image = np.where(mask, np.median(np.asarray(image)[~mask]), image)
+        keep_out = distance_transform_edt(~mask) <= 0.5 * b
     z = matched_filter(image, sigma)
     ny, nx = z.shape
     ay, ax = np.asarray(y, np.float64), np.asarray(x, np.float64)
@@ -230,6 +240,8 @@ def complete_honeycomb(image: np.ndarray, y: np.ndarray, x: np.ndarray, pixel_si
         value = _value(z, cy, cx)
         contrast = _lattice_contrast(z, cy, cx, taken, ay, ax, direction, six, b)
         keep = (value >= threshold) & (contrast >= min_contrast)
+        if keep_out is not None:
+            keep &= ~keep_out[np.clip(np.round(cy).astype(int), 0, ny - 1), np.clip(np.round(cx).astype(int), 0, nx - 1)]
         py, px = _best_apart(cy[keep], cx[keep], value[keep], 0.7 * b)
         note["rounds"] = round_ + 1
         if len(py) == 0:

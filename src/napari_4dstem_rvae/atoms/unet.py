@@ -75,17 +75,22 @@ class AtomUNet(nn.Module):
         return self.head(u0)[..., :h, :w]
 
 
-def normalise(image: np.ndarray) -> np.ndarray:
+def normalise(image: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
     """The network's input: the frame minus its median over the 90th percentile − median (the
     level of the light atoms, whatever the share of heavy ones), so that dose and detector gain
-    do not matter."""
+    do not matter. ``mask``: pixels left out of both statistics (contamination,
+    :mod:`.contamination`) and set to the median."""
     image = np.asarray(image, np.float32)
     finite = np.isfinite(image)
     if not finite.all():
         image = np.where(finite, image, np.nanmedian(image))
-    centre = float(np.median(image))
-    spread = float(np.percentile(image, 90)) - centre
-    return (image - centre) / (spread if spread > 0 else 1.0)
+    values = image if mask is None or mask.all() else image[~mask]
+    centre = float(np.median(values))
+    spread = float(np.percentile(values, 90)) - centre
+    out = (image - centre) / (spread if spread > 0 else 1.0)
+    if mask is not None and mask.any():
+        out[mask] = 0.0
+    return out
 
 
 # -- training ---------------------------------------------------------------------------------------
@@ -186,16 +191,20 @@ def _zoom_for(series: Any) -> float:
     return 1.0 if abs(zoom - 1) < 0.05 else zoom
 
 
-def _network_probabilities(frame: np.ndarray, model: AtomUNet, zoom: float) -> np.ndarray:
-    """Class probabilities ``(3, y′, x′)`` of one frame on the network's pixel grid."""
+def _network_probabilities(frame: np.ndarray, model: AtomUNet, zoom: float, mask: np.ndarray | None = None
+                           ) -> np.ndarray:
+    """Class probabilities ``(3, y′, x′)`` of one frame on the network's pixel grid; ``mask``:
+    contamination, shown to the network as the lattice's median level."""
     from scipy import ndimage
 
     image = np.asarray(frame, np.float64)
+    if mask is not None and mask.any() and not mask.all():
+        image = np.where(mask, np.nanmedian(image[~mask]), image)
     if zoom < 1.0:   # finer than the network's grid: anti-aliased at half its pixel (module docstring),
         finite = np.isfinite(image)   # then normalised as the smoothed frame
         image = ndimage.gaussian_filter(np.where(finite, image, np.median(image[finite]) if finite.any() else 0.0),
                                         0.5 / zoom)
-    image = normalise(image)
+    image = normalise(image, mask)
     if zoom != 1.0:
         image = ndimage.zoom(image, zoom, order=1)
     with torch.no_grad():
@@ -253,9 +262,31 @@ def significance(frame: np.ndarray, pixel_size: float) -> np.ndarray:
     return ndimage.maximum_filter(band_pass_z(frame, sigma), size=3)
 
 
+def _frame_atoms(frame: np.ndarray, model: AtomUNet, zoom: float, pixel: float | None, min_significance: float,
+                 threshold: float, mask: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
+    """One frame's atoms (y, x, class, score; frame pixels) and the network's probabilities."""
+    frame_shape = frame.shape
+    p = _network_probabilities(frame, model, zoom, mask)
+    y, x, cls = blobs(p, 0, threshold)  # on the network's grid (blobs stay apart), then mapped back
+    score = (1.0 - p[0])[np.clip(np.round(y).astype(int), 0, p.shape[1] - 1),
+                         np.clip(np.round(x).astype(int), 0, p.shape[2] - 1)]
+    if p.shape[1:] != frame_shape:  # zoom's grid: corners aligned
+        y = y * (frame_shape[0] - 1) / (p.shape[1] - 1)
+        x = x * (frame_shape[1] - 1) / (p.shape[2] - 1)
+    iy = np.clip(np.round(y).astype(int), 0, frame_shape[0] - 1)
+    ix = np.clip(np.round(x).astype(int), 0, frame_shape[1] - 1)
+    real = np.ones(len(y), bool)
+    if len(y) and min_significance > 0:
+        real = significance(frame, pixel or TRAIN_PIXEL_SIZE)[iy, ix] >= min_significance
+    if mask is not None and len(y):
+        real &= ~mask[iy, ix]
+    return y[real], x[real], cls[real], score[real], p
+
+
 def find_atoms_unet(series: Any, *, weights: str | os.PathLike | None = None, threshold: float = 0.5,
                     min_significance: float = 3.0, link: bool = True, threads: int | None = None,
-                    progress: Any = None, return_probabilities: bool = False, **_: Any) -> Any:
+                    progress: Any = None, return_probabilities: bool = False, contamination: bool = True,
+                    **_: Any) -> Any:
     """Atoms of every frame by the network (see the module docstring): an
     :class:`~napari_4dstem_rvae.processing.atoms.AtomTable` with classes ``("C", "Si")``
     (and the probabilities ``(frames, 3, y, x)`` with ``return_probabilities``).
@@ -263,27 +294,34 @@ def find_atoms_unet(series: Any, *, weights: str | os.PathLike | None = None, th
     A blob is kept only where the frame itself shows an atom: its band-passed intensity at
     least ``min_significance`` noise SDs (:func:`significance`). Without this check the network
     draws atoms into pure noise or a blank frame (measured: 21 and 8 in 64 × 64 px); with it
-    none, at a recall cost of 0.001–0.02 on simulated series at 12–25 counts per atom."""
+    none, at a recall cost of 0.001–0.02 on simulated series at 12–25 counts per atom.
+
+    ``contamination`` (a calibrated series): where the atoms found show bright contamination
+    (:func:`~.contamination.contamination_mask`), the frame goes through the network again with
+    it left out of the normalisation and shown as the lattice's level, and no atom is kept in
+    it: its brightness otherwise sets the contrast the lattice reaches the network with
+    (measured on the real 6 nm frame, 8 % contamination: recall 0.936 → 0.945 against the
+    published positions, precision 0.940 → 0.992)."""
+    from .contamination import contamination_mask
+
     model = load_unet(weights)
     zoom = _zoom_for(series)
+    pixel = series.pixel_size_angstrom
     frame_shape = tuple(series.frame_shape)
     prob = np.empty((series.n_frames, model.classes, *frame_shape), np.float32) if return_probabilities else None
     tables = []
+    left_out, covered = 0, 0
     with torch_threads(threads or None):
         for f in range(series.n_frames):
             frame = np.asarray(series.frame(f), np.float64)
-            p = _network_probabilities(frame, model, zoom)
-            y, x, cls = blobs(p, f, threshold)  # on the network's grid (blobs stay apart), then mapped back
-            score = (1.0 - p[0])[np.clip(np.round(y).astype(int), 0, p.shape[1] - 1),
-                                 np.clip(np.round(x).astype(int), 0, p.shape[2] - 1)]
-            if p.shape[1:] != frame_shape:  # zoom's grid: corners aligned
-                y = y * (frame_shape[0] - 1) / (p.shape[1] - 1)
-                x = x * (frame_shape[1] - 1) / (p.shape[2] - 1)
-            if len(y) and min_significance > 0:
-                z = significance(frame, series.pixel_size_angstrom or TRAIN_PIXEL_SIZE)
-                real = z[np.clip(np.round(y).astype(int), 0, frame_shape[0] - 1),
-                         np.clip(np.round(x).astype(int), 0, frame_shape[1] - 1)] >= min_significance
-                y, x, cls, score = y[real], x[real], cls[real], score[real]
+            y, x, cls, score, p = _frame_atoms(frame, model, zoom, pixel, min_significance, threshold)
+            if contamination and pixel is not None and len(y):
+                mask = contamination_mask(frame, y, x, pixel)
+                if mask.any():   # the first pass's atoms there are left out, the frame looked at again
+                    left_out += int(mask[np.clip(np.round(y).astype(int), 0, frame_shape[0] - 1),
+                                         np.clip(np.round(x).astype(int), 0, frame_shape[1] - 1)].sum())
+                    y, x, cls, score, p = _frame_atoms(frame, model, zoom, pixel, min_significance, threshold, mask)
+                    covered += int(mask.sum())
             if prob is not None:
                 prob[f] = _to_frame_grid(p, frame_shape)
             if len(y):
@@ -291,9 +329,13 @@ def find_atoms_unet(series: Any, *, weights: str | os.PathLike | None = None, th
                 tables.append(AtomTable(np.full(len(y), f), y, x, intensity, cls, score, None, "unet", CLASS_NAMES))
             if progress is not None:
                 progress(f + 1, series.n_frames)
+    if covered:
+        warnings.warn(f"{getattr(series, 'name', 'the series')}: {100 * covered / (series.n_frames * np.prod(frame_shape)):.1f} % "
+                      f"of the frames' area is bright contamination (a patch of at least four hexagons "
+                      f"brighter than the lattice by six times its atomic contrast); {left_out} atoms "
+                      f"found there are left out and the frames looked at again without it", stacklevel=2)
     table = AtomTable.concatenate(tables) if tables else empty_table("unet")
     if len(table) and link and series.n_frames > 1:
-        pixel = series.pixel_size_angstrom
         table.track = link_frames(table, MIN_SPACING / (pixel or TRAIN_PIXEL_SIZE))
     return (table, prob) if return_probabilities else table
 

@@ -93,6 +93,9 @@ class AtomOptions:
     complete: bool = option(True, "complete a honeycomb lattice (graphene, MoS2): add the atoms its found atoms "
                             "predict where the frame shows one (real frames leave a finder the clearest half)",
                             label="complete the lattice")
+    contamination: bool = option(True, "no atoms in bright contamination (a patch of four hexagons or more, brighter "
+                                 "than the lattice by 6x its atomic contrast; the U-Net looks again without it)",
+                                 label="skip contamination", advanced=True)
     fwhm: float = option(ATOM_FWHM, "width of an atom in the image (probe FWHM), for the band-pass finder",
                          unit="Å", label="atom FWHM", minimum=0.1, maximum=20.0, step=0.1, advanced=True)
     min_spacing: float = option(MIN_SPACING, "nearest-neighbour distance of the lattice (graphene 1.42, MoS2 1.84): "
@@ -132,7 +135,8 @@ class AtomOptions:
 
     def find_options(self) -> dict[str, Any]:
         """Keyword options of the finders (each ignores what it does not use)."""
-        return {"fwhm": float(self.fwhm), "min_spacing": float(self.min_spacing), "complete": bool(self.complete)}
+        return {"fwhm": float(self.fwhm), "min_spacing": float(self.min_spacing), "complete": bool(self.complete),
+                "contamination": bool(self.contamination)}
 
 
 def windows_for(series: ImageSeries, table: AtomTable, window: Any = DEFAULT_WINDOW_ANGSTROM,

@@ -239,7 +239,7 @@ def judge(name: str, frame: np.ndarray, reference: np.ndarray | None, threads: i
     out["train_s"] = time.perf_counter() - start
     out["retrained"] = any("learnt nothing from these windows with" in text for text in said)  # collapsed once
     out["resplit"] = any("in two modes (the sublattices); training again" in text for text in said)
-    out["view"] = run.result.windows_note.get("window_from", "frames")   # the windows of the run kept
+    out["latents"] = run.result.config.latent_dim   # of the run kept
     values = run.result.values
     angle = values.get("angle_symmetric", values["angle"])
     at = points[run.result.index]
@@ -339,7 +339,7 @@ def main() -> None:
                f"{'; '.join(f'{a:.2f} / {b:.2f}' for a, b, _ in r['grains']) or '—'} | "
                f"{'; '.join(f'{c:.2f}' for _, _, c in r['grains']) or '—'} | "
                f"{r['follows']:.2f}{' (trained again: collapsed at the default σ)' if r['retrained'] else ''}"
-               f"{(' (split under 60 %: trained again on the cleaned frame, kept: windows from the '  + r['view'] + ')') if r['resplit'] else ''} | "
+               f"{(' (split under 60 %: trained again with one latent, kept: ' + str(r['latents']) + ')') if r['resplit'] else ''} | "
                f"{'yes' if r.get('si_found') else ('no' if 'si_found' in r else '—')} | "
                f"{_ranks(r)} | "
                f"{r['find_s']:.1f} + {r['train_s']:.0f} |")

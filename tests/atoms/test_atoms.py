@@ -353,11 +353,11 @@ def test_two_mode_share_of_an_angle():
     assert np.isnan(two_mode_share(np.array([np.nan])))
 
 
-def test_a_run_whose_angle_does_not_split_trains_again_from_the_next_seed(small, monkeypatch):
+def test_a_run_whose_angle_does_not_split_trains_again_with_one_latent(small, monkeypatch):
     """Windows turned to their lattice leave the rVAE the two sublattices to tell apart; when its
-    angle puts under 60 % of the atoms in two modes, the run trains once more on windows of the
-    U-Net's cleaned frame and keeps the run that splits them more, and says so. A seed the caller
-    chose is kept (no retry)."""
+    angle puts under 60 % of the atoms in two modes, the run trains once more with one latent (so
+    that the angle has to split them) and keeps the run that splits them more, and says so. A seed
+    or a latent size the caller chose is kept (no retry)."""
     from napari_4dstem_rvae.atoms import windows
     from napari_4dstem_rvae.workflows import Message
     from napari_4dstem_rvae.workflows.atoms import AtomOptions, AtomRun
@@ -374,11 +374,15 @@ def test_a_run_whose_angle_does_not_split_trains_again_from_the_next_seed(small,
         assert len(split) == 1 and split[0].startswith("the rVAE's angle puts 50% of the atoms in two modes"), said
         assert not queue                                              # trained twice, judged twice
         assert run.result.windows_note["two_mode_share"] == shares[kept]
-        assert run.result.windows_note["window_from"] == ("frames", "probabilities")[kept]
-        assert "cleaned frame" in split[0] and run.result.config.seed == 0
-    queue = [0.5]
-    run = AtomRun(series, options=AtomOptions(pixels=24, edge="drop"), rvae={"epochs": 1, "threads": 1, "seed": 4})
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        said = [e.text for e in run.train_events() if isinstance(e, Message) and e.level == "warning"]
-    assert not queue and not any("two modes" in s for s in said) and run.result.config.seed == 4
+        assert run.result.config.latent_dim == (2, 1)[kept] and ("latent_2" in run.result.values) == (not kept)
+        assert "one latent" in split[0] and run.result.config.seed == 0
+    for chosen in ({"seed": 4}, {"latent_dim": 3}):
+        queue = [0.5]
+        run = AtomRun(series, options=AtomOptions(pixels=24, edge="drop"),
+                      rvae={"epochs": 1, "threads": 1, **chosen})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            said = [e.text for e in run.train_events() if isinstance(e, Message) and e.level == "warning"]
+        assert not queue and not any("two modes" in s for s in said)
+        assert run.result.config.seed == chosen.get("seed", 0) and run.result.config.latent_dim == chosen.get(
+            "latent_dim", 2)

@@ -52,10 +52,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 #: A run whose rVAE collapsed (learnt nothing) trains once more with the likelihood's σ divided by this.
 COLLAPSE_RETRY = 3.0
 #: A run whose aligned angle puts fewer atoms than this in two modes (the sublattices) trains once more
-#: on the U-Net's cleaned frame (or from the next seed) and keeps the run that splits them more (a
-#: data-only choice; docs/quality.md). Measured: 0.54 where the split failed (a real 6 nm frame),
-#: 0.67 at the study's scale where it holds (94 % of the atoms on their sublattice), 0.85–0.99 on
-#: the other real frames.
+#: with one latent and keeps the run that splits them more (a data-only choice; docs/quality.md).
+#: Measured: 0.40–0.54 where the split failed (a real 6 nm frame), 0.67 at the study's scale where it
+#: holds (94 % of the atoms on their sublattice), 0.85–0.99 on the other real frames.
 SPLIT_RETRY = 0.6
 DEFAULT_WINDOW_ANGSTROM = 5.0
 DEFAULT_WINDOW_PIXELS = 32
@@ -379,18 +378,15 @@ class AtomRun:
             self.result = result = yield from self._analyse(stop, **self.rvae, noise_std=sigma / COLLAPSE_RETRY)
             why = collapsed(result.history, result.config)
         share = result.windows_note.get("two_mode_share")
-        if share is not None and share < SPLIT_RETRY and "seed" not in self.rvae and not (stop is not None and
-                                                                                          stop.is_set()):
-            # the other view of the same atoms: the U-Net's cleaned frame (measured on a noisy real frame whose
-            # raw windows split for no seed, docs/quality.md), or, from it, the next seed
-            view, seed = (("probabilities", result.config.seed) if o.window_from == "frames"
-                          else (o.window_from, int(result.config.seed) + 1))
+        if share is not None and share < SPLIT_RETRY and not {"seed", "latent_dim"} & set(self.rvae) \
+                and result.config.latent_dim > 1 and not (stop is not None and stop.is_set()):
+            # the latents, not the angle, took the sublattices apart: one latent leaves that to the angle
+            # (measured on a noisy real frame whose windows split for no seed with two, docs/quality.md)
             yield Message(f"the rVAE's angle puts {share:.0%} of the atoms in two modes (the sublattices); training "
-                          "again on " + ("windows of the U-Net's cleaned frame" if view != o.window_from else
-                                         f"the same windows from seed {seed}") + ", keeping the run that splits "
-                          "them more", "warning")
-            again = yield from self._analyse(stop, view, **{**self.rvae, "noise_std": result.config.noise_std},
-                                             seed=seed)
+                          "again with one latent, so that the angle has to tell them apart, and keeping the run "
+                          "that splits them more", "warning")
+            again = yield from self._analyse(stop, **{**self.rvae, "noise_std": result.config.noise_std},
+                                             latent_dim=1)
             if again.windows_note.get("two_mode_share", 0.0) > share:
                 self.result = result = again
                 why = collapsed(result.history, result.config)

@@ -9,7 +9,7 @@ dopant is one bright atom, a dopant cluster a few, contamination a patch over ma
 
 :func:`contamination_mask` marks, per frame, the connected areas where the frame smoothed over
 half a bond (0.7 Å, a local mean that averages an atom with its hollows) exceeds the lattice's
-level by more than ``k`` times the lattice's atomic contrast, and that cover at least
+level by more than ``excess`` (6) times the lattice's atomic contrast, and that cover at least
 ``min_area`` (four graphene hexagons, 21 Å²). Both scales are the frame's own, read at the
 atoms found (most of them on the clean lattice), so no detector offset or gain enters:
 the level is their median local mean, the contrast their median excess at the atom scale

@@ -85,8 +85,12 @@ def test_find_train_points_and_histograms_twice(movie_setup, qtbot):
         wait_for_worker(qtbot, widget, TIMEOUT_MS)
         assert not messages, messages
         features = points.features
-        for column in ("angle", "angle mod 120°", "latent_1", "latent_2", "shift_x", "novelty", "missing_neighbour",
-                       "centre_excess", "class", "pca_1", "gmm_cluster"):
+        # the seed and the latent size left at their defaults are not the user's choice (as on the
+        # command line): the split retry may train with one latent
+        assert "seed" not in widget.atom_run.rvae and "latent_dim" not in widget.atom_run.rvae
+        latents = widget.atom_run.result.config.latent_dim
+        for column in ("angle", "angle mod 120°", "latent_1", "shift_x", "novelty", "missing_neighbour",
+                       "centre_excess", "class", "pca_1", "gmm_cluster") + (("latent_2",) if latents > 1 else ()):
             assert column in features, column
         has = features["has_window"].to_numpy()
         assert np.isfinite(features["angle"].to_numpy()[has]).all() and has.sum() > 0.8 * n_found
@@ -107,7 +111,8 @@ def test_find_train_points_and_histograms_twice(movie_setup, qtbot):
         assert plot.colour_bar is None
         widget.colour_by.value = "missing_neighbour"
         assert plot.colour_bar.ax.get_ylabel() == "missing_neighbour"
-        assert plot.traversal.shape == (5 * 33 - 1, 5 * 33 - 1) and np.isfinite(plot.traversal).any()
+        assert plot.traversal.shape == ((5 * 33 - 1) if latents > 1 else 32, 5 * 33 - 1)
+        assert np.isfinite(plot.traversal).any()
         # the atoms followed over the frames: a Tracks layer aligned with the points and the image
         tracks = viewer.layers[f"{image.name} tracks"]
         assert tracks._type_string == "tracks"
@@ -174,3 +179,29 @@ def test_unet_choice_in_the_dock(atoms_setup, qtbot):
         names = points.features["class name"]
         assert set(names) <= {"C", "Si"} and (names == "Si").any()
     assert [layer._type_string for layer in viewer.layers] == ["image", "points", "tracks"]
+
+
+def test_histogram_dock_with_one_latent(qtbot):
+    """A run the split retry kept with one latent: the latent space shows latent 1 against the
+    angle, with the colours' key, and the decoded windows as one row."""
+    import warnings
+
+    from napari_4dstem_rvae._napari.atom_plots import FrameHistograms
+    from napari_4dstem_rvae.simulate.haadf import haadf_series
+    from napari_4dstem_rvae.workflows.atoms import AtomOptions, AtomRun
+
+    series, _ = haadf_series(n_frames=2, shape=(96, 96), seed=3)
+    run = AtomRun(series, options=AtomOptions(pixels=16, edge="drop"),
+                  rvae={"epochs": 1, "threads": 1, "latent_dim": 1})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for _ in run.events():
+            pass
+    plot = FrameHistograms()
+    qtbot.addWidget(plot)
+    plot.show_result(run.result, series.n_frames, "latent_1")
+    has = run.result.columns()["has_window"]
+    assert len(plot.scatter.get_offsets()) == has.sum()
+    assert plot.scatter_axes.get_ylabel() == "angle mod 120° (°)"
+    assert plot.colour_bar.ax.get_ylabel() == "latent_1"
+    assert plot.traversal.shape[0] < plot.traversal.shape[1] / 2       # a row of decoded windows

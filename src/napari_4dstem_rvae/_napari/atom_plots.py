@@ -38,7 +38,7 @@ class FrameHistograms(QWidget):
         columns = result.columns()
         self.figure.clear()
         model = getattr(result, "model", None)
-        latent_space = "latent_1" in columns and "latent_2" in columns
+        latent_space = "latent_1" in columns   # one latent (the split retry's): latent 1 against the angle
         moving = getattr(result, "dynamics", None)
         has_dynamics = moving is not None and bool(moving.frames) and n_frames > 1
         ratios = ([1.4, 1.4] + ([1.0] if latent_space else []) + ([1.0] if model is not None else [])
@@ -69,10 +69,11 @@ class FrameHistograms(QWidget):
         self.scatter = self.traversal = self.colour_bar = None
         if latent_space:
             ax = extra.pop(0)
-            ok = np.isfinite(columns["latent_1"]) & np.isfinite(angle)
+            second = columns["latent_2"] if "latent_2" in columns else np.degrees(angle)
+            ok = np.isfinite(columns["latent_1"]) & np.isfinite(angle) & np.isfinite(second)
             values, feature = _values_of(columns, colour_by, angle)
             colours = feature_colours(values, feature)
-            self.scatter = ax.scatter(columns["latent_1"][ok], columns["latent_2"][ok], c=colours[ok], s=2,
+            self.scatter = ax.scatter(columns["latent_1"][ok], second[ok], c=colours[ok], s=2,
                                       linewidths=0, rasterized=True)
             if feature not in CATEGORIES:  # the key of the atoms' colours (the canvas's too)
                 from matplotlib.cm import ScalarMappable
@@ -84,7 +85,7 @@ class FrameHistograms(QWidget):
                 self.colour_bar.ax.tick_params(labelsize=6)
                 self.colour_bar.set_label(feature + (" (°)" if feature in CYCLIC else ""), fontsize=7)
             ax.set_xlabel("latent 1", fontsize=8)
-            ax.set_ylabel("latent 2", fontsize=8)
+            ax.set_ylabel("latent 2" if "latent_2" in columns else "angle mod 120° (°)", fontsize=8)
             ax.set_title(f"latent space (colour: {colour_by})", fontsize=7)
             self.scatter_axes = ax
             ax.tick_params(labelsize=7)
@@ -103,9 +104,12 @@ class FrameHistograms(QWidget):
         if model is not None and extra:
             ax = extra.pop(0)
             self.traversal = traversal_montage(model)
-            ax.imshow(self.traversal, cmap="gray", extent=(-2, 2, 2, -2))
-            ax.set_xlabel("latent 2 (prior SDs)", fontsize=8)
-            ax.set_ylabel("latent 1", fontsize=8)
+            one = self.traversal.shape[0] < self.traversal.shape[1] / 2   # one latent: a row
+            ax.imshow(self.traversal, cmap="gray", extent=(-2, 2, 0.4, -0.4) if one else (-2, 2, 2, -2))
+            ax.set_xlabel(f"latent {1 if one else 2} (prior SDs)", fontsize=8)
+            ax.set_ylabel("" if one else "latent 1", fontsize=8)
+            if one:
+                ax.set_yticks([])
             ax.set_title("decoded windows", fontsize=7)
             ax.tick_params(labelsize=7)
         self.figure.suptitle("histograms per frame (dark: first frame, bright: last)", fontsize=8)

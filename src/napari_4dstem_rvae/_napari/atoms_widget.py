@@ -11,6 +11,7 @@ the choice in *colour by*; the per-frame histograms (time dynamics) appear in th
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from typing import Any
 
@@ -287,7 +288,10 @@ class AtomsWidget(Container, WorkerMixin):
             rvae = self.rvae_form.values()
             run = self.atom_run
             run.options = self.form.options(base=run.options, method=run.options.method)
-            run.rvae = {k: v for k, v in rvae.items() if v is not None}
+            # a seed and a latent size at their defaults are not chosen, as on the command line when
+            # not given: the run's split retry may change them (AtomRun.train_events)
+            untouched = {f.name: f.default for f in dataclasses.fields(RVAEConfig) if f.name in ("seed", "latent_dim")}
+            run.rvae = {k: v for k, v in rvae.items() if v is not None and untouched.get(k, None) != v}
         except ValueError as exc:
             notify_error(str(exc))
             return None

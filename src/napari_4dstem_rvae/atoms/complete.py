@@ -174,6 +174,8 @@ def complete_honeycomb(image: np.ndarray, y: np.ndarray, x: np.ndarray, pixel_si
     if mask is not None and mask.any() and not mask.all():
         from scipy.ndimage import distance_transform_edt
 
+        from .contamination import mask_at
+
         image = np.where(mask, np.median(np.asarray(image)[~mask]), image)
         keep_out = distance_transform_edt(~mask) <= 0.5 * b
     z = matched_filter(image, sigma)
@@ -241,7 +243,7 @@ def complete_honeycomb(image: np.ndarray, y: np.ndarray, x: np.ndarray, pixel_si
         contrast = _lattice_contrast(z, cy, cx, taken, ay, ax, direction, six, b)
         keep = (value >= threshold) & (contrast >= min_contrast)
         if keep_out is not None:
-            keep &= ~keep_out[np.clip(np.round(cy).astype(int), 0, ny - 1), np.clip(np.round(cx).astype(int), 0, nx - 1)]
+            keep &= ~mask_at(keep_out, cy, cx)
         py, px = _best_apart(cy[keep], cx[keep], value[keep], 0.7 * b)
         note["rounds"] = round_ + 1
         if len(py) == 0:

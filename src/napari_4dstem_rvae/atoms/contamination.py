@@ -32,6 +32,12 @@ EXCESS = 6.0          # the contamination's excess over the lattice's level, in 
 MIN_AREA = 21.0       # Å², four graphene hexagons (3√3/2 × 1.42² Å² each)
 
 
+def mask_at(mask: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """``mask`` at the pixels nearest to (``y``, ``x``), clipped to the frame."""
+    return mask[np.clip(np.round(y).astype(int), 0, mask.shape[0] - 1),
+                np.clip(np.round(x).astype(int), 0, mask.shape[1] - 1)]
+
+
 def contamination_mask(frame: np.ndarray, y: np.ndarray, x: np.ndarray, pixel_size: float, *,
                        excess: float = EXCESS, min_area: float = MIN_AREA) -> np.ndarray:
     """Boolean mask ``frame.shape`` of contamination (module docstring); ``y``, ``x``: the atoms
@@ -72,7 +78,5 @@ def in_contamination(series: Any, table: Any) -> tuple[np.ndarray, float]:
         mask = contamination_mask(np.asarray(series.frame(int(f))), table.y[rows], table.x[rows], pixel)
         if mask.any():
             covered += int(mask.sum())
-            iy = np.clip(np.round(table.y[rows]).astype(int), 0, mask.shape[0] - 1)
-            ix = np.clip(np.round(table.x[rows]).astype(int), 0, mask.shape[1] - 1)
-            out[rows] = mask[iy, ix]
+            out[rows] = mask_at(mask, table.y[rows], table.x[rows])
     return out, covered / (series.n_frames * int(np.prod(series.frame_shape)))

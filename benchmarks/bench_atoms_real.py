@@ -36,7 +36,8 @@ within ±10° of two modes 60° apart (the two sublattices) over the image and p
 told apart by the found positions' bond orientation mod 60°), beside the same share for that
 bond angle (what the positions allow), how closely the rVAE angle follows the positions' bond
 orientation modulo 60° (|⟨exp 6i(rVAE − bond)⟩|: 1 when the grains show in the angle map),
-the Si found (an atom of the heavy class within 0.5 Å of the brightest blob), the ranks of the
+which angle the run kept (the encoder's or the decoder's, :mod:`napari_4dstem_rvae.rvae.pose`)
+with both shares in two modes of the aligned angle, the Si found (an atom of the heavy class within 0.5 Å of the brightest blob), the ranks of the
 heavy-class atoms among the interior windows by the rVAE's residual at the atom
 (``centre_excess``) and by its novelty (1 = the highest), seconds.
 """
@@ -240,6 +241,9 @@ def judge(name: str, frame: np.ndarray, reference: np.ndarray | None, threads: i
     out["retrained"] = any("learnt nothing from these windows with" in text for text in said)  # collapsed once
     out["resplit"] = any("in two modes (the sublattices); training again" in text for text in said)
     out["latents"] = run.result.config.latent_dim   # of the run kept
+    note = run.result.windows_note      # the aligned angle's share in two modes: encoder's, decoder's, kept
+    out["angle_from"] = (note.get("angle_from", "encoder"), note.get("two_mode_share_encoder"),
+                         note.get("two_mode_share_decoder"))
     values = run.result.values
     angle = values.get("angle_symmetric", values["angle"])
     at = points[run.result.index]
@@ -275,6 +279,12 @@ def judge(name: str, frame: np.ndarray, reference: np.ndarray | None, threads: i
             out["grains"].append((bimodality(angle[sel] * 1.0), bimodality(bonds[sel]),
                                   float(abs(np.exp(3j * (angle[sel] + bonds[sel])).mean()))))
     return out
+
+
+def _angle_from(r: dict) -> str:
+    kept, encoder, decoder = r["angle_from"]
+    shares = " / ".join("—" if v is None else f"{v:.2f}" for v in (encoder, decoder))
+    return f"{kept.split(' (')[0]} ({shares})"
 
 
 def _ranks(r: dict) -> str:
@@ -322,9 +332,9 @@ def main() -> None:
         fetch(data, names)
     lines = ["| image | Å/px given → run | atoms (interior) | density / lattice's | recall | precision | angle bimodal (±10°) | "
              "per grain: rVAE angle / bond angle bimodal | per grain: modes = sublattices | "
-             "angle follows the bonds (mod 60°) | Si found | Si's ranks by centre excess; by novelty | "
+             "angle follows the bonds (mod 60°) | angle from (in two modes: encoder / decoder) | Si found | Si's ranks by centre excess; by novelty | "
              "s (find + train) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     print("\n".join(lines), flush=True)
     for name in names:
         try:
@@ -340,6 +350,7 @@ def main() -> None:
                f"{'; '.join(f'{c:.2f}' for _, _, c in r['grains']) or '—'} | "
                f"{r['follows']:.2f}{' (trained again: collapsed at the default σ)' if r['retrained'] else ''}"
                f"{(' (split under 60 %: trained again with one latent, kept: ' + str(r['latents']) + ')') if r['resplit'] else ''} | "
+               f"{_angle_from(r)} | "
                f"{'yes' if r.get('si_found') else ('no' if 'si_found' in r else '—')} | "
                f"{_ranks(r)} | "
                f"{r['find_s']:.1f} + {r['train_s']:.0f} |")

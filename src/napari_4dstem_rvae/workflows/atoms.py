@@ -51,7 +51,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 #: A run whose rVAE collapsed (learnt nothing) trains once more with the likelihood's σ divided by this.
 COLLAPSE_RETRY = 3.0
-#: A run whose aligned angle puts fewer atoms than this in two modes (the sublattices) trains once more
+#: A run whose encoder's aligned angle puts fewer atoms than this in two modes (the sublattices) trains once more
 #: with one latent and keeps the run that splits them more (a data-only choice; docs/quality.md).
 #: Measured: 0.40–0.54 where the split failed (a real 6 nm frame), 0.67 at the study's scale where it
 #: holds (94 % of the atoms on their sublattice), 0.85–0.99 on the other real frames.
@@ -59,6 +59,7 @@ SPLIT_RETRY = 0.6
 DEFAULT_WINDOW_ANGSTROM = 5.0
 DEFAULT_WINDOW_PIXELS = 32
 METHODS = ("auto", "unet", "log", "points")
+ANGLE_SOURCES = ("auto", "encoder", "decoder")
 #: The rVAE settings offered beside the atom options (by the CLI and the Atoms tab alike).
 RVAE_FIELDS = ("latent_dim", "epochs", "seed", "threads", "device")
 
@@ -87,6 +88,11 @@ class AtomOptions:
                          "positions, mod 60°) before the rVAE and add it back to the angle: the rVAE then has only "
                          "the sublattices to tell apart, so that a frame with several grains splits them in each",
                          label="align windows to the lattice", advanced=True)
+    angle_from: str = option(
+        "auto", "each atom's angle from the rVAE's encoder, from its decoder (the posterior over a grid of angles with "
+        "the atom's latents and shift held: the angle the trained model supports, for up to ~5,000 windows on a "
+        "CPU), or auto (the decoder's where it splits the sublattices more, else the encoder's)",
+        choices=ANGLE_SOURCES, label="angle from", advanced=True)
     preset: str = option("default", "rVAE settings: this package's (default) or the published ones (study)",
                          choices=tuple(PRESETS), label="rVAE preset")
     complete: bool = option(True, "complete a honeycomb lattice (graphene, MoS2): add the atoms its found atoms "
@@ -117,6 +123,8 @@ class AtomOptions:
             raise ValueError(f"--preset must be one of {sorted(PRESETS)}, got {self.preset!r}")
         if self.edge not in EDGES:
             raise ValueError(f"--edge must be one of {EDGES}, got {self.edge!r}")
+        if self.angle_from not in ANGLE_SOURCES:
+            raise ValueError(f"--angle-from must be one of {ANGLE_SOURCES}, got {self.angle_from!r}")
         if self.window_from not in ("frames", "probabilities"):
             raise ValueError(f"--window-from must be 'frames' or 'probabilities', got {self.window_from!r}")
         if int(self.pixels) < 8:
@@ -197,7 +205,7 @@ def analyse(series: ImageSeries, table: AtomTable | None = None, *, window: Any 
             pixels: int = DEFAULT_WINDOW_PIXELS, edge: str = "auto", preset: str = "default",
             config: Any = None, with_baselines: bool = True, callback: Callable | None = None,
             stop: Any = None, find_options: dict | None = None, window_from: str = "frames",
-            align: bool = True, **changes: Any) -> AtomResult:
+            align: bool = True, angle_from: str = "auto", **changes: Any) -> AtomResult:
     """Atoms (found if ``table`` is None) → windows → rVAE → :class:`AtomResult`.
 
     ``window_from``: ``"frames"`` (the raw frames) or ``"probabilities"`` (the U-Net's class
@@ -205,8 +213,11 @@ def analyse(series: ImageSeries, table: AtomTable | None = None, *, window: Any 
     ``align``: windows turned by each atom's local lattice orientation modulo 2 × the preset's
     angle symmetry (:func:`~napari_4dstem_rvae.atoms.windows.lattice_orientation`), added back
     to the angle (and the shifts turned back): one rVAE over several grains then only has the
-    sublattices to learn (measured on a real two-grain frame, docs/quality.md)."""
-    from ..atoms.windows import bond_length, lattice_orientation, neighbourhood_max, two_mode_share
+    sublattices to learn (measured on a real two-grain frame, docs/quality.md).
+    ``angle_from``: ``"encoder"``, ``"decoder"`` (:func:`~napari_4dstem_rvae.rvae.pose.decoder_angles`)
+    or ``"auto"``: the decoder's where its aligned angle puts more atoms in two modes (the note
+    records both shares and which was kept)."""
+    from ..atoms.windows import bond_length, kept_angle, lattice_orientation, neighbourhood_max, two_mode_share
     from ..rvae import RVAEConfig, fit
     from ..rvae.local import ring_scores
     from ..rvae.infer import symmetric_angle
@@ -236,18 +247,22 @@ def analyse(series: ImageSeries, table: AtomTable | None = None, *, window: Any 
                          "smaller window or edge='pad' (or 'auto')")
     result = fit(windows_dataset(windows, series.source), cfg, callback=callback, stop=stop)
     maps = result.maps
+    angle, angle_std = maps.angle[:, 0], maps.angle_std[:, 0]
+    concentration = None if maps.angle_concentration is None else maps.angle_concentration[:, 0]
+    if angle_from != "encoder" and turn is not None and result.model is not None:
+        angle, angle_std, concentration = kept_angle(result.model, windows, symmetry, angle, angle_std,
+                                                     concentration, angle_from, note, cfg.threads)
     # the rVAE's angle is counter-clockwise on screen, the windows' turn clockwise (y down): the
     # angle in the image is the aligned window's minus the turn
     lattice = np.zeros(len(index)) if turn is None else -turn[index]
-    values: dict[str, np.ndarray] = {"angle": symmetric_angle(maps.angle[:, 0] + lattice, 1),
-                                     "angle_std": maps.angle_std[:, 0]}
+    values: dict[str, np.ndarray] = {"angle": symmetric_angle(angle + lattice, 1), "angle_std": angle_std}
     if turn is not None:   # the aligned angle: two modes (the sublattices) wherever the model split them
         values["lattice_orientation"] = lattice
-        note["two_mode_share"] = two_mode_share(maps.angle[:, 0], symmetry)
+        note["two_mode_share"] = two_mode_share(angle, symmetry)
     if maps.angle_symmetric is not None:
         values["angle_symmetric"] = symmetric_angle(values["angle"], symmetry)
-    if maps.angle_concentration is not None:
-        values["angle_concentration"] = maps.angle_concentration[:, 0]
+    if concentration is not None:
+        values["angle_concentration"] = concentration
     for i in range(maps.latents.shape[0]):
         values[f"latent_{i + 1}"] = maps.latents[i, :, 0]
         values[f"latent_{i + 1}_std"] = maps.latents_std[i, :, 0]
@@ -377,32 +392,23 @@ class AtomRun:
                           f"RMS ({why}); training again with σ at {sigma / COLLAPSE_RETRY:g} × their RMS", "warning")
             self.result = result = yield from self._analyse(stop, **self.rvae, noise_std=sigma / COLLAPSE_RETRY)
             why = collapsed(result.history, result.config)
-        share = result.windows_note.get("two_mode_share")
+        note = result.windows_note        # the encoder's split says whether the latents took the sublattices
+        share = note.get("two_mode_share_encoder", note.get("two_mode_share"))
         if share is not None and share < SPLIT_RETRY and not {"seed", "latent_dim"} & set(self.rvae) \
                 and result.config.latent_dim > 1 and not (stop is not None and stop.is_set()):
             # the latents, not the angle, took the sublattices apart: one latent leaves that to the angle
             # (measured on a noisy real frame whose windows split for no seed with two, docs/quality.md)
-            yield Message(f"the rVAE's angle puts {share:.0%} of the atoms in two modes (the sublattices); training "
-                          "again with one latent, so that the angle has to tell them apart, and keeping the run "
-                          "that splits them more", "warning")
+            yield Message(f"the rVAE's encoder puts {share:.0%} of the atoms' angles in two modes (the sublattices); "
+                          "training again with one latent, so that the angle has to tell them apart, and keeping the "
+                          "run that splits them more", "warning")
             again = yield from self._analyse(stop, **{**self.rvae, "noise_std": result.config.noise_std},
                                              latent_dim=1)
-            if again.windows_note.get("two_mode_share", 0.0) > share:
+            if again.windows_note.get("two_mode_share", 0.0) > note.get("two_mode_share", share):
                 self.result = result = again
                 why = collapsed(result.history, result.config)
-        note = result.windows_note
-        trained = result.config.train_positions
-        yield Message(f"windows: {note['windows']} of {note['side_px']:.1f} px resampled to {o.pixels} × {o.pixels}"
-                      + (" from the U-Net's cleaned frame" if note.get("window_from") == "probabilities" else "")
-                      + (f" (the rVAE trained on {trained} of them, drawn evenly over the frames; every atom is "
-                         "mapped)" if trained is not None and note["windows"] > trained else "")
-                      + (", each turned by its lattice's local orientation (added back to the angle)"
-                         if note.get("aligned") else "")
-                      + (f"; {note['dropped_at_edge']} atoms at the frame edges left out"
-                         if note.get("dropped_at_edge") else "")
-                      + (f"; {note['padded_at_edge']} windows at the frame edges padded with the frame's median"
-                         + (" (a small field: dropping them would leave too few)" if o.edge == "auto" else "")
-                         if note.get("padded_at_edge") else ""))
+        from ..atoms.windows import windows_said
+
+        yield Message(windows_said(result.windows_note, o.pixels, result.config.train_positions, o.edge == "auto"))
         if why is not None:
             yield Message(f"the rVAE learnt nothing from these windows ({why}): its angle and latents are "
                           "noise, not structure (seen on noisy real frames, docs/quality.md); the atoms' "
@@ -413,7 +419,8 @@ class AtomRun:
         o = self.options
         return (yield from relay(
             partial(analyse, stop=stop), self.series, self.table, window=o.window, pixels=o.pixels, edge=o.edge,
-            preset=o.preset, window_from=window_from or o.window_from, align=o.align, stop=stop, callback="callback",
+            preset=o.preset, window_from=window_from or o.window_from, align=o.align, angle_from=o.angle_from,
+            stop=stop, callback="callback",
             convert=lambda e: Epoch(e.epoch, e.epochs_total, float(e.train_loss),
                                     None if e.test_loss is None else float(e.test_loss), None, float(e.elapsed))
             if e.kind == "epoch" else None, **rvae))

@@ -144,8 +144,10 @@ def kept_angle(model: Any, windows: np.ndarray, symmetry: int, angle: np.ndarray
         note["angle_from"] = "encoder"
         return angle, std, concentration
     note["angle_from"] = "decoder"
-    length = np.clip(decoded[1], 1e-12, 1.0)
-    return decoded[0], (np.sqrt(-2.0 * np.log(length)) / symmetry).astype(np.float32), decoded[1]
+    # the resultant length is of symmetry × angle: the spread of the angle itself, and its
+    # concentration as the encoder gives it (exp(−σ²/2), the wrapped normal's)
+    std = np.sqrt(-2.0 * np.log(np.clip(decoded[1], 1e-12, 1.0))) / symmetry
+    return decoded[0], std.astype(np.float32), np.exp(-0.5 * std ** 2).astype(np.float32)
 
 
 def windows_said(note: dict, pixels: int, trained: int | None, auto_edge: bool) -> str:

@@ -58,6 +58,19 @@ def profile_pixels(model: Any, n_patterns: int, n_angles: int = ANGLES, force: b
     return torch.sort(pick).values
 
 
+def periodic_upsample(values: Any, factor: int) -> Any:
+    """Samples ``(B, n)`` of periodic functions at ``n`` equal steps → ``(B, n·factor)``: the
+    trigonometric interpolant (zero-padded spectrum), through the given values at every
+    ``factor``-th point. For even ``n`` the Nyquist bin is split between ±n/2 (counted once)."""
+    import torch
+
+    n = values.shape[-1]
+    spectrum = torch.fft.rfft(values, dim=-1)
+    if n % 2 == 0:
+        spectrum[..., -1] = spectrum[..., -1] * 0.5
+    return torch.fft.irfft(spectrum, n=n * factor, dim=-1) * factor
+
+
 def decoder_angles(model: Any, patterns: np.ndarray, symmetry: int = 1, *, n_angles: int = ANGLES,
                    batch_size: int = 512, threads: int | None = None, force: bool = False
                    ) -> tuple[np.ndarray, np.ndarray] | None:
@@ -76,7 +89,7 @@ def decoder_angles(model: Any, patterns: np.ndarray, symmetry: int = 1, *, n_ang
     period = 2 * math.pi / max(1, int(symmetry))
     grid = torch.arange(n_angles, dtype=torch.float32, device=device) * (period / n_angles)
     fine = n_angles * FINE
-    phase = torch.exp(1j * symmetry * torch.arange(fine, dtype=torch.float64, device=device) * (period / fine))
+    phase = torch.exp(1j * symmetry * torch.arange(fine, dtype=torch.float64) * (period / fine))   # on the CPU
     coords = None if pixels is None else model.coords[pixels.to(device)]
     angle = np.empty(n, np.float32)
     length = np.empty(n, np.float32)
@@ -90,15 +103,13 @@ def decoder_angles(model: Any, patterns: np.ndarray, symmetry: int = 1, *, n_ang
                 post = model.encode(x)
                 b = x.shape[0]
                 z, shift = post["z"], post.get("shift")
-                nll = torch.empty(b, n_angles, dtype=torch.float64, device=device)
-                for k in range(n_angles):
-                    decoded = model.decode(z, grid[k].expand(b), shift, coords)
-                    nll[:, k] = model.nll(target, decoded, None if pixels is None else pixels.to(device)).double()
-                nll = torch.fft.irfft(torch.fft.rfft(nll, dim=1), n=fine, dim=1) * FINE
-                weight = torch.softmax(-nll, 1)
+                nll = torch.stack([model.nll(target, model.decode(z, grid[k].expand(b), shift, coords),
+                                             None if pixels is None else pixels.to(device)).float().cpu()
+                                   for k in range(n_angles)], 1).double()   # float64 on the CPU (not on MPS)
+                weight = torch.softmax(-periodic_upsample(nll, FINE), 1)
                 mean = (weight * phase).sum(1)
-                angle[start:start + b] = (torch.angle(mean) / symmetry).float().cpu().numpy()
-                length[start:start + b] = mean.abs().float().cpu().numpy()
+                angle[start:start + b] = (torch.angle(mean) / symmetry).float().numpy()
+                length[start:start + b] = mean.abs().float().numpy()
     finally:
         model.train(was)
     return angle, length

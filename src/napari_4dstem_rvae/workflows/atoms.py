@@ -90,8 +90,9 @@ class AtomOptions:
                          label="align windows to the lattice", advanced=True)
     angle_from: str = option(
         "auto", "each atom's angle from the rVAE's encoder, from its decoder (the posterior over a grid of angles with "
-        "the atom's latents and shift held: the angle the trained model supports, for up to ~5,000 windows on a "
-        "CPU), or auto (the decoder's where it splits the sublattices more, else the encoder's)",
+        "the atom's latents and shift held: the angle the trained model supports; on a CPU for up to ~20,000 windows, "
+        "every pixel up to ~2,700), or auto (with aligned windows, the decoder's where it splits the sublattices "
+        "more, else the encoder's)",
         choices=ANGLE_SOURCES, label="angle from", advanced=True)
     preset: str = option("default", "rVAE settings: this package's (default) or the published ones (study)",
                          choices=tuple(PRESETS), label="rVAE preset")
@@ -216,7 +217,7 @@ def analyse(series: ImageSeries, table: AtomTable | None = None, *, window: Any 
     sublattices to learn (measured on a real two-grain frame, docs/quality.md).
     ``angle_from``: ``"encoder"``, ``"decoder"`` (:func:`~napari_4dstem_rvae.rvae.pose.decoder_angles`)
     or ``"auto"``: the decoder's where its aligned angle puts more atoms in two modes (the note
-    records both shares and which was kept)."""
+    records both shares and which was kept; without ``align``, the encoder's)."""
     from ..atoms.windows import bond_length, kept_angle, lattice_orientation, neighbourhood_max, two_mode_share
     from ..rvae import RVAEConfig, fit
     from ..rvae.local import ring_scores
@@ -249,7 +250,7 @@ def analyse(series: ImageSeries, table: AtomTable | None = None, *, window: Any 
     maps = result.maps
     angle, angle_std = maps.angle[:, 0], maps.angle_std[:, 0]
     concentration = None if maps.angle_concentration is None else maps.angle_concentration[:, 0]
-    if angle_from != "encoder" and turn is not None and result.model is not None:
+    if result.model is not None and (angle_from == "decoder" or (angle_from == "auto" and turn is not None)):
         angle, angle_std, concentration = kept_angle(result.model, windows, symmetry, angle, angle_std,
                                                      concentration, angle_from, note, cfg.threads)
     # the rVAE's angle is counter-clockwise on screen, the windows' turn clockwise (y down): the

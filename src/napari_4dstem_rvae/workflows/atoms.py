@@ -88,12 +88,9 @@ class AtomOptions:
                          "positions, mod 60°) before the rVAE and add it back to the angle: the rVAE then has only "
                          "the sublattices to tell apart, so that a frame with several grains splits them in each",
                          label="align windows to the lattice", advanced=True)
-    angle_from: str = option(
-        "auto", "each atom's angle from the rVAE's encoder, from its decoder (the posterior over a grid of angles with "
-        "the atom's latents and shift held: the angle the trained model supports; on a CPU for up to ~20,000 windows, "
-        "every pixel up to ~2,700), or auto (with aligned windows, the decoder's where it splits the sublattices "
-        "more, else the encoder's)",
-        choices=ANGLE_SOURCES, label="angle from", advanced=True)
+    angle_from: str = option("auto", "each atom's angle from the rVAE's encoder, its decoder (the posterior over 12 "
+                             "angles, latents and shift held; on a CPU up to ~20,000 windows) or auto (aligned windows: "
+                             "the one that splits the sublattices more)", choices=ANGLE_SOURCES, advanced=True)
     preset: str = option("default", "rVAE settings: this package's (default) or the published ones (study)",
                          choices=tuple(PRESETS), label="rVAE preset")
     complete: bool = option(True, "complete a honeycomb lattice (graphene, MoS2): add the atoms its found atoms "
@@ -215,9 +212,7 @@ def analyse(series: ImageSeries, table: AtomTable | None = None, *, window: Any 
     angle symmetry (:func:`~napari_4dstem_rvae.atoms.windows.lattice_orientation`), added back
     to the angle (and the shifts turned back): one rVAE over several grains then only has the
     sublattices to learn (measured on a real two-grain frame, docs/quality.md).
-    ``angle_from``: ``"encoder"``, ``"decoder"`` (:func:`~napari_4dstem_rvae.rvae.pose.decoder_angles`)
-    or ``"auto"``: the decoder's where its aligned angle puts more atoms in two modes (the note
-    records both shares and which was kept; without ``align``, the encoder's)."""
+    ``angle_from``: ``"encoder"``, ``"decoder"`` or ``"auto"`` (aligned: the one that splits more, ``kept_angle``)."""
     from ..atoms.windows import bond_length, kept_angle, lattice_orientation, neighbourhood_max, two_mode_share
     from ..rvae import RVAEConfig, fit
     from ..rvae.local import ring_scores

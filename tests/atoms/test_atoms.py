@@ -321,7 +321,8 @@ def test_a_model_that_learnt_nothing_trains_again_at_a_lower_sigma_then_warns(sm
     monkeypatch.setattr(rvae, "collapsed", judged)
     for verdicts, warned in (([True, True], 2), ([True, False], 1)):
         seen.clear()
-        run = AtomRun(series, options=AtomOptions(pixels=24, edge="drop"), rvae={"epochs": 1, "threads": 1, "seed": 0})
+        run = AtomRun(series, options=AtomOptions(pixels=24, edge="drop", angle_from="encoder"),
+                     rvae={"epochs": 1, "threads": 1, "seed": 0})
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             said = [e.text for e in run.train_events() if isinstance(e, Message) and e.level == "warning"]
@@ -333,7 +334,7 @@ def test_a_model_that_learnt_nothing_trains_again_at_a_lower_sigma_then_warns(sm
     assert said == [said[0]]                             # the retry learnt: no second warning
     verdicts = [True]
     seen.clear()
-    run = AtomRun(series, options=AtomOptions(pixels=24, edge="drop"),
+    run = AtomRun(series, options=AtomOptions(pixels=24, edge="drop", angle_from="encoder"),
                   rvae={"epochs": 1, "threads": 1, "seed": 0, "noise_std": 2.0})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -140,7 +140,7 @@ def test_cli_atoms_with_the_unet(tmp_path):
     exe = Path(sys.executable).with_name("stem-rvae")
     done = subprocess.run([str(exe), "atoms", str(tmp_path / "movie.npy"), "--pixel-size", "0.016nm", "--method",
                            "unet", "--window-from", "probabilities", "--pixels", "24", "--epochs", "2", "--threads",
-                           "1", "--out", str(tmp_path / "res.h5")], capture_output=True, text=True, timeout=300)
+                           "1", "--angle-from", "encoder", "--out", str(tmp_path / "res.h5")], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     from napari_4dstem_rvae.results import read_atom_results
 

@@ -69,6 +69,8 @@ def test_find_train_points_and_histograms_twice(movie_setup, qtbot):
     dock.show_tab("Atoms")
     widget.epochs.value = 1
     for round_ in range(2):
+        if round_ == 1:      # the second round reads the angle from the encoder (Advanced: *angle from*)
+            widget.form.angle_from.value = "encoder"
         click(qtbot, widget.find_button)
         wait_for_worker(qtbot, widget, TIMEOUT_MS)
         assert not messages, messages
@@ -85,6 +87,8 @@ def test_find_train_points_and_histograms_twice(movie_setup, qtbot):
         wait_for_worker(qtbot, widget, TIMEOUT_MS)
         assert not messages, messages
         features = points.features
+        assert widget.atom_run.result.windows_note.get("angle_from", "encoder") == "encoder" or round_ == 0
+        assert widget.atom_run.options.angle_from == ("encoder" if round_ else "auto")
         # the seed and the latent size left at their defaults are not the user's choice (as on the
         # command line): the split retry may train with one latent
         assert "seed" not in widget.atom_run.rvae and "latent_dim" not in widget.atom_run.rvae

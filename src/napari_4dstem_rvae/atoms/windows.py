@@ -131,11 +131,12 @@ def kept_angle(model: Any, windows: np.ndarray, symmetry: int, angle: np.ndarray
     shares and which was kept): the encoder's, or the decoder's
     (:func:`~napari_4dstem_rvae.rvae.pose.decoder_angles`) when asked for or, with ``"auto"``,
     when it puts more atoms in two modes 60° apart (measured on real frames, docs/quality.md:
-    the decoder's splits more on most trainings, less where the latents took the sublattices)."""
+    the decoder's splits more on most trainings, less where the latents took the sublattices);
+    ``note["two_mode_share"]`` is the kept angle's."""
     from ..rvae.pose import decoder_angles
 
     decoded = decoder_angles(model, windows, symmetry, threads=threads, force=source == "decoder")
-    note["two_mode_share_encoder"] = two_mode_share(angle, symmetry)
+    note["two_mode_share"] = note["two_mode_share_encoder"] = two_mode_share(angle, symmetry)
     if decoded is None:
         note["angle_from"] = "encoder (too many windows to read the angle from the decoder on a CPU)"
         return angle, std, concentration
@@ -144,29 +145,11 @@ def kept_angle(model: Any, windows: np.ndarray, symmetry: int, angle: np.ndarray
         note["angle_from"] = "encoder"
         return angle, std, concentration
     note["angle_from"] = "decoder"
+    note["two_mode_share"] = note["two_mode_share_decoder"]
     # the resultant length is of symmetry × angle: the spread of the angle itself, and its
     # concentration as the encoder gives it (exp(−σ²/2), the wrapped normal's)
     std = np.sqrt(-2.0 * np.log(np.clip(decoded[1], 1e-12, 1.0))) / symmetry
     return decoded[0], std.astype(np.float32), np.exp(-0.5 * std ** 2).astype(np.float32)
-
-
-def windows_said(note: dict, pixels: int, trained: int | None, auto_edge: bool) -> str:
-    """The status line of a run's windows (``note``: the run's windows note)."""
-    return (f"windows: {note['windows']} of {note['side_px']:.1f} px resampled to {pixels} × {pixels}"
-            + (" from the U-Net's cleaned frame" if note.get("window_from") == "probabilities" else "")
-            + (f" (the rVAE trained on {trained} of them, drawn evenly over the frames; every atom is mapped)"
-               if trained is not None and note["windows"] > trained else "")
-            + (", each turned by its lattice's local orientation (added back to the angle)"
-               if note.get("aligned") else "")
-            + (f"; the angle read from the rVAE's decoder ({note['two_mode_share_decoder']:.0%} of the atoms in two "
-               f"modes, the encoder's {note['two_mode_share_encoder']:.0%})"
-               if note.get("angle_from") == "decoder" else "")
-            + ("; the angle is the encoder's: too many windows to read it from the decoder on a CPU (--angle-from "
-               "decoder does, with fewer pixels)" if str(note.get("angle_from", "")).startswith("encoder (") else "")
-            + (f"; {note['dropped_at_edge']} atoms at the frame edges left out" if note.get("dropped_at_edge") else "")
-            + (f"; {note['padded_at_edge']} windows at the frame edges padded with the frame's median"
-               + (" (a small field: dropping them would leave too few)" if auto_edge else "")
-               if note.get("padded_at_edge") else ""))
 
 
 def cut_windows(series: Any, table: AtomTable, size: float, pixels: int = 32, *, source: Any = None,

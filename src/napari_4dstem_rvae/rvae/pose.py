@@ -90,7 +90,9 @@ def decoder_angles(model: Any, patterns: np.ndarray, symmetry: int = 1, *, n_ang
     grid = torch.arange(n_angles, dtype=torch.float32, device=device) * (period / n_angles)
     fine = n_angles * FINE
     phase = torch.exp(1j * symmetry * torch.arange(fine, dtype=torch.float64) * (period / fine))   # on the CPU
-    coords = None if pixels is None else model.coords[pixels.to(device)]
+    if pixels is not None:
+        pixels = pixels.to(device)
+    coords = None if pixels is None else model.coords[pixels]
     angle = np.empty(n, np.float32)
     length = np.empty(n, np.float32)
     was = model.training
@@ -104,7 +106,7 @@ def decoder_angles(model: Any, patterns: np.ndarray, symmetry: int = 1, *, n_ang
                 b = x.shape[0]
                 z, shift = post["z"], post.get("shift")
                 nll = torch.stack([model.nll(target, model.decode(z, grid[k].expand(b), shift, coords),
-                                             None if pixels is None else pixels.to(device)).float().cpu()
+                                             pixels).float().cpu()
                                    for k in range(n_angles)], 1).double()   # float64 on the CPU (not on MPS)
                 weight = torch.softmax(-periodic_upsample(nll, FINE), 1)
                 mean = (weight * phase).sum(1)

@@ -29,7 +29,7 @@ from ..atoms.baselines import baselines, frame_histograms  # noqa: F401 - frame_
 from ..atoms.finding import find
 from ..series import ImageSeries
 from ..units import parse_length
-from .events import Done, Epoch, Event, Message, relay
+from .events import Done, Epoch, Event, Message, relay, windows_said
 
 #: The default preset trains on at most this many windows (drawn evenly over the frames; every
 #: atom is mapped): ten epochs of its 2,400 steps. More windows only lengthened training past
@@ -254,7 +254,8 @@ def analyse(series: ImageSeries, table: AtomTable | None = None, *, window: Any 
     values: dict[str, np.ndarray] = {"angle": symmetric_angle(angle + lattice, 1), "angle_std": angle_std}
     if turn is not None:   # the aligned angle: two modes (the sublattices) wherever the model split them
         values["lattice_orientation"] = lattice
-        note["two_mode_share"] = two_mode_share(angle, symmetry)
+        if "two_mode_share" not in note:   # kept_angle's when it ran
+            note["two_mode_share"] = two_mode_share(angle, symmetry)
     if maps.angle_symmetric is not None:
         values["angle_symmetric"] = symmetric_angle(values["angle"], symmetry)
     if concentration is not None:
@@ -402,8 +403,6 @@ class AtomRun:
             if again.windows_note.get("two_mode_share", 0.0) > note.get("two_mode_share", share):
                 self.result = result = again
                 why = collapsed(result.history, result.config)
-        from ..atoms.windows import windows_said
-
         yield Message(windows_said(result.windows_note, o.pixels, result.config.train_positions, o.edge == "auto"))
         if why is not None:
             yield Message(f"the rVAE learnt nothing from these windows ({why}): its angle and latents are "

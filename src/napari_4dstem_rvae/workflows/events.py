@@ -155,3 +155,23 @@ def epoch_event(event: Any) -> Epoch:
     return Epoch(event.epoch, event.epochs_total, float(event.train_loss),
                  None if event.test_loss is None else float(event.test_loss),
                  None if d is None else float(d.max_abs_r), float(event.elapsed))
+
+
+# -- what a run says of its data --------------------------------------------------------------
+def windows_said(note: dict, pixels: int, trained: int | None, auto_edge: bool) -> str:
+    """The status line of a run's windows (``note``: the run's windows note)."""
+    return (f"windows: {note['windows']} of {note['side_px']:.1f} px resampled to {pixels} × {pixels}"
+            + (" from the U-Net's cleaned frame" if note.get("window_from") == "probabilities" else "")
+            + (f" (the rVAE trained on {trained} of them, drawn evenly over the frames; every atom is mapped)"
+               if trained is not None and note["windows"] > trained else "")
+            + (", each turned by its lattice's local orientation (added back to the angle)"
+               if note.get("aligned") else "")
+            + (f"; the angle read from the rVAE's decoder ({note['two_mode_share_decoder']:.0%} of the atoms in two "
+               f"modes, the encoder's {note['two_mode_share_encoder']:.0%})"
+               if note.get("angle_from") == "decoder" else "")
+            + ("; the angle is the encoder's: too many windows to read it from the decoder on a CPU (--angle-from "
+               "decoder does, with fewer pixels)" if str(note.get("angle_from", "")).startswith("encoder (") else "")
+            + (f"; {note['dropped_at_edge']} atoms at the frame edges left out" if note.get("dropped_at_edge") else "")
+            + (f"; {note['padded_at_edge']} windows at the frame edges padded with the frame's median"
+               + (" (a small field: dropping them would leave too few)" if auto_edge else "")
+               if note.get("padded_at_edge") else ""))

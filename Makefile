@@ -5,7 +5,7 @@ VENV_LOWEST ?= .venv-lowest
 PY := $(VENV)/bin/python
 OUT ?= out
 
-.PHONY: demo test test-fast lint env system-deps bench screenshots clean package-check test-lowest
+.PHONY: demo test test-fast lint env system-deps bench screenshots dose-figure clean package-check test-lowest
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ test-fast: env
 screenshots: system-deps env
 	xvfb-run -a -s "-screen 0 1366x768x24" $(PY) docs/make_screenshots.py 1366x768
 	xvfb-run -a -s "-screen 0 1920x1080x24" $(PY) docs/make_screenshots.py 1920x1080
+
+# The user guide's figure of the maps at 10⁵, 10⁴ and 10³ e⁻ next to the COM (~6 min on 2 threads).
+dose-figure: env
+	$(PY) docs/make_dose_figure.py
 
 bench: env
 	$(PY) benchmarks/bench_com.py

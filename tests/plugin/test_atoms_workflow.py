@@ -87,7 +87,8 @@ def test_find_train_points_and_histograms_twice(movie_setup, qtbot):
         wait_for_worker(qtbot, widget, TIMEOUT_MS)
         assert not messages, messages
         features = points.features
-        assert widget.atom_run.result.windows_note.get("angle_from", "encoder") == "encoder" or round_ == 0
+        if round_ == 1:      # the encoder's angle asked for: the decoder is not read
+            assert "angle_from" not in widget.atom_run.result.windows_note
         assert widget.atom_run.options.angle_from == ("encoder" if round_ else "auto")
         # the seed and the latent size left at their defaults are not the user's choice (as on the
         # command line): the split retry may train with one latent

@@ -99,6 +99,17 @@ def defect_metrics(values: np.ndarray | None, where: tuple[float, float] | None,
     return float(contrast), float(np.mean(dist[top] <= 3.0))
 
 
+def smoothed_com(com: Any, sigma: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The microscopist's one-line baseline: the COM vector field smoothed by a Gaussian of
+    ``sigma`` probe steps — ``(|COM|, ∇·COM, curl COM)`` of it."""
+    from scipy.ndimage import gaussian_filter
+
+    from napari_4dstem_rvae.processing.field import divergence_curl
+
+    vy, vx = (gaussian_filter(v, sigma, mode="nearest") for v in (com.y, com.x))
+    return (np.hypot(vy, vx), *divergence_curl(vy, vx, (1.0, 1.0)))
+
+
 def r_max(latents: np.ndarray, truth: np.ndarray) -> float:
     return max(abs(float(np.corrcoef(z.ravel(), truth.ravel())[0, 1])) for z in latents)
 
@@ -121,22 +132,19 @@ def baselines(case: dict[str, Any], bound: bool) -> dict[str, float]:
     from sklearn.decomposition import PCA
 
     from napari_4dstem_rvae.processing import compute_com
-    from napari_4dstem_rvae.processing.field import divergence_curl
 
     ds, truth, where, step = case["ds"], case["com_magnitude"], case["defect"], case["step"]
     r = (lambda m: abs(float(np.corrcoef(m.ravel(), truth.ravel())[0, 1])))
     com = compute_com(ds, rotation=0.0, flip=False)
     out = {"COM": r(com.magnitude)}
     for sigma in (1.0, 1.5):
-        vy, vx = (gaussian_filter(v, sigma, mode="nearest") for v in (com.y, com.x))
-        out[f"COM σ{sigma:g}"] = r(np.hypot(vy, vx))
+        out[f"COM σ{sigma:g}"] = r(smoothed_com(com, sigma)[0])
     if where is not None:
         x = np.asarray(ds.data, np.float64).reshape(int(np.prod(ds.scan_shape)), -1)
         z = 2 * np.sqrt(x + 3 / 8) if case["counts"] else x
         pca = PCA(n_components=5, random_state=0).fit(z)
         residual = ((z - pca.inverse_transform(pca.transform(z))) ** 2).sum(1).reshape(ds.scan_shape)
-        vy, vx = (gaussian_filter(v, 1.0, mode="nearest") for v in (com.y, com.x))
-        div, curl = divergence_curl(vy, vx, (1.0, 1.0))
+        _, div, curl = smoothed_com(com, 1.0)
         for name, values in (("PCA res", residual), ("PCA res σ1", gaussian_filter(residual, 1.0, mode="nearest")),
                              ("div COM σ1", div), ("curl COM σ1", curl), ("|div COM| σ1", np.abs(div))):
             out[f"{name} contrast"], out[f"{name} top"] = defect_metrics(values, where, step)

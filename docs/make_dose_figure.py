@@ -29,19 +29,17 @@ DOSES = (("10⁵", 1e5), ("10⁴", 1e4), ("10³", 1e3))
 
 def panels(case: dict, result, truth: np.ndarray) -> list[tuple[str, np.ndarray, str]]:
     """(title, map, colour map) of one row."""
-    from scipy.ndimage import gaussian_filter
+    from bench_rvae_quality import smoothed_com
 
     from napari_4dstem_rvae.processing import compute_com
-    from napari_4dstem_rvae.processing.field import divergence_curl
 
     com = compute_com(case["ds"], rotation=0.0, flip=False)
-    vy, vx = (gaussian_filter(v, 1.0, mode="nearest") for v in (com.y, com.x))
-    div, _ = divergence_curl(vy, vx, (1.0, 1.0))
+    magnitude, div, _ = smoothed_com(com, 1.0)
     latents = result.maps.latents
     r = [abs(float(np.corrcoef(z.ravel(), truth.ravel())[0, 1])) for z in latents]
     k = int(np.argmax(r))
     return [("COM magnitude", com.magnitude, "magma"),
-            ("COM magnitude, σ 1 step", np.hypot(vy, vx), "magma"),
+            ("COM magnitude, σ 1 step", magnitude, "magma"),
             (f"latent {k + 1}, |r| {r[k]:.3f}", latents[k], "viridis"),
             ("novelty", result.maps.novelty, "inferno"),
             ("|∇·COM|, σ 1 step", np.abs(div), "cividis")]

@@ -167,3 +167,44 @@ def test_periodic_directions_survive_an_svd_that_does_not_converge(monkeypatch):
     got = novelty._periodic_directions(periodic, True, 3)
     assert got.shape == expected.shape == (3, 12)
     np.testing.assert_allclose(np.abs((got * expected).sum(1)), 1.0, atol=1e-6)   # same up to sign
+
+
+def test_the_residual_width_is_chosen_by_the_data_narrow_at_a_high_dose():
+    """Lattice pooling of counts chooses how far it pools the residual by binomial thinning: at
+    10⁵ e⁻ near a single vacancy, narrower than at 10³ e⁻, and its pooled COM follows the
+    noise-free COM closer than the fixed width (0.25 Å) and than the COM smoothed over one step."""
+    from scipy.ndimage import gaussian_filter
+
+    from napari_4dstem_rvae.dataset import Dataset4D
+    from napari_4dstem_rvae.processing import compute_com
+    from napari_4dstem_rvae.processing import pooling
+
+    options = {"scan_shape": (40, 40), "det_shape": (32, 32), "defect": "vacancy", "scan_step_angstrom": 0.1}
+    clean = graphene(**options)
+    truth = compute_com(clean, rotation=0.0, flip=False).magnitude
+
+    def r(magnitude):
+        return abs(np.corrcoef(magnitude.ravel(), truth.ravel())[0, 1])
+
+    def com(data):
+        return compute_com(Dataset4D(np.asarray(data, np.float32), clean.calibration), rotation=0.0, flip=False)
+
+    widths = {}
+    for dose in (1e5, 1e3):
+        ds = graphene(**options, dose=dose, seed=21)
+        pooled = pooling.pool_patterns(ds.data, "lattice", counts=True, step_angstrom=0.1)
+        assert pooled.mode == "lattice" and set(pooled.scores) == {f"{w:g}" for w in pooling.RESIDUAL_WIDTHS_ANGSTROM}
+        widths[dose] = pooled.sigma
+        if dose == 1e5:
+            chosen = r(com(pooled.data).magnitude)
+            measured = com(ds.data)
+            smoothed = np.hypot(*(gaussian_filter(v, 1.0, mode="nearest") for v in (measured.y, measured.x)))
+            assert chosen > r(smoothed), (chosen, r(smoothed))
+            fixed = pooling._lattice_estimate(
+                np.asarray(ds.data, np.float64).reshape(1600, -1),
+                pooling.periodic_average(np.asarray(ds.data, np.float64).reshape(1600, -1), (40, 40), pooled.g),
+                pooling.RESIDUAL_ANGSTROM / 0.1, np.ones((40, 40), bool), True)
+            assert chosen > r(com(fixed.reshape(ds.shape)).magnitude)
+    assert widths[1e5] < widths[1e3], widths
+    # not counts: the fixed width
+    assert pooling.pool_patterns(clean.data, "lattice", step_angstrom=0.1).sigma == pytest.approx(2.5)

@@ -43,6 +43,7 @@ def pooled_data(prepared: Dataset4D, choice: str, counts: bool) -> Iterator[Any]
     pooled = pool_patterns(np.asarray(prepared.data), mode, counts=counts, step_angstrom=step)
     info = pooled.describe(step)
     width = f"{pooled.sigma:.2g} probe steps" + (f" ({info['sigma_angstrom']:.2f} Å)" if "sigma_angstrom" in info else "")
+    width += ", chosen from the counts by thinning" if pooled.scores else ""
     what = ("the scan's periodic average plus the residual pooled over " + width + " where it is significant"
             if pooled.mode == "lattice" else "a Gaussian mean over " + width)
     yield Message(f"pooling across probe positions ({pooled.mode}): {what}"

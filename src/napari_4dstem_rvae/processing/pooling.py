@@ -147,13 +147,13 @@ def pool_patterns(data: Any, mode: str = "lattice", *, counts: bool = False, val
         estimate = _lattice_estimate(flat, periodic, sigma, ok, counts).reshape(x.shape)
         used = "lattice"
     else:
-        sigma = steps(NEIGHBOURS_ANGSTROM, 0.4)
+        sigma, scores = steps(NEIGHBOURS_ANGSTROM, 0.4), {}
         estimate = _pooled(x, sigma, ok)
         used, lattice = "neighbours", None
     estimate = np.where(ok[..., None, None], estimate, 0.0)
     if counts:
         estimate = np.clip(estimate, 0, None)  # a rate is never negative
-    return Pooled(estimate.astype(np.float32), used, float(sigma), scores if used == "lattice" else {}, lattice)
+    return Pooled(estimate.astype(np.float32), used, float(sigma), scores, lattice)
 
 
 def _lattice_estimate(flat: np.ndarray, periodic: np.ndarray, sigma: float, ok: np.ndarray,
